@@ -1,0 +1,78 @@
+"""The `aeopt` command line: one typer sub-app or command per noun; each calls one library function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from aeopt.errors import AeoptError
+
+app = typer.Typer(
+    name="aeopt",
+    help="Tune the homework's autoencoders (conv, denoising, VAE) on Fashion-MNIST with Optuna.\n\n"
+    "Start with `aeopt quickstart`, or `aeopt train configs/conv_ae.yaml --data-dir DIR`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+) -> None:
+    if debug:
+        os.environ["AEOPT_DEBUG"] = "1"
+    logging.getLogger("aeopt").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _register() -> None:
+    # Imported here so `aeopt --help` stays fast and a broken optional part cannot break the rest.
+    from aeopt.cli import train as _train
+
+    _train.register(app)
+    for name in ("study", "worker", "launch", "storage", "quickstart", "export", "finetune", "baseline", "dashboard", "report"):
+        try:
+            module = __import__(f"aeopt.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name == f"aeopt.cli.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("AEOPT_DEBUG"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("aeopt")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    _register()
+    try:
+        # Standalone mode: typer reports usage errors itself (exit 2) and raises SystemExit.
+        app(args=argv, prog_name="aeopt")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except AeoptError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or ["error"]:
+            typer.echo(f"error: {line}", err=True)
+        return exc.exit_code
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())

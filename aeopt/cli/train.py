@@ -1,0 +1,41 @@
+"""`aeopt train CONFIG.yaml`: one run configuration, early-stopped, evaluated once on test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="Run config YAML (configs/*.yaml, or an `aeopt export` file).")],
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json, checkpoint.pt, reconstructions.png.")] = None,
+    amp: AmpOpt = False,
+) -> None:
+    """Train one configuration on the stratified 80/20 split with early stopping.
+
+    Prints the metrics and writes metrics.json, a self-describing checkpoint.pt and a PNG of test
+    reconstructions to --out (default runs/<config name>).
+
+    Example: aeopt train configs/conv_ae.yaml --data-dir ../shared/data --set budget.max_epochs=5
+    """
+    from aeopt.config import load_run_config
+    from aeopt.runs import train_run
+
+    cfg = load_run_config(config, set_ or [])
+    out = out or Path("runs") / config.stem
+    _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)
+    summary = {k: v for k, v in metrics.items() if k != "history"}
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"wrote {out}/metrics.json, {out}/checkpoint.pt, {out}/reconstructions.png", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,280 @@
+"""Datasets as whole uint8 tensors; stratified splits, subsets and folds; Gaussian noise.
+
+Images are read once from the IDX files into one uint8 tensor per split and moved to the device
+as float in one copy, so training never touches PIL or per-sample transforms.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aeopt.errors import DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+_TV_FOLDER = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 [N, 1, 28, 28] and labels as int64 [N], on any device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx: torch.Tensor) -> Split:
+        idx = idx.to(self.y.device)
+        return Split(self.x[idx], self.y[idx])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aeopt" / "data"
+
+
+# ----- IDX files ---------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte, the only type these datasets use
+        raise DataNotFoundError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x}); re-download the dataset")
+    ndim = magic & 0xFF
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    # The raw IDX file is preferred (no decompression); the official and Debian .gz work too.
+    # MNIST's training images are also published as "train-images.idx3-ubyte".
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _idx_folder(root: Path, name: str) -> Path | None:
+    """The folder under `root` holding all four files: torchvision's layout or a flat folder."""
+    for folder in (root / _TV_FOLDER[name] / "raw", root / _TV_FOLDER[name], root):
+        if all(_find_file(folder, stem) for pair in _FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def _load_idx_dataset(name: str, folder: Path) -> Dataset:
+    splits = {}
+    for split, (images, labels) in _FILES.items():
+        x = torch.from_numpy(_read_idx(_find_file(folder, images)).copy()).unsqueeze(1)
+        y = torch.from_numpy(_read_idx(_find_file(folder, labels)).astype(np.int64))
+        if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != (1, 28, 28):
+            raise DataNotFoundError(f"{folder}: {split} images {tuple(x.shape)} do not match labels {tuple(y.shape)}")
+        splits[split] = Split(x, y)
+    classes = FASHION_CLASSES if name == "fashion_mnist" else DIGIT_CLASSES
+    return Dataset(name, splits["train"], splits["test"], classes, str(folder))
+
+
+def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    roots: list[tuple[str, Path]] = []
+    explicit = data_dir or os.environ.get("AEOPT_DATA_DIR")
+    if explicit:
+        roots.append(("--data-dir / AEOPT_DATA_DIR", Path(explicit).expanduser()))
+    roots.append(("user cache", cache_dir()))
+    if name == "fashion_mnist":
+        roots.append(("Debian dataset-fashion-mnist", DEBIAN_FASHION_DIR))
+    return roots
+
+
+def _download(name: str) -> Dataset:
+    from torchvision import datasets
+
+    root = cache_dir()
+    cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
+    log.info("downloading %s to %s", name, root)
+    try:
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError offline
+        raise DataNotFoundError(_not_found_message(name, f"download failed: {type(exc).__name__}")) from None
+    folder = _idx_folder(root, name)
+    if folder is None:
+        raise DataNotFoundError(_not_found_message(name, "download left no IDX files"))
+    return _load_idx_dataset(name, folder)
+
+
+def _not_found_message(name: str, why: str) -> str:
+    debian = " or `apt-get install dataset-fashion-mnist`," if name == "fashion_mnist" else ","
+    return (
+        f"{name} not found ({why}): pass --data-dir DIR (or set AEOPT_DATA_DIR) to a folder holding "
+        f"{_TV_FOLDER[name]}/raw/*-ubyte[.gz]{debian} put the files in {cache_dir()}, "
+        f"or use --set data.dataset=digits to run offline"
+    )
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """Load a dataset as whole uint8 tensors (CPU). Cached per process."""
+    if name == "digits":
+        return _digits()
+    if name == "synthetic":
+        return synthetic()
+    if name not in _TV_FOLDER:
+        raise DataNotFoundError(f"unknown dataset {name!r}; use one of fashion_mnist, mnist, digits, synthetic")
+    tried = []
+    for label, root in _candidate_roots(name, data_dir):
+        folder = _idx_folder(root, name) if root.is_dir() else None
+        if folder is not None:
+            log.info("loading %s from %s (%s)", name, folder, label)
+            return _load_idx_dataset(name, folder)
+        tried.append(str(root))
+    if not download or os.environ.get("AEOPT_OFFLINE"):
+        raise DataNotFoundError(_not_found_message(name, "looked in " + ", ".join(tried)))
+    return _download(name)
+
+
+# ----- bundled and synthetic data ----------------------------------------------------------------
+
+
+def _digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits, resized to 28x28: no download on any machine."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    # 8x8 -> 20x20 then a 4-pixel border, like MNIST's centred 20x20 digits in a 28x28 frame.
+    x = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, test_idx = stratified_split(y, 0.2, seed=12345)
+    return Dataset("digits", Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx]), DIGIT_CLASSES, "sklearn.datasets.load_digits")
+
+
+def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
+    """Deterministic 10-class images (a bar at a class-specific angle plus noise), for tests."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> Split:
+        y = torch.arange(n) % 10
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
+        angle = (y.float() * torch.pi / 10 + 0.1 * torch.randn(n, generator=g)).view(n, 1, 1)
+        dist = (xx * torch.sin(angle) - yy * torch.cos(angle)).abs()
+        radius = (xx**2 + yy**2).sqrt()
+        img = torch.exp(-((dist / 0.15) ** 2)) * (radius < 0.8).float()
+        img = img + 0.05 * torch.randn(n, 28, 28, generator=g)
+        x = (img.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1)
+        perm = torch.randperm(n, generator=g)
+        return Split(x[perm], y[perm])
+
+    return Dataset("synthetic", make(n_train), make(n_test), DIGIT_CLASSES, "synthetic")
+
+
+# ----- splits ------------------------------------------------------------------------------------
+
+
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a deterministic stratified (1 - f, f) split: each class split in proportion."""
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    train, val = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of a deterministic stratified subset of size n (or everything if n >= len(y))."""
+    if n >= len(y):
+        return torch.arange(len(y))
+    _, keep = stratified_split(y, n / len(y), seed)
+    return keep
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """k stratified folds as (train indices, validation indices), fixed by seed."""
+    from sklearn.model_selection import StratifiedKFold
+
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    labels = y.cpu().numpy()
+    return [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in skf.split(np.zeros(len(labels)), labels)]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The three splits of one run: train and validation from the training split, and test."""
+
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    source: str
+
+
+def prepare(data_cfg, data_dir: str | None = None) -> Prepared:
+    """The run's train / validation / test splits, as the report: a stratified 80/20 split of
+    the (optionally subsetted) training split; the test split is kept apart for the end."""
+    ds = load_dataset(data_cfg.dataset, data_dir)
+    pool = training_pool(data_cfg, ds)
+    tr, va = stratified_split(pool.y, data_cfg.val_fraction, data_cfg.split_seed)
+    test = ds.test
+    if data_cfg.test_subset:
+        test = test.take(stratified_subset(test.y, data_cfg.test_subset, data_cfg.split_seed))
+    return Prepared(pool.take(tr), pool.take(va), test, ds.classes, ds.source)
+
+
+def training_pool(data_cfg, ds: Dataset | None = None, data_dir: str | None = None) -> Split:
+    """The training split, or its stratified subset: the only data searches may look at."""
+    ds = ds or load_dataset(data_cfg.dataset, data_dir)
+    if data_cfg.train_subset:
+        return ds.train.take(stratified_subset(ds.train.y, data_cfg.train_subset, data_cfg.split_seed))
+    return ds.train
+
+
+# ----- on-device helpers -------------------------------------------------------------------------
+
+
+def to_float(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 images -> float in [0, 1] on the device, in one transfer."""
+    return x.to(device, non_blocking=True).float().div_(255.0)
+
+
+def add_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise of the given std, clamped back to the valid pixel range [0, 1]."""
+    if std <= 0:
+        return x
+    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return (x + std * noise).clamp_(0.0, 1.0)

@@ -1,0 +1,75 @@
+"""One plain training run (what `aeopt train` does): fit on the 80/20 split, evaluate once on test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aeopt.checkpoint import atomic_write_text, save_checkpoint
+from aeopt.config import RunConfig
+from aeopt.data import prepare, to_float
+from aeopt.models import Autoencoder, count_parameters, reconstruct
+from aeopt.progress import progress
+from aeopt.train import evaluate_loss, fit, mse, noise_std, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None = None, out: str | Path | None = None,
+              amp: bool = False, show_progress: bool = True) -> tuple[Autoencoder, dict[str, Any]]:
+    """Train `cfg` with early stopping, evaluate on the test split once, write outputs to `out`."""
+    dev = resolve_device(device)
+    data = prepare(cfg.data, data_dir)
+    train_x, val_x = to_float(data.train.x, dev), to_float(data.val.x, dev)
+    with progress(cfg.budget.max_epochs, f"train {cfg.model.kind}", enabled=show_progress) as bar:
+        model, result = fit(cfg, train_x, val_x, dev, amp=amp,
+                            progress=lambda e, row: bar.update({"train": row["train_loss"], "val": row["val_loss"]}))
+    # The test split is touched here, once, after training is over.
+    test_x = to_float(data.test.x, dev)
+    metrics: dict[str, Any] = {
+        "model": cfg.model.kind,
+        "dataset": cfg.data.dataset,
+        "train_loss": evaluate_loss(model, cfg, train_x, dev),
+        "val_loss": result.best_val,
+        "test_loss": evaluate_loss(model, cfg, test_x, dev),
+        "test_mse": mse(model, test_x),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 1),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "parameters": count_parameters(model),
+        "device": str(dev),
+        "host": socket.gethostname(),
+        "history": result.history,
+    }
+    if noise_std(cfg) > 0:
+        metrics["test_mse_noisy_input"] = mse(model, test_x, noise=noise_std(cfg))
+    if out is not None:
+        write_run_outputs(Path(out), model, cfg, metrics, test_x)
+    return model, metrics
+
+
+def write_run_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any], test_x: torch.Tensor) -> None:
+    from aeopt.data import add_noise
+    from aeopt.plots import reconstruction_figure, save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.pt", model, cfg, {k: v for k, v in metrics.items() if k != "history"})
+    sample = test_x[:10]
+    model.eval()
+    with torch.no_grad():
+        std = noise_std(cfg)
+        noisy = add_noise(sample, std, torch.Generator(device=sample.device).manual_seed(0)) if std > 0 else None
+        recon = reconstruct(model, noisy if noisy is not None else sample)
+    title = f"{cfg.model.kind}: test reconstructions (test MSE {metrics['test_mse']:.4f})"
+    save_figure(reconstruction_figure(sample, recon, noisy, title), out / "reconstructions.png")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

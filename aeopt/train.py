@@ -1,0 +1,206 @@
+"""The training engine: whole on-device tensors, random-permutation batches, an `on_epoch` seam.
+
+Knows nothing about Optuna: studies plug in through `on_epoch(epoch, train_loss, val_loss)`,
+which may raise to stop a run (the objective raises `optuna.TrialPruned` there).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from aeopt.config import RunConfig, VAEConfig
+from aeopt.data import add_noise
+from aeopt.losses import reconstruction_loss
+from aeopt.models import Autoencoder, build_model
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 4096
+OnEpoch = Callable[[int, float, float], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run diverged (learning rate too high, usually)."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from aeopt.errors import AeoptError
+
+        raise AeoptError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.momentum > 0)
+
+
+def noise_std(cfg: RunConfig) -> float:
+    return 0.0 if isinstance(cfg.model, VAEConfig) else cfg.model.noise_std
+
+
+class Trainer:
+    """One model, its optimizer and RNG; trains epochs over on-device float tensors."""
+
+    def __init__(self, model: Autoencoder, cfg: RunConfig, device: torch.device, *, seed: int, amp: bool = False):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # bf16 autocast needs no loss scaling; only worth it on CUDA.
+        self.amp = amp and device.type == "cuda"
+        self.noise = noise_std(cfg)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def train_epoch(self, x: torch.Tensor) -> float:
+        """One pass over `x` in a random order; returns the mean training loss."""
+        self.model.train()
+        n, bs = x.shape[0], self.cfg.budget.batch_size
+        perm = torch.randperm(n, device=self.device, generator=self.generator)
+        total = torch.zeros((), device=self.device)
+        for start in range(0, n, bs):
+            target = x[perm[start : start + bs]]
+            x_in = add_noise(target, self.noise, self.generator)
+            with self._autocast():
+                loss = reconstruction_loss(self.model, x_in, target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            # Accumulate on the device: a .item() per step would sync the GPU every batch.
+            total += loss.detach() * target.shape[0]
+        value = float(total) / n
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value}")
+        return value
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, *, noise: float | None = None, seed: int = 0) -> float:
+        """Mean loss over `x` in eval mode. Validation noise is drawn from a fixed seed so every
+        epoch (and every trial) is scored on the same noisy images."""
+        self.model.eval()
+        std = self.noise if noise is None else noise
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        total = 0.0
+        for start in range(0, x.shape[0], EVAL_BATCH):
+            target = x[start : start + EVAL_BATCH]
+            with self._autocast():
+                loss = reconstruction_loss(self.model, add_noise(target, std, g), target)
+            total += float(loss) * target.shape[0]
+        return total / x.shape[0]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = math.inf
+    epochs: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    stopped_early: bool = False
+
+
+def fit(
+    cfg: RunConfig,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    device: torch.device,
+    *,
+    model: Autoencoder | None = None,
+    on_epoch: OnEpoch | None = None,
+    amp: bool = False,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Autoencoder, FitResult]:
+    """Train one model with early stopping (budget.patience; 0 = off); restores the best weights.
+
+    `train_x` and `val_x` are float images in [0, 1] already on `device`.
+    """
+    set_seed(cfg.seed)
+    model = model if model is not None else build_model(cfg)
+    trainer = Trainer(model, cfg, device, seed=cfg.seed, amp=amp)
+    result = FitResult()
+    best_state = trainer.state()
+    bad_epochs = 0
+    train_time = 0.0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.budget.max_epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = trainer.train_epoch(train_x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
+        val_loss = trainer.evaluate(val_x)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        result.history.append(row)
+        result.epochs = epoch
+        if progress:
+            progress(epoch, row)
+        if on_epoch:
+            on_epoch(epoch, train_loss, val_loss)
+        if val_loss < result.best_val:
+            result.best_val, result.best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = trainer.state()
+        else:
+            bad_epochs += 1
+            if cfg.budget.patience and bad_epochs >= cfg.budget.patience:
+                result.stopped_early = True
+                log.info("early stop at epoch %d (best %d)", epoch, result.best_epoch)
+                break
+    model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    result.images_per_second = result.epochs * train_x.shape[0] / max(train_time, 1e-9)
+    return model, result
+
+
+def evaluate_loss(model: Autoencoder, cfg: RunConfig, x: torch.Tensor, device: torch.device, *, noise: float | None = None) -> float:
+    """Loss of a trained model on float images `x` (on `device`)."""
+    return Trainer(model, cfg, device, seed=0).evaluate(x, noise=noise)
+
+
+@torch.no_grad()
+def mse(model: nn.Module, x: torch.Tensor, *, noise: float = 0.0, seed: int = 0) -> float:
+    """Mean squared reconstruction error of clean `x` from (optionally noisy) inputs."""
+    from aeopt.models import reconstruct
+
+    model.eval()
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        target = x[start : start + EVAL_BATCH]
+        out = reconstruct(model, add_noise(target, noise, g))
+        total += float(torch.nn.functional.mse_loss(out.float(), target, reduction="sum"))
+    return total / x.numel()
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
