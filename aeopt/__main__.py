@@ -1,0 +1,3 @@
+from aeopt.cli import entrypoint
+
+entrypoint()
