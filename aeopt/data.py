@@ -115,7 +115,7 @@ def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, 
     return roots
 
 
-def _download(name: str) -> Dataset:
+def _download(name: str, looked: str) -> Dataset:
     from torchvision import datasets
 
     root = cache_dir()
@@ -125,10 +125,10 @@ def _download(name: str) -> Dataset:
         for train in (True, False):
             cls(root=str(root), train=train, download=True)
     except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError offline
-        raise DataNotFoundError(_not_found_message(name, f"download failed: {type(exc).__name__}")) from None
+        raise DataNotFoundError(_not_found_message(name, f"{looked}; download failed: {type(exc).__name__}")) from None
     folder = _idx_folder(root, name)
     if folder is None:
-        raise DataNotFoundError(_not_found_message(name, "download left no IDX files"))
+        raise DataNotFoundError(_not_found_message(name, f"{looked}; download left no IDX files"))
     return _load_idx_dataset(name, folder)
 
 
@@ -157,9 +157,10 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
             log.info("loading %s from %s (%s)", name, folder, label)
             return _load_idx_dataset(name, folder)
         tried.append(str(root))
+    looked = "looked in " + ", ".join(tried)
     if not download or os.environ.get("AEOPT_OFFLINE"):
-        raise DataNotFoundError(_not_found_message(name, "looked in " + ", ".join(tried)))
-    return _download(name)
+        raise DataNotFoundError(_not_found_message(name, looked))
+    return _download(name, looked)
 
 
 # ----- bundled and synthetic data ----------------------------------------------------------------
@@ -217,11 +218,28 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[t
 
 
 def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of a deterministic stratified subset of size n (or everything if n >= len(y))."""
+    """Indices (sorted) of a deterministic stratified subset of exactly n (everything if n >= len(y)).
+
+    Each class gets its proportional share; the rounding remainders go to the classes with the
+    largest fractional parts, so `train_subset: 6000` gives 6000 images on unbalanced MNIST too.
+    """
     if n >= len(y):
         return torch.arange(len(y))
-    _, keep = stratified_split(y, n / len(y), seed)
-    return keep
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    classes, counts = torch.unique(y, return_counts=True)
+    share = counts.double() * n / len(y)
+    take = share.floor().long()
+    remainder = n - int(take.sum())
+    if remainder:
+        # Ties broken by class order (stable sort), so the result is deterministic.
+        order = torch.sort(share - take.double(), descending=True, stable=True).indices
+        take[order[:remainder]] += 1
+    keep = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        idx = torch.nonzero(y == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=g)][:k])
+    return torch.sort(torch.cat(keep)).values
 
 
 def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

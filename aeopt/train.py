@@ -20,6 +20,7 @@ from torch import nn
 
 from aeopt.config import RunConfig, VAEConfig
 from aeopt.data import add_noise
+from aeopt.errors import AeoptError
 from aeopt.losses import reconstruction_loss
 from aeopt.models import Autoencoder, build_model
 
@@ -29,8 +30,12 @@ EVAL_BATCH = 4096
 OnEpoch = Callable[[int, float, float], None]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the run diverged (learning rate too high, usually)."""
+class NonFiniteLossError(AeoptError, RuntimeError):
+    """The loss became NaN or infinite: the run diverged (learning rate too high, usually).
+
+    An AeoptError, so `aeopt train` prints one line and exits 2; the Optuna objective catches it
+    and fails the trial instead of stopping the study.
+    """
 
 
 def set_seed(seed: int) -> None:
@@ -44,8 +49,6 @@ def resolve_device(device: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from aeopt.errors import AeoptError
-
         raise AeoptError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return dev
 
@@ -97,7 +100,7 @@ class Trainer:
             total += loss.detach() * target.shape[0]
         value = float(total) / n
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss is {value}")
+            raise NonFiniteLossError(f"training loss is {value}: the run diverged; lower optim.lr (now {self.cfg.optim.lr:g})")
         return value
 
     @torch.no_grad()
@@ -111,7 +114,7 @@ class Trainer:
         for start in range(0, x.shape[0], EVAL_BATCH):
             target = x[start : start + EVAL_BATCH]
             with self._autocast():
-                loss = reconstruction_loss(self.model, add_noise(target, std, g), target)
+                loss = reconstruction_loss(self.model, add_noise(target, std, g), target, beta=1.0)
             total += float(loss) * target.shape[0]
         return total / x.shape[0]
 
@@ -160,6 +163,9 @@ def fit(
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
         val_loss = trainer.evaluate(val_x)
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}: the run diverged; lower optim.lr "
+                                     f"(now {cfg.optim.lr:g})")
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         result.history.append(row)
         result.epochs = epoch
