@@ -1,0 +1,166 @@
+"""optuna-dashboard on a study storage, with the trials' artifacts and each study's spec as its note.
+
+The dashboard has no authentication and its UI can delete studies, so it binds 127.0.0.1 unless
+told otherwise, and says so loudly when told otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, BinaryIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from aeopt.artifacts import ATTR as ARTIFACTS_ATTR
+from aeopt.artifacts import ENV as ARTIFACTS_ENV
+from aeopt.artifacts import default_artifact_dir
+from aeopt.config import StudySpec, dump_yaml
+from aeopt.errors import AeoptError
+
+log = logging.getLogger(__name__)
+
+PUBLIC_WARNING = ("the dashboard has no authentication and anyone who can reach {host}:{port} can read and delete "
+                  "studies; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ----- the study note ----------------------------------------------------------------------------
+
+
+def spec_markdown(spec: StudySpec | dict[str, Any], name: str | None = None) -> str:
+    """The spec as a markdown note: a title, the description, and the spec as YAML."""
+    data = spec.model_dump(mode="json") if isinstance(spec, StudySpec) else dict(spec)
+    title = name or data.get("name") or "study"
+    kind = (data.get("model") or {}).get("kind", "?")
+    description = (data.get("description") or "").strip()
+    parts = [f"## {title}", "", f"aeopt study of a `{kind}`; the spec below is what every worker trains."]
+    if description:
+        parts += ["", description]
+    parts += ["", "```yaml", dump_yaml(data).rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def write_study_note(study: optuna.Study, spec: StudySpec | dict[str, Any]) -> None:
+    """Show the study's spec as its note in optuna-dashboard."""
+    from optuna_dashboard import save_note
+
+    save_note(study, spec_markdown(spec, study.study_name))
+
+
+# ----- the artifact store ------------------------------------------------------------------------
+
+
+class FolderArtifactStore:
+    """Optuna's ArtifactStore over several folders: studies of one storage may keep their
+    artifacts in different folders, and the dashboard takes one store. Reads try each folder
+    (artifact ids are UUIDs, so they cannot collide); writes go to the first."""
+
+    def __init__(self, folders: list[Path]):
+        if not folders:
+            raise ValueError("at least one folder")
+        self.folders = list(dict.fromkeys(Path(f) for f in folders))
+        self._stores = [FileSystemArtifactStore(f) for f in self.folders]
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        for store in self._stores:
+            try:
+                return store.open_reader(artifact_id)
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {', '.join(map(str, self.folders))}")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.folders[0].mkdir(parents=True, exist_ok=True)
+        self._stores[0].write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        for store in self._stores:
+            try:
+                store.remove(artifact_id)
+                return
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} not found")
+
+
+def artifact_folders(storage: optuna.storages.BaseStorage, storage_url: str | None, artifacts: str | Path | None) -> list[Path]:
+    """--artifacts, else AEOPT_ARTIFACTS, else every study's own folder plus the storage's default."""
+    if artifacts:
+        return [Path(artifacts).expanduser()]
+    if os.environ.get(ARTIFACTS_ENV):
+        return [Path(os.environ[ARTIFACTS_ENV]).expanduser()]
+    folders = [default_artifact_dir(storage_url)]
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attr = summary.user_attrs.get(ARTIFACTS_ATTR)
+        if attr:
+            folders.insert(0, Path(str(attr)).expanduser())
+    return list(dict.fromkeys(folders))
+
+
+# ----- the server --------------------------------------------------------------------------------
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # One log line per HTTP request would drown everything else; keep them at debug level.
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dashboard %s - %s", self.address_string(), format % args)
+
+
+def make_app(storage_url: str | None = None, artifacts: str | Path | None = None):
+    """The dashboard's WSGI app on the storage, with the artifact store; also returns the folders."""
+    from optuna_dashboard import wsgi
+
+    from aeopt.storage import open_storage, resolve_url
+
+    storage = open_storage(storage_url)
+    folders = artifact_folders(storage, resolve_url(storage_url), artifacts)
+    return wsgi(storage, artifact_store=FolderArtifactStore(folders)), folders
+
+
+def serve(storage_url: str | None = None, host: str = "127.0.0.1", port: int = 8080, artifacts: str | Path | None = None) -> None:
+    """Serve optuna-dashboard until interrupted."""
+    from aeopt.storage import redact, resolve_url
+
+    if not is_loopback(host):
+        log.warning("warning: %s", PUBLIC_WARNING.format(host=host, port=port))
+    app, folders = make_app(storage_url, artifacts)
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    try:
+        server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    except socket.gaierror as exc:
+        raise AeoptError(f"--host {host}: {exc.strerror or exc}; pass an address such as 127.0.0.1") from None
+    except OSError as exc:
+        raise AeoptError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+    shown = f"[{host}]" if ":" in host else host
+    log.info("optuna-dashboard for %s on http://%s:%d/ (artifacts: %s); Ctrl-C stops it",
+             redact(resolve_url(storage_url)), shown, server.server_port, ", ".join(map(str, folders)))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("dashboard stopped")
+    finally:
+        server.server_close()

@@ -1,0 +1,179 @@
+"""`aeopt dashboard` as a real subprocess: its HTTP API lists a study created by aeopt, the
+study's spec note, and a trial's uploaded artifacts, and serves the artifact files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from aeopt.artifacts import find_best_checkpoint, upload_trial_artifacts
+from aeopt.checkpoint import load_checkpoint
+from aeopt.config import StudySpec
+from aeopt.data import load_dataset
+from aeopt.models import build_model
+from aeopt.studies import create_study
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _spec(kind: str = "denoising_ae") -> StudySpec:
+    noise = 0.3 if kind == "denoising_ae" else 0.0
+    model = {"kind": kind, "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 3, "noise_std": noise}
+    return StudySpec.model_validate({
+        "name": "dash",
+        "description": "dashboard test study",
+        "model": model,
+        "data": {"dataset": "synthetic", "train_subset": 200},
+        "budget": {"max_epochs": 2, "batch_size": 64},
+        "cv": {"folds": 2},
+        "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    })
+
+
+@pytest.fixture
+def study_with_artifacts(tmp_path, monkeypatch):
+    """A study made by aeopt in SQLite with one finished trial that uploaded its artifacts."""
+    monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    artifacts = tmp_path / "artifacts"
+    spec = _spec()
+    study = create_study(spec, url, artifacts=str(artifacts))
+    trial = study.ask()
+    lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+    cfg = spec.run_config({"optim.lr": lr})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    val = load_dataset("synthetic").test.x[:16]
+    upload_trial_artifacts(study, trial, model, cfg, val, is_best=True)
+    study.tell(trial, 0.05)
+    return url, artifacts, study, model
+
+
+def _start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str, int]:
+    """Start `aeopt dashboard ... --port 0` and wait for the line that names its URL."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", *args, "--port", "0"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"on http://(\S+):(\d+)/", line)
+        if m:
+            return proc, "".join(lines), int(m.group(2))
+    proc.kill()
+    raise AssertionError("dashboard did not start:\n" + "".join(lines) + proc.stdout.read())
+
+
+def _get(url: str) -> tuple[int, bytes, str]:
+    with urllib.request.urlopen(url, timeout=20) as resp:
+        return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_dashboard_lists_trial_artifacts_and_spec_note(study_with_artifacts, tmp_path):
+    url, artifacts, study, _ = study_with_artifacts
+    proc, startup, port = _start(["--storage", url], cwd=tmp_path)
+    try:
+        assert "no authentication" not in startup, startup
+        base = f"http://127.0.0.1:{port}"
+        status, body, _ = _get(f"{base}/api/studies")
+        assert status == 200
+        studies = json.loads(body)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["dash"]
+        study_id = studies[0]["study_id"]
+
+        status, body, _ = _get(f"{base}/api/studies/{study_id}")
+        detail = json.loads(body)
+        assert "```yaml" in detail["note"]["body"] and "denoising_ae" in detail["note"]["body"]
+        assert "dashboard test study" in detail["note"]["body"]
+        (trial,) = detail["trials"]
+        names = sorted(a["filename"] for a in trial["artifacts"])
+        assert names == ["checkpoint_trial0.pt", "reconstructions_trial0.png"]
+
+        # The files themselves come back through the dashboard's artifact route.
+        png = next(a for a in trial["artifacts"] if a["filename"].endswith(".png"))
+        status, data, ctype = _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{png['artifact_id']}")
+        assert status == 200 and ctype == "image/png" and data.startswith(b"\x89PNG") and len(data) > 2000
+    finally:
+        _stop(proc)
+
+
+def test_dashboard_with_explicit_artifact_folder_and_env(study_with_artifacts, tmp_path):
+    url, artifacts, _, _ = study_with_artifacts
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # Pointing --artifacts at the wrong folder makes the file unreachable: the option is used.
+    proc, _, port = _start(["--storage", url, "--artifacts", str(empty)], cwd=tmp_path)
+    try:
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
+        sid = studies[0]["study_id"]
+        detail = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{sid}")[1])
+        trial = detail["trials"][0]
+        art = trial["artifacts"][0]
+        with pytest.raises(urllib.error.HTTPError):
+            _get(f"http://127.0.0.1:{port}/artifacts/{sid}/{trial['trial_id']}/{art['artifact_id']}")
+    finally:
+        _stop(proc)
+
+
+def test_dashboard_warns_when_not_bound_to_localhost(study_with_artifacts, tmp_path):
+    url, _, _, _ = study_with_artifacts
+    proc, startup, port = _start(["--storage", url, "--host", "0.0.0.0"], cwd=tmp_path)
+    try:
+        assert "no authentication" in startup and "delete" in startup, startup
+        # 0.0.0.0 includes the loopback interface: the server really is up.
+        assert _get(f"http://127.0.0.1:{port}/api/studies")[0] == 200
+    finally:
+        _stop(proc)
+
+
+def test_best_checkpoint_round_trips(study_with_artifacts, tmp_path):
+    _, _, study, model = study_with_artifacts
+    path = find_best_checkpoint(study, tmp_path / "best")
+    assert path is not None and path.name == "checkpoint_trial0.pt"
+    loaded, cfg, payload = load_checkpoint(path)
+    assert cfg.model.kind == "denoising_ae" and payload["trial"] == 0 and payload["study"] == "dash"
+    x = torch.rand(4, 1, 28, 28)
+    model.eval()
+    loaded.eval()
+    assert torch.allclose(model(x), loaded(x))
+
+
+def test_upload_never_raises_and_skips_without_folder(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
+    spec = _spec("conv_ae")
+    study = create_study(spec, f"sqlite:///{tmp_path / 's.db'}")
+    trial = study.ask()
+    cfg = spec.run_config({})
+    model = build_model(cfg)
+    upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
+    assert study._storage.get_trial_system_attrs(trial._trial_id) == {}  # no folder: nothing uploaded
+    # A folder that cannot be created (a file is in the way): a warning, not an exception.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("AEOPT_ARTIFACTS", str(blocker / "sub"))
+    with caplog.at_level("WARNING", logger="aeopt.artifacts"):
+        upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
+    assert "could not upload trial 0's artifacts" in caplog.text
+    assert find_best_checkpoint(study) is None  # no finished trial yet
