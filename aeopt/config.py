@@ -213,7 +213,8 @@ class StudySpec(RunConfig):
     def run_config(self, params: dict[str, Any]) -> RunConfig:
         """The run config of one trial: the spec's base values with the trial's params applied."""
         d = self.base_dict()
-        for path, value in params.items():
+        fixed = {k: v for k, v in self.space.items() if not isinstance(v, (IntParam, FloatParam, CategoricalParam))}
+        for path, value in {**fixed, **params}.items():
             set_path(d, path, value)
         return RunConfig.model_validate(d)
 

@@ -32,6 +32,9 @@ class CVResult:
     epochs: int = 0
     seconds: float = 0.0
     images_per_second: float = 0.0
+    # The first fold's model (last epoch) and a few of its validation images, for previews.
+    model: torch.nn.Module | None = None
+    sample: torch.Tensor | None = None
 
     @property
     def std(self) -> float:
@@ -47,8 +50,13 @@ def cross_validate(
     *,
     on_epoch: OnCVEpoch | None = None,
     amp: bool = False,
+    patience: int = 0,
 ) -> CVResult:
-    """Train one model per stratified fold of `pool` (the training split only), in lockstep."""
+    """Train one model per stratified fold of `pool` (the training split only), in lockstep.
+
+    `patience` > 0 stops when the mean validation loss has not improved for that many epochs
+    (the report's early stopping); studies with a pruner leave it at 0 and prune instead.
+    """
     set_seed(cfg.seed)
     x_all = to_float(pool.x, device)
     fold_data = []
@@ -59,8 +67,9 @@ def cross_validate(
         torch.manual_seed(cfg.seed + k)
         trainers.append(Trainer(build_model(cfg), cfg, device, seed=cfg.seed + k, amp=amp))
     del x_all
+    result_sample = fold_data[0][1][:16]
 
-    result = CVResult()
+    result = CVResult(model=trainers[0].model, sample=result_sample)
     train_time = 0.0
     start = time.perf_counter()
     n_train = sum(tr.shape[0] for tr, _ in fold_data)
@@ -81,4 +90,6 @@ def cross_validate(
         result.images_per_second = epoch * n_train / max(train_time, 1e-9)
         if on_epoch:
             on_epoch(epoch, mean, losses)
+        if patience and epoch - result.best_epoch >= patience:
+            break
     return result

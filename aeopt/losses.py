@@ -20,9 +20,13 @@ def vae_loss(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
     return (bce + beta * kl) / target.shape[0]
 
 
-def reconstruction_loss(model: Autoencoder, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The training loss of `model` on inputs `x_in` against clean `target` (a batch mean)."""
+def reconstruction_loss(model: Autoencoder, x_in: torch.Tensor, target: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+    """The loss of `model` on inputs `x_in` against clean `target` (a batch mean).
+
+    For the VAE, `beta` defaults to the model's training beta; evaluation passes 1.0 so that
+    validation losses are the plain negative ELBO and comparable across beta values.
+    """
     if isinstance(model, VAE):
         logits, mu, logvar = model(x_in)
-        return vae_loss(logits, target, mu, logvar, model.cfg.beta)
+        return vae_loss(logits, target, mu, logvar, model.cfg.beta if beta is None else beta)
     return F.mse_loss(model(x_in).float(), target.float())
