@@ -1,0 +1,39 @@
+"""`aeopt launch`: N worker processes on this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from aeopt.cli.common import AmpOpt, DataDirOpt, StorageOpt, StudyOpt
+
+
+def launch(
+    study: StudyOpt,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to start.")] = 2,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Comma-separated, round-robin: cpu or "
+                                                   "cuda:0,cuda:1 (repeat a GPU to put several workers on it).")] = None,
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="Study-wide target of finished trials.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Workers stop starting trials after S seconds.")] = None,
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+    log_dir: Annotated[Optional[str], typer.Option("--log-dir", help="Worker logs (default logs/STUDY/).")] = None,
+    amp: AmpOpt = False,
+) -> None:
+    """Start several workers on this machine and show the study's progress live.
+
+    CPU threads are divided among CPU workers. Ctrl-C or SIGTERM stops all workers (their
+    running trials end as failed); the exit code is non-zero if any worker failed.
+
+    Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100
+    """
+    from aeopt.launch import launch as run
+
+    code = run(study, workers, storage_url=storage, devices=devices, n_trials=n_trials, timeout=timeout,
+               data_dir=data_dir, log_dir=log_dir, amp=amp)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("launch")(launch)

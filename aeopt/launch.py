@@ -1,0 +1,164 @@
+"""`aeopt launch`: several worker processes on this machine, with live study progress.
+
+Workers are separate processes (not threads): each has its own CUDA context and Python GIL, and
+one crashing cannot take the others down. Each runs in its own session so Ctrl-C reaches them
+exactly once, through this process, which forwards it as SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from aeopt.errors import AeoptError
+from aeopt.progress import interactive, progress
+from aeopt.storage import is_single_machine, resolve_url
+from aeopt.studies import load_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    device: str
+    log_path: Path
+    proc: subprocess.Popen
+
+
+def parse_devices(devices: str | None) -> list[str]:
+    items = [d.strip() for d in (devices or "cpu").split(",") if d.strip()]
+    for d in items:
+        if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, comma-separated")
+    return items or ["cpu"]
+
+
+def launch(
+    study_name: str,
+    workers: int,
+    *,
+    storage_url: str | None = None,
+    devices: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    data_dir: str | None = None,
+    log_dir: str | Path | None = None,
+    amp: bool = False,
+    poll_seconds: float = 2.0,
+) -> int:
+    """Start `workers` worker processes (devices round-robin), show progress, return an exit code."""
+    if workers < 1:
+        raise AeoptError("--workers must be at least 1")
+    url = resolve_url(storage_url)
+    study, spec = load_study(url, study_name)  # fail here, once, rather than in every worker
+    if is_single_machine(url) and workers > 4:
+        log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
+                    "use PostgreSQL for more", workers, url.split(":", 1)[0])
+    device_list = parse_devices(devices)
+    assigned = [device_list[i % len(device_list)] for i in range(workers)]
+    cpu_workers = sum(1 for d in assigned if d == "cpu")
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    log_dir = Path(log_dir or Path("logs") / study_name)
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    procs: list[WorkerProcess] = []
+    for i, dev in enumerate(assigned):
+        cmd = [sys.executable, "-m", "aeopt", "worker", "--study", study_name, "--worker-index", str(i), "--device", dev]
+        if dev == "cpu":
+            cmd += ["--threads", str(threads)]
+        if n_trials:
+            cmd += ["--n-trials", str(n_trials)]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        if data_dir:
+            cmd += ["--data-dir", str(data_dir)]
+        if amp:
+            cmd.append("--amp")
+        # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
+        env = {**os.environ, "AEOPT_STORAGE": url, "PYTHONUNBUFFERED": "1"}
+        path = log_dir / f"worker-{i}.log"
+        with open(path, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        procs.append(WorkerProcess(i, dev, path, proc))
+    log.info("launched %d workers (%s); logs in %s/", workers, ", ".join(assigned), log_dir)
+
+    stopping = {"signal": None}
+
+    def forward(signum, frame):  # noqa: ARG001
+        stopping["signal"] = signum
+        for w in procs:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _watch(study, procs, n_trials, poll_seconds, stopping)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _reap(procs)
+
+    failed = [w for w in procs if w.proc.returncode not in (0, None)]
+    for w in failed:
+        tail = w.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        log.error("worker %d (%s) exited with code %s; last lines of %s:\n  %s", w.index, w.device, w.proc.returncode,
+                  w.log_path, "\n  ".join(tail))
+    print(_status_line(study), file=sys.stderr)
+    if stopping["signal"] is not None:
+        return 130
+    return 1 if failed else 0
+
+
+def _counts(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def _status_line(study: optuna.Study) -> str:
+    c = _counts(study)
+    try:
+        best = f"{study.best_value:.5g} (trial {study.best_trial.number})"
+    except ValueError:
+        best = "-"
+    return (f"study {study.study_name}: complete {c[TrialState.COMPLETE]}, pruned {c[TrialState.PRUNED]}, "
+            f"failed {c[TrialState.FAIL]}, running {c[TrialState.RUNNING]}; best {best}")
+
+
+def _watch(study, procs, n_trials, poll_seconds, stopping) -> None:
+    with progress(n_trials, f"study {study.study_name}", unit="trial") as bar:
+        last_line, last_done = "", 0
+        while any(w.proc.poll() is None for w in procs):
+            c = _counts(study)
+            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+            line = _status_line(study)
+            if bar.bar is not None:
+                bar.bar.set_postfix_str(line.split(": ", 1)[1], refresh=False)
+                bar.bar.update(done - last_done)
+                last_done = done
+            elif line != last_line:
+                log.info(line)
+            last_line = line
+            time.sleep(poll_seconds)
+            if stopping["signal"] is not None and not interactive():
+                log.info("stopping workers (signal %s)", stopping["signal"])
+
+
+def _reap(procs: list[WorkerProcess], grace: float = 30.0) -> None:
+    deadline = time.monotonic() + grace
+    for w in procs:
+        try:
+            w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not stop in %.0f s; killing it", w.index, grace)
+            w.proc.kill()
+            w.proc.wait()
