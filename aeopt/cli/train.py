@@ -27,9 +27,11 @@ def train(
     Example: aeopt train configs/conv_ae.yaml --data-dir ../shared/data --set budget.max_epochs=5
     """
     from aeopt.config import load_run_config
+
+    # The config is checked before torch is imported: a typo costs a fraction of a second.
+    cfg = load_run_config(config, set_ or [])
     from aeopt.runs import train_run
 
-    cfg = load_run_config(config, set_ or [])
     out = out or Path("runs") / config.stem
     _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)
     summary = {k: v for k, v in metrics.items() if k != "history"}
