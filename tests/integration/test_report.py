@@ -1,0 +1,208 @@
+"""`aeopt report` on real tiny studies (synthetic data, 2 epochs) of all three model kinds: every
+figure is written and is a real picture, the numbers are consistent, and the HTML page renders in
+headless Chromium with no JavaScript errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import _missing, run_cli
+from PIL import Image
+
+from aeopt.config import StudySpec
+from aeopt.studies import create_study
+from aeopt.worker import run_worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+STUDY_PLOTS = ["study_optimization_history", "study_intermediate_values", "study_param_importances", "study_parallel_coordinate"]
+COMMON = STUDY_PLOTS + ["reconstructions", "latent_pca", "latent_tsne", "interpolations"]
+EXPECTED = {
+    "conv_ae": COMMON + ["gaussian_samples", "denoising_examples", "denoising_mse"],
+    "denoising_ae": COMMON + ["gaussian_samples", "denoising_examples", "denoising_mse"],
+    "vae": COMMON + ["prior_samples", "latent_manifold"],
+}
+
+
+def _spec(kind: str) -> StudySpec:
+    if kind == "vae":
+        model = {"kind": "vae", "hidden1": 64, "hidden2": 32, "latent_dim": 2}
+    else:
+        model = {"kind": kind, "c1": 8, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4, "dropout": 0.0,
+                 "noise_std": 0.3 if kind == "denoising_ae" else 0.0}
+    return StudySpec.model_validate({
+        "name": kind,
+        "model": model,
+        "data": {"dataset": "synthetic", "train_subset": 300, "test_subset": 120},
+        "budget": {"max_epochs": 2, "batch_size": 64, "patience": 0},
+        "optim": {"lr": 3e-3},
+        "cv": {"folds": 2},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  "optim.weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True}},
+    })
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """One SQLite storage with a 3-trial study of each kind, run by the real worker. The conv and
+    denoising studies keep artifacts (the report reuses the best checkpoint); the VAE study has
+    no artifact folder, so the report trains its best configuration on the spot."""
+    root = tmp_path_factory.mktemp("report_studies")
+    url = f"sqlite:///{root / 'studies.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AEOPT_OFFLINE", "1")
+        mp.delenv("AEOPT_ARTIFACTS", raising=False)
+        torch.set_num_threads(1)
+        for kind in ("conv_ae", "denoising_ae", "vae"):
+            artifacts = str(root / "artifacts") if kind != "vae" else None
+            create_study(_spec(kind), url, artifacts=artifacts)
+            run_worker(kind, url, n_trials=3, device="cpu", show_progress=False)
+    return url, root
+
+
+def _is_picture(path: Path) -> bool:
+    """A readable PNG with real content: not one flat colour."""
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("L"), dtype=np.float32)
+    return a.shape[0] > 100 and a.shape[1] > 100 and float(a.std()) > 5.0
+
+
+@pytest.fixture(scope="module")
+def finetune_dir(studies, tmp_path_factory):
+    """A real `aeopt finetune` output folder (1 epoch on the conv study's best checkpoint)."""
+    from aeopt.artifacts import find_best_checkpoint
+    from aeopt.checkpoint import load_checkpoint
+    from aeopt.finetune import finetune, load_finetune_config
+    from aeopt.studies import load_study
+
+    url, _ = studies
+    study, _ = load_study(url, "conv_ae")
+    ckpt = find_best_checkpoint(study, tmp_path_factory.mktemp("ckpt"))
+    assert ckpt is not None
+    out = tmp_path_factory.mktemp("finetune")
+    model, cfg, _ = load_checkpoint(ckpt)
+    ft = load_finetune_config(None, ["finetune.max_epochs=1", "finetune.min_steps_per_epoch=2"], base=cfg)
+    finetune(ft, autoencoder=model, out=out, device="cpu", show_progress=False)
+    assert (out / "metrics.json").is_file()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["conv_ae", "denoising_ae", "vae"])
+def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
+    from aeopt.report import build_report
+
+    url, _ = studies
+    html = build_report(kind, tmp_path / "out", storage_url=url, device="cpu", max_points=120, show_progress=False)
+    out = html.parent
+    pngs = sorted(p.stem for p in out.glob("*.png"))
+    assert pngs == sorted(EXPECTED[kind]), pngs
+    for name in pngs:
+        assert _is_picture(out / f"{name}.png"), name
+
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["model"] == kind and numbers["n_points"] == 120
+    assert 0 < numbers["test_mse"] < 0.5
+    if kind == "vae":
+        # No artifact folder: the best configuration was trained here and saved beside the report.
+        assert "trained here" in numbers["best_source"]
+        assert (out / "checkpoints" / "vae_best.pt").is_file()
+        assert "denoising" not in numbers
+    else:
+        assert numbers["best_source"] == f"checkpoint artifact of trial #{numbers['best_trial']}"
+        den = numbers["denoising"]
+        assert den["noise_std"] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+        for curve in (den["mse_plain"], den["mse_denoising"]):
+            assert len(curve) == 6 and all(math.isfinite(v) and v > 0 for v in curve)
+        # The model under study is one side of the comparison: its clean MSE is the report's.
+        side = "mse_plain" if kind == "conv_ae" else "mse_denoising"
+        assert den[side][0] == pytest.approx(numbers["test_mse"], rel=1e-4)
+
+    page = html.read_text()
+    # Self-contained: plotly.js inline, images as data URIs, nothing fetched from anywhere.
+    assert not re.search(r"<script[^>]+src=", page) and 'src="http' not in page
+    assert page.count('class="plotly-graph-div"') >= 5
+    assert "data:image/png;base64," in page
+
+
+def test_report_cli_with_finetune_and_denoising_study(studies, finetune_dir, tmp_path):
+    url, _ = studies
+    out = tmp_path / "cli"
+    r = run_cli("report", "--study", "conv_ae", "--storage", url, "--denoising-study", "denoising_ae",
+                "--finetune", str(finetune_dir), "--device", "cpu", "--max-points", "100", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("report.html")
+    # Not a terminal: progress is plain log lines, one per step.
+    assert "report 8/8" in r.stderr
+    assert (out / "confusion_matrix.png").is_file() and (out / "per_class_accuracy.png").is_file()
+    assert _is_picture(out / "confusion_matrix.png")
+    numbers = json.loads((out / "report.json").read_text())
+    metrics = json.loads((finetune_dir / "metrics.json").read_text())
+    assert numbers["finetune"]["test_acc"] == pytest.approx(metrics["test_acc"])
+    # Both sides of the denoising comparison come from the two studies' checkpoints: nothing trained.
+    assert numbers["denoising"]["plain_source"].startswith("checkpoint artifact")
+    assert numbers["denoising"]["denoising_source"].startswith("checkpoint artifact")
+    page = (out / "report.html").read_text()
+    assert 'id="plot-confusion_matrix"' in page and 'id="plot-per_class_accuracy"' in page
+
+
+def test_report_errors_are_one_line(studies, tmp_path):
+    url, _ = studies
+    r = run_cli("report", "--study", "nope", "--storage", url, "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.startswith("error: no study named 'nope'") and "Traceback" not in r.stderr
+    r = run_cli("report", "--study", "conv_ae", "--storage", url, "--finetune", str(tmp_path / "missing"),
+                "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--finetune" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(studies, finetune_dir, tmp_path):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        _missing("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    from aeopt.report import build_report
+
+    url, _ = studies
+    html = build_report("vae", tmp_path / "out", storage_url=url, finetune=finetune_dir, device="cpu", max_points=100,
+                        show_progress=False)
+    n_plotly = html.read_text().count('class="plotly-graph-div"')
+
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(html.as_uri())
+        state = driver.execute_script(
+            "return {plotly: typeof window.Plotly, divs: document.querySelectorAll('.js-plotly-plot').length,"
+            " svgs: document.querySelectorAll('.js-plotly-plot .main-svg').length,"
+            " images: Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length}")
+        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+        shot = tmp_path / "screenshot.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert errors == [], errors
+    assert state["plotly"] == "object"
+    # Every plotly figure was drawn by plotly.js (a div becomes .js-plotly-plot with SVG layers).
+    assert state["divs"] == n_plotly and state["svgs"] >= n_plotly
+    assert state["images"] >= 4  # reconstructions, prior samples, manifold, interpolations
+    with Image.open(shot) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    # Not blank: a white page has one colour; the first screen holds a table and a plot.
+    assert a.std() > 20 and len(np.unique(a.reshape(-1, 3), axis=0)) > 50
