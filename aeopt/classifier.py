@@ -1,0 +1,316 @@
+"""Supervised classification: a head on an encoder, and the training loop shared by the fine-tune
+stage and the CNN baseline.
+
+Same style as aeopt/train.py: whole float tensors on the device, random-permutation batches,
+augmentation done on whole batches on the device (no PIL, no per-sample transforms), an
+`on_epoch` seam for callers (a study prunes through it). Knows nothing about Optuna.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from aeopt.train import set_seed
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 4096
+# on_epoch(epoch, validation accuracy, validation loss); may raise to stop the run.
+OnClassifierEpoch = Callable[[int, float, float], None]
+
+
+class SupervisedConfig(BaseModel):
+    """How a classifier is trained: optimizer, schedule, budget, augmentation, label budget."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    max_epochs: int = Field(40, ge=1, le=10_000)
+    # Early stopping on validation accuracy; 0 turns it off.
+    patience: int = Field(10, ge=0)
+    batch_size: int = Field(256, ge=1, le=65_536)
+    # An epoch is at least this many batches, so a 100-label run gets as many optimizer steps per
+    # epoch as a small dataset needs (one pass over 80 images would be one step).
+    min_steps_per_epoch: int = Field(50, ge=1)
+    # Cosine decay of the learning rate over max_epochs (Loshchilov & Hutter, SGDR, 2017), or none.
+    schedule: Literal["cosine", "constant"] = "cosine"
+    # auto: random shifts (+-2 px) and horizontal flips for Fashion-MNIST (clothes are mirror
+    # symmetric), shifts only for digits, where a flip changes the class.
+    augment: Literal["auto", "none", "shift", "shift_flip"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Use only this many labelled training images (a stratified subset); null = all.
+    labels: int | None = Field(None, ge=10)
+
+
+# ----- models ------------------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """An encoder (images -> code) and a head: one hidden layer, then `n_classes` logits."""
+
+    def __init__(self, encoder: nn.Module, code_dim: int, hidden: int = 64, n_classes: int = 10, dropout: float = 0.2,
+                 normalize_code: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        # An autoencoder's code has an arbitrary scale (early in training it can vary by 1e-2
+        # across images); batch-normalizing it lets the same head learning rate work for any code.
+        norm = [nn.BatchNorm1d(code_dim)] if normalize_code else []
+        self.head = nn.Sequential(
+            *norm,
+            nn.Linear(code_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+        self.frozen = False
+
+    def freeze_encoder(self) -> Classifier:
+        """Train the head only (a probe of the representation): no gradients, and the encoder
+        stays in eval mode so dropout is off and batch-norm statistics do not move."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.frozen = True
+        self.encoder.eval()
+        return self
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                code = self.encoder(x)
+            return self.head(code)
+        return self.head(self.encoder(x))
+
+
+# ----- augmentation ------------------------------------------------------------------------------
+
+
+def augmentation_for(setting: str, dataset: str) -> tuple[int, bool]:
+    """(max shift in pixels, horizontal flips) for an `augment` setting."""
+    if setting == "auto":
+        setting = "shift_flip" if dataset == "fashion_mnist" else "shift"
+    return {"none": (0, False), "shift": (2, False), "shift_flip": (2, True)}[setting]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 2, flip: bool = True) -> torch.Tensor:
+    """Random translations (zero padded) and horizontal flips of a whole batch, on its device."""
+    n, _, h, w = x.shape
+    dev = x.device
+    if flip:
+        mask = torch.rand(n, device=dev, generator=generator) < 0.5
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(-1), x)
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift))
+        dy = torch.randint(0, 2 * shift + 1, (n, 1), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * shift + 1, (n, 1), device=dev, generator=generator)
+        rows = torch.arange(h, device=dev).view(1, h) + dy  # [n, h]
+        cols = torch.arange(w, device=dev).view(1, w) + dx  # [n, w]
+        # One gather for the batch: crop image i at its own offset (dy_i, dx_i).
+        batch = torch.arange(n, device=dev).view(n, 1, 1)
+        x = padded[batch, :, rows.view(n, h, 1), cols.view(n, 1, w)]  # [n, h, w, c]
+        x = x.permute(0, 3, 1, 2)
+    return x
+
+
+# ----- training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifierFit:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = 0.0
+    best_val_loss: float = math.inf
+    epochs: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    predictions: torch.Tensor  # [N] on the CPU
+    probabilities: torch.Tensor | None = None  # [N, C] on the CPU, when asked for
+
+
+def _optimizer(model: nn.Module, cfg: SupervisedConfig, encoder_lr_scale: float) -> torch.optim.Optimizer:
+    enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * encoder_lr_scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, probabilities: bool = False, amp: bool = False) -> Evaluation:
+    """Accuracy and mean cross-entropy of `model` on float images `x` and labels `y` (eval mode)."""
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    total_loss = torch.zeros((), device=x.device)
+    preds, probs = [], []
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
+            logits = model(xb)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits, yb, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum()
+        preds.append(pred.cpu())
+        if probabilities:
+            probs.append(logits.softmax(1).cpu())
+    n = max(x.shape[0], 1)
+    return Evaluation(float(correct) / n, float(total_loss) / n, torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long),
+                      torch.cat(probs) if probabilities else None)
+
+
+def fit_classifier(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: SupervisedConfig,
+    device: torch.device,
+    *,
+    seed: int,
+    augmentation: tuple[int, bool] = (0, False),
+    encoder_lr_scale: float = 1.0,
+    amp: bool = False,
+    on_epoch: OnClassifierEpoch | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[nn.Module, ClassifierFit]:
+    """Train with early stopping on validation accuracy (ties: lower validation loss) and restore
+    the best weights. `train` and `val` are (float images in [0, 1], int64 labels) on `device`."""
+    set_seed(seed)
+    model = model.to(device)
+    x_tr, y_tr = train
+    x_va, y_va = val
+    opt = _optimizer(model, cfg, encoder_lr_scale)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs) if cfg.schedule == "cosine" else None
+    gen = torch.Generator(device=device).manual_seed(seed)
+    use_amp = amp and device.type == "cuda"
+    shift, flip = augmentation
+
+    n = x_tr.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = max(math.ceil(n / bs), cfg.min_steps_per_epoch)
+    passes = math.ceil(steps * bs / n)
+
+    result = ClassifierFit()
+    best_state = copy.deepcopy(model.state_dict())
+    bad = 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        # Several random permutations back to back when an epoch needs more than one pass.
+        order = torch.cat([torch.randperm(n, device=device, generator=gen) for _ in range(passes)])
+        total = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for s in range(steps):
+            idx = order[s * bs : (s + 1) * bs]
+            if idx.numel() == 0:
+                break
+            xb, yb = x_tr[idx], y_tr[idx]
+            if shift or flip:
+                xb = augment(xb, gen, shift, flip)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # Accumulated on the device: an .item() per step would sync the GPU every batch.
+            total += loss.detach() * idx.numel()
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += idx.numel()
+        if sched is not None:
+            sched.step()
+        train_loss = float(total) / seen
+        if not math.isfinite(train_loss):
+            from aeopt.train import NonFiniteLossError
+
+            raise NonFiniteLossError(f"classifier training loss is {train_loss} (lower finetune.lr)")
+        ev = evaluate(model, x_va, y_va, amp=amp)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc_augmented": float(correct) / seen,
+               "val_loss": ev.loss, "val_acc": ev.accuracy}
+        result.history.append(row)
+        result.epochs = epoch
+        if progress:
+            progress(epoch, row)
+        if on_epoch:
+            on_epoch(epoch, ev.accuracy, ev.loss)
+        if (ev.accuracy, -ev.loss) > (result.best_val_acc, -result.best_val_loss):
+            result.best_val_acc, result.best_val_loss, result.best_epoch = ev.accuracy, ev.loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad = 0
+        else:
+            bad += 1
+            if cfg.patience and bad >= cfg.patience:
+                result.stopped_early = True
+                log.info("early stop at epoch %d (best %d, val acc %.4f)", epoch, result.best_epoch, result.best_val_acc)
+                break
+    model.load_state_dict(best_state)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - start
+    return model, result
+
+
+# ----- metrics -----------------------------------------------------------------------------------
+
+
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> list[list[int]]:
+    """Rows: true class; columns: predicted class."""
+    idx = y_true.cpu().long() * n_classes + y_pred.cpu().long()
+    counts = torch.bincount(idx, minlength=n_classes * n_classes).view(n_classes, n_classes)
+    return counts.tolist()
+
+
+def per_class_accuracy(matrix: list[list[int]], classes: list[str]) -> dict[str, float]:
+    out = {}
+    for i, name in enumerate(classes):
+        row_total = sum(matrix[i])
+        out[name] = matrix[i][i] / row_total if row_total else float("nan")
+    return out
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
+    import matplotlib.pyplot as plt
+
+    import aeopt.plots  # noqa: F401  (selects the headless backend)
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(0.75 * n + 2, 0.75 * n + 1.5))
+    data = torch.tensor(matrix, dtype=torch.float32)
+    norm = data / data.sum(1, keepdim=True).clamp(min=1)
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

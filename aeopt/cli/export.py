@@ -1,0 +1,39 @@
+"""`aeopt export --study NAME -o best.yaml`: a study's best trial as a run config `aeopt train` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aeopt.cli.common import StorageOpt, StudyOpt
+
+
+def export(
+    study: StudyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="best.yaml, best.yml or best.json (format by suffix).")],
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Export the K best trials as a list instead of the best one.")] = 1,
+) -> None:
+    """Write the best trial's complete run config, with its CV metrics and provenance.
+
+    The file is a run config: `aeopt train best.yaml` retrains exactly that configuration and
+    `aeopt finetune best.yaml` fine-tunes its encoder. The storage URL is never written to it.
+
+    Example: aeopt export --study conv_ae -o best.yaml
+    """
+    from aeopt.export import export_study
+
+    result = export_study(storage, study, output, top)
+    best = result if isinstance(result, dict) else result[0]
+    m, p = best["metrics"], best["provenance"]
+    std = f" +- {m['cv_std']:.5g}" if m.get("cv_std") is not None else ""
+    count = "" if isinstance(result, dict) else f" ({len(result)} trials, best first)"
+    typer.echo(f"wrote {output}{count}: study '{p['study']}' trial {p['trial']}, CV loss {m['cv_mean']:.5g}{std}")
+    typer.echo(f"retrain it with: aeopt train {output}" if isinstance(result, dict) else
+               "each entry is a run config; export with --top 1 to train one", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
