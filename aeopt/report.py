@@ -167,41 +167,51 @@ def best_model(study: optuna.Study, spec, *, data_dir: str | None, device: torch
                      study.study_name, best.number)
 
 
-def _partner(cfg: RunConfig, kind: str) -> RunConfig:
+def _partner(cfg: RunConfig, kind: str, noise: float = 0.0) -> RunConfig:
     """The same architecture and training as `cfg`, as a plain or a denoising autoencoder."""
     d = cfg.model_dump(mode="json")
     d["model"]["kind"] = kind
-    d["model"]["noise_std"] = DEFAULT_NOISE if kind == "denoising_ae" else 0.0
+    d["model"]["noise_std"] = noise if kind == "denoising_ae" else 0.0
     return RunConfig.model_validate(d)
 
 
-def _train_partner(cfg: RunConfig, *, data_dir, device, show_progress, why: str) -> BestModel:
+def _train_here(cfg: RunConfig, *, data_dir, device, show_progress, what: str) -> BestModel:
     from aeopt.runs import train_run
 
-    log.info("training a %s with the same architecture for the denoising comparison", cfg.model.kind)
+    log.info("training %s for the denoising comparison", what)
     model, metrics = train_run(cfg, data_dir=data_dir, device=str(device), show_progress=show_progress)
-    return BestModel(model.eval(), cfg, f"{why} ({metrics['epochs']} epochs, trained here)", "", None)
+    return BestModel(model.eval(), cfg, f"{what}, trained here ({metrics['epochs']} epochs)", "", None)
 
 
 def denoising_pair(main: BestModel, denoising: BestModel | None, *, data_dir, device,
                    show_progress) -> tuple[BestModel, BestModel] | None:
-    """(plain AE, denoising AE) to compare. The report trained both with the same parameters, so
-    a missing partner is the other one's configuration with the noise switched on or off."""
+    """(plain AE, denoising AE) to compare, or None for a VAE study without --denoising-study.
+
+    Two studies' best checkpoints are compared as they are. Otherwise the report's experiment is
+    repeated: one architecture trained twice, without and with input noise, on the same split for
+    the same epochs; a checkpoint from cross-validation (trained on fewer images) would not be a
+    fair opponent for a model trained here, so both are trained here.
+    """
     kind = main.cfg.model.kind
-    if denoising is None:
-        if kind == "denoising_ae":
-            denoising = main
-        elif kind == "conv_ae":
-            denoising = _train_partner(_partner(main.cfg, "denoising_ae"), data_dir=data_dir, device=device,
-                                       show_progress=show_progress, why=f"the best conv_ae with noise_std {DEFAULT_NOISE}")
-        else:
-            return None
-    if kind == "conv_ae":
-        plain = main
+    if kind == "conv_ae" and denoising is not None:
+        return main, denoising
+    if kind == "denoising_ae":
+        if denoising is not None:
+            log.warning("the study is itself a denoising_ae study: comparing its own best model, not --denoising-study's")
+        base = main.cfg
+    elif kind == "conv_ae":
+        base = main.cfg
+    elif denoising is not None:
+        base = denoising.cfg
     else:
-        plain = _train_partner(_partner(denoising.cfg, "conv_ae"), data_dir=data_dir, device=device,
-                               show_progress=show_progress, why="the best denoising_ae's configuration without noise")
-    return plain, denoising
+        return None
+    owner = main.study if denoising is None or kind != "vae" else denoising.study
+    plain = _train_here(_partner(base, "conv_ae"), data_dir=data_dir, device=device, show_progress=show_progress,
+                        what=f"{owner}'s best architecture without noise")
+    noise = base.model.noise_std if base.model.kind == "denoising_ae" else DEFAULT_NOISE
+    den = _train_here(_partner(base, "denoising_ae", noise), data_dir=data_dir, device=device, show_progress=show_progress,
+                      what=f"{owner}'s best architecture with noise std {noise:g}")
+    return plain, den
 
 
 # ----- figures of the best model -------------------------------------------------------------------
