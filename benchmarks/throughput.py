@@ -1,0 +1,157 @@
+"""Training throughput: aeopt's engine against a plain torchvision + DataLoader loop, side by side.
+
+Both train the same model (the report's conv AE config), with the same optimizer and loss, on the
+same images (a stratified subset of the Fashion-MNIST training split, 48,000 by default = the
+report's 80 % training part). The epochs alternate (engine, loop, engine, loop, ...) so that a
+machine shared with other work slows both alike.
+
+- engine: `aeopt.train.Trainer.train_epoch` on one whole float tensor already on the device;
+  batches are index slices of a random permutation drawn on the device.
+- DataLoader: `torchvision.datasets.FashionMNIST(root, transform=ToTensor())` (a PIL image and a
+  ToTensor call per sample), `DataLoader(batch_size=256, shuffle=True)`, each batch moved to the
+  device, `loss.item()` per step: the loop most tutorials write.
+
+    python benchmarks/throughput.py --data-dir ../shared/data --device cpu --epochs 2
+    python benchmarks/throughput.py --data-dir ../shared/data --device cuda --epochs 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=None, help="folder with FashionMNIST/raw (default: AEOPT_DATA_DIR, cache, Debian)")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs of each, alternating (default 2)")
+    ap.add_argument("--train-size", type=int, default=48_000, help="training images per epoch (default 48000)")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "conv_ae.yaml"))
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader num_workers (default 0)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from aeopt.config import load_run_config
+    from aeopt.data import load_dataset, stratified_subset, to_float
+    from aeopt.losses import reconstruction_loss
+    from aeopt.models import build_model
+    from aeopt.train import Trainer, make_optimizer, resolve_device, set_seed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = load_run_config(args.config)
+    bs = cfg.budget.batch_size
+
+    ds = load_dataset("fashion_mnist", args.data_dir)
+    idx = stratified_subset(ds.train.y, args.train_size, seed=0)
+    n = len(idx)
+
+    # torchvision reads <root>/FashionMNIST/raw/<uncompressed IDX>: use the folder aeopt found.
+    folder = Path(ds.source)
+    if not (folder.name == "raw" and folder.parent.name == "FashionMNIST" and (folder / "train-images-idx3-ubyte").is_file()):
+        sys.exit(f"the DataLoader side needs torchvision's layout (<root>/FashionMNIST/raw, uncompressed); got {folder}")
+    tv_root = folder.parent.parent
+    tv_train = datasets.FashionMNIST(str(tv_root), train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(Subset(tv_train, idx.tolist()), batch_size=bs, shuffle=True, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+                        generator=torch.Generator().manual_seed(0))
+
+    # Engine: the whole subset on the device once (not timed, like the dataset construction).
+    x = to_float(ds.train.x[idx], device)
+    set_seed(0)
+    engine = Trainer(build_model(cfg), cfg, device, seed=0)
+
+    set_seed(0)
+    naive_model = build_model(cfg).to(device)
+    naive_opt = make_optimizer(naive_model.parameters(), cfg)
+
+    def naive_epoch() -> float:
+        naive_model.train()
+        total = 0.0
+        for xb, _ in loader:
+            xb = xb.to(device, non_blocking=True)
+            loss = reconstruction_loss(naive_model, xb, xb)
+            naive_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            naive_opt.step()
+            total += loss.item() * xb.shape[0]
+        return total / n
+
+    def timed(fn) -> tuple[float, float]:
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = fn()
+        _sync(device)
+        return time.perf_counter() - t0, loss
+
+    # Warm-up (allocator, kernels, lazy imports): a few batches of each, not timed.
+    engine.train_epoch(x[: 4 * bs])
+    for i, (xb, _) in enumerate(loader):
+        reconstruction_loss(naive_model, xb.to(device), xb.to(device)).backward()
+        if i == 3:
+            break
+    naive_opt.zero_grad(set_to_none=True)
+
+    rows = {"engine": [], "dataloader": []}
+    for epoch in range(1, args.epochs + 1):
+        for name, fn in (("engine", lambda: engine.train_epoch(x)), ("dataloader", naive_epoch)):
+            seconds, loss = timed(fn)
+            rows[name].append({"epoch": epoch, "seconds": seconds, "loss": loss})
+            print(f"epoch {epoch} {name:<10} {seconds:7.2f} s  {n / seconds:9.0f} img/s  loss {loss:.4f}", file=sys.stderr)
+
+    def summary(name: str) -> dict:
+        secs = [r["seconds"] for r in rows[name]]
+        mean = statistics.fmean(secs)
+        return {"seconds_per_epoch": mean, "images_per_second": n / mean, "epochs": rows[name]}
+
+    result = {
+        "benchmark": "throughput",
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": args.config,
+        "batch_size": bs,
+        "train_size": n,
+        "dataloader_workers": args.workers,
+        "engine": summary("engine"),
+        "dataloader": summary("dataloader"),
+    }
+    result["speedup"] = result["engine"]["images_per_second"] / result["dataloader"]["images_per_second"]
+    result["engine_seconds_per_48000"] = 48_000 / result["engine"]["images_per_second"]
+
+    e, d = result["engine"], result["dataloader"]
+    print(f"\n{n} images per epoch, batch {bs}, {args.epochs} epochs each, device {device} ({result['device_name']}), "
+          f"{result['cpu_threads']} CPU threads")
+    print("| loop | s / epoch | images / s |\n|---|---:|---:|")
+    print(f"| aeopt engine (whole on-device tensors) | {e['seconds_per_epoch']:.2f} | {e['images_per_second']:,.0f} |")
+    print(f"| torchvision + ToTensor + DataLoader (workers {args.workers}) | {d['seconds_per_epoch']:.2f} | "
+          f"{d['images_per_second']:,.0f} |")
+    print(f"speedup: {result['speedup']:.2f}x; engine seconds per epoch over 48,000 images: "
+          f"{result['engine_seconds_per_48000']:.2f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
