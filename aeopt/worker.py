@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import optuna
 import torch
+
+import aeopt.storage  # noqa: F401  (silences Optuna's experimental-heartbeat warnings)
 from optuna.trial import TrialState
 
 from aeopt.objective import TRIAL_ERRORS, Objective

@@ -1,0 +1,204 @@
+"""Studies end to end against real storages: SQLite files and the PostgreSQL server, real
+worker processes (including one killed with SIGKILL mid-trial), tiny real training runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from aeopt.config import StudySpec
+from aeopt.objective import Objective
+from aeopt.studies import SPEC_ATTR, create_study, load_study
+from aeopt.worker import run_worker
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_spec(name: str, **overrides) -> dict:
+    spec = {
+        "name": name,
+        "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4, "dropout": 0.0},
+        "data": {"dataset": "synthetic", "train_subset": 600},
+        "budget": {"max_epochs": 2, "batch_size": 64},
+        "cv": {"folds": 2, "seed": 0},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  "model.c1": {"type": "int", "low": 2, "high": 6}},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            spec[section][field] = value
+        else:
+            spec[section] = value
+    return spec
+
+
+def write_spec(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def finished(study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_objective_through_ask_tell(tmp_path):
+    spec = StudySpec.model_validate(tiny_spec("asktell"))
+    study = create_study(spec, f"sqlite:///{tmp_path}/s.db", "asktell")
+    objective = Objective(spec, device="cpu", upload_artifacts=False)
+    trial = study.ask()
+    value = objective(trial)
+    study.tell(trial, value)
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE
+    assert 0 < t.value < 0.2
+    assert len(t.user_attrs["fold_losses"]) == 2
+    assert t.value == pytest.approx(sum(t.user_attrs["fold_losses"]) / 2)
+    assert t.user_attrs["epochs"] == 2 and t.user_attrs["device"] == "cpu"
+    assert sorted(t.intermediate_values) == [1, 2]
+    assert set(t.params) == {"optim.lr", "model.c1"}
+
+
+def test_pruning_prunes_a_bad_configuration(tmp_path):
+    spec = StudySpec.model_validate(tiny_spec(
+        "prune", budget={"max_epochs": 6, "batch_size": 64},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        space={"optim.lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}}))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_study(spec, url, "prune")
+    study.enqueue_trial({"optim.lr": 1e-2})  # learns
+    study.enqueue_trial({"optim.lr": 1e-7})  # barely moves: should be cut early
+    run_worker("prune", url, n_trials=2, device="cpu", show_progress=False)
+    study, _ = load_study(url, "prune")
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE
+    assert bad.state == TrialState.PRUNED
+    assert bad.last_step < 6
+
+
+def test_nan_trial_fails_and_worker_goes_on(tmp_path):
+    spec = StudySpec.model_validate(tiny_spec(
+        "nan", model={"kind": "vae", "hidden1": 16, "hidden2": 8, "latent_dim": 2},
+        optim={"name": "sgd", "lr": 1.0, "momentum": 0.0},
+        space={"optim.lr": {"type": "categorical", "choices": [10.0, 0.001]}}))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_study(spec, url, "nan")
+    study.enqueue_trial({"optim.lr": 10.0})  # diverges to NaN
+    study.enqueue_trial({"optim.lr": 0.001})
+    run_worker("nan", url, n_trials=1, device="cpu", show_progress=False)
+    study, _ = load_study(url, "nan")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "NonFiniteLossError" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_sqlite_end_to_end_cli(tmp_path):
+    spec_path = write_spec(tmp_path, tiny_spec("e2e"))
+    url = f"sqlite:///{tmp_path}/studies.db"
+    r = run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path)
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("worker", "--study", "e2e", "--storage", url, "--n-trials", "3", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study, spec = load_study(url, "e2e")
+    assert len(finished(study)) == 3 and len(study.trials) == 3
+    assert study.user_attrs[SPEC_ATTR]["data"]["dataset"] == "synthetic"
+    # A second run with the same target adds nothing.
+    r = run_cli("worker", "--study", "e2e", "--storage", url, "--n-trials", "3", cwd=tmp_path)
+    assert r.returncode == 0 and len(load_study(url, "e2e")[0].trials) == 3
+    r = run_cli("study", "show", "e2e", "--storage", url, cwd=tmp_path)
+    assert "complete 3" in r.stdout and "optim.lr" in r.stdout
+    r = run_cli("study", "list", "--storage", url, cwd=tmp_path)
+    assert "e2e" in r.stdout
+    r = run_cli("study", "delete", "e2e", "--storage", url, "--yes", cwd=tmp_path)
+    assert r.returncode == 0
+    r = run_cli("worker", "--study", "e2e", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 2 and "no study named 'e2e'" in r.stderr
+
+
+def test_default_storage_is_embedded_sqlite(tmp_path):
+    spec_path = write_spec(tmp_path, tiny_spec("dflt"))
+    r = run_cli("study", "create", str(spec_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "studies" / "aeopt.db").is_file()
+
+
+def test_journal_storage_two_workers(tmp_path):
+    spec_path = write_spec(tmp_path, tiny_spec("journal"))
+    url = f"journal:///{tmp_path}/journal.log"
+    assert run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path).returncode == 0
+    r = run_cli("launch", "--study", "journal", "--storage", url, "--workers", "2", "--n-trials", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study, _ = load_study(url, "journal")
+    assert len(finished(study)) >= 4  # journal storage has no heartbeat to arbitrate the last trial
+
+
+@pytest.mark.postgres
+def test_postgres_two_concurrent_workers_finish_exactly_n(tmp_path, pg_url):
+    name = f"pg_{os.getpid()}_{int(time.time())}"
+    spec_path = write_spec(tmp_path, tiny_spec(name))
+    assert run_cli("study", "create", str(spec_path), "--storage", pg_url, cwd=tmp_path).returncode == 0
+    r = run_cli("launch", "--study", name, "--storage", pg_url, "--workers", "2", "--n-trials", "6", "--devices", "cpu",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study, _ = load_study(pg_url, name)
+    fin = finished(study)
+    assert len(fin) == 6
+    # Both workers really ran trials (the log of each names trials it finished).
+    logs = [(tmp_path / "logs" / name / f"worker-{i}.log").read_text() for i in range(2)]
+    assert all("complete:" in log for log in logs), logs
+    # No credentials or URL in the process list: the storage travels in the environment.
+    assert "postgresql" not in r.stderr.replace(pg_url, "")
+
+
+@pytest.mark.postgres
+def test_killed_worker_trial_fails_by_heartbeat_and_is_rerun(tmp_path, pg_url):
+    name = f"kill_{os.getpid()}_{int(time.time())}"
+    # Long enough (about 100 ms an epoch) to be killed in the middle, short enough to rerun.
+    spec = tiny_spec(name, budget={"max_epochs": 25, "batch_size": 32}, data={"dataset": "synthetic", "train_subset": 400})
+    spec_path = write_spec(tmp_path, spec)
+    env = {**os.environ, "AEOPT_HEARTBEAT_INTERVAL": "1", "AEOPT_GRACE_PERIOD": "3", "AEOPT_STORAGE": pg_url}
+    assert run_cli("study", "create", str(spec_path), cwd=tmp_path, env=env).returncode == 0
+
+    victim = subprocess.Popen([sys.executable, "-m", "aeopt", "worker", "--study", name, "--n-trials", "2", "--device",
+                               "cpu"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = optuna.storages.RDBStorage(pg_url)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        if any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
+            break
+        time.sleep(0.2)
+    else:
+        victim.kill()
+        pytest.fail("the worker never started a trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = optuna.load_study(study_name=name, storage=storage).trials[0]
+    assert killed.state == TrialState.RUNNING  # nobody told the storage
+
+    r = run_cli("worker", "--study", name, "--n-trials", "2", "--device", "cpu", cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1
+    assert states.count(TrialState.COMPLETE) == 2
+    assert study.trials[0].state == TrialState.FAIL
+    rerun = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
+    assert rerun[0].params == killed.params

@@ -1,0 +1,86 @@
+"""Study specs: the shipped ones load, bad fields give one line each, --set reaches space keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aeopt.config import IntParam, StudySpec, load_study_spec
+from aeopt.errors import ConfigError
+from aeopt.space import grid, grid_size
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+@pytest.mark.parametrize("name", ["conv_ae", "denoising_ae", "vae", "seed_grid"])
+def test_shipped_specs_validate(name):
+    spec = load_study_spec(STUDIES / f"{name}.yaml")
+    assert spec.name == name
+    assert spec.cv.folds == 5
+    cfg = spec.run_config({})
+    assert cfg.model.kind == {"vae": "vae", "denoising_ae": "denoising_ae"}.get(name, "conv_ae")
+
+
+def test_seed_grid_is_the_reports_grid():
+    spec = load_study_spec(STUDIES / "seed_grid.yaml")
+    assert spec.sampler.name == "grid" and spec.pruner.name == "none"
+    assert grid(spec) == {"model.c1": [8, 16], "model.c2": [16, 32], "model.c3": [16, 32]}
+    assert grid_size(spec) == 8
+    cfg = spec.run_config({"model.c1": 8, "model.c2": 16, "model.c3": 16})
+    assert (cfg.model.fc, cfg.model.latent_dim, cfg.model.dropout) == (32, 10, 0.2)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 1e-3, 1e-5)
+    assert (cfg.budget.max_epochs, cfg.budget.patience) == (50, 8)
+
+
+def _write(tmp_path, data) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_bad_fields_one_line_each(tmp_path):
+    p = _write(tmp_path, {"name": "x", "cv": {"folds": 1}, "sampler": {"name": "annealing"}, "optim": {"lr": -1}})
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(p)
+    lines = str(err.value).splitlines()
+    assert any("cv.folds" in line and "1" in line for line in lines)
+    assert any("sampler.name" in line and "annealing" in line for line in lines)
+    assert any("optim.lr" in line and "-1" in line for line in lines)
+
+
+def test_space_key_must_be_a_run_field(tmp_path):
+    p = _write(tmp_path, {"name": "x", "space": {"model.nope": {"type": "int", "low": 1, "high": 2}}})
+    with pytest.raises(ConfigError, match="model.nope"):
+        load_study_spec(p)
+
+
+def test_space_range_outside_field_limits_is_rejected(tmp_path):
+    p = _write(tmp_path, {"name": "x", "space": {"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}}})
+    with pytest.raises(ConfigError, match="model.dropout"):
+        load_study_spec(p)
+
+
+def test_grid_needs_finite_space(tmp_path):
+    p = _write(tmp_path, {"name": "x", "sampler": {"name": "grid"},
+                          "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+    with pytest.raises(ConfigError, match="grid"):
+        load_study_spec(p)
+
+
+def test_set_reaches_dotted_space_keys():
+    spec = load_study_spec(STUDIES / "conv_ae.yaml", ["space.model.c1.high=32", "data.train_subset=6000", "cv.folds=3"])
+    assert isinstance(spec.space["model.c1"], IntParam) and spec.space["model.c1"].high == 32
+    assert spec.data.train_subset == 6000 and spec.cv.folds == 3
+
+
+def test_set_unknown_key_names_it():
+    with pytest.raises(ConfigError, match="nonsense"):
+        load_study_spec(STUDIES / "conv_ae.yaml", ["nonsense.x=1"])
+
+
+def test_fixed_space_values_apply():
+    spec = StudySpec.model_validate({"name": "x", "space": {"model.fc": 64, "model.c1": {"type": "int", "low": 4, "high": 8}}})
+    cfg = spec.run_config({"model.c1": 5})
+    assert cfg.model.fc == 64 and cfg.model.c1 == 5
