@@ -33,6 +33,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _umask_mode() -> int:
+    # Read once at import: os.umask can only be read by setting it, which is racy in threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +50,9 @@ def atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file 0600; outputs are shared (dashboards, containers), so give them
+        # the mode a plain open() would.
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,12 @@ def test_train_end_to_end_on_digits(tmp_path: Path) -> None:
     assert cfg.data.dataset == "digits" and cfg.budget.max_epochs == 2
     test_x = to_float(prepare(cfg.data).test.x, "cpu")
     assert evaluate_loss(model, cfg, test_x, torch.device("cpu")) == pytest.approx(metrics["test_loss"], rel=1e-5)
+
+    # Outputs get the mode a plain open() gives (not mkstemp's 0600): dashboards and containers read them.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("metrics.json", "checkpoint.pt", "reconstructions.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
 
     png = (out / "reconstructions.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000

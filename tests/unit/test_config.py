@@ -68,7 +68,8 @@ def test_the_same_set_works_on_an_export_and_a_study_spec(tmp_path: Path) -> Non
     export = tmp_path / "best.yaml"
     export.write_text(dump_yaml({**run, "metrics": {"test_loss": 0.02}, "provenance": {"study": "x"}}))
     spec = tmp_path / "study.yaml"
-    spec.write_text(dump_yaml({**run, "name": "s", "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}))
+    space = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    spec.write_text(dump_yaml({**run, "name": "s", "space": space}))
 
     assert load_run_config(export, ["data.train_subset=6000"]).data.train_subset == 6000
     assert load_study_spec(spec, ["data.train_subset=6000"]).data.train_subset == 6000

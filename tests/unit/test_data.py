@@ -244,7 +244,7 @@ def test_stratified_folds_partition_the_pool() -> None:
             n_c = int((y == c).sum())
             assert abs(int((y[va] == c).sum()) - n_c / 5) <= 1
     again = stratified_folds(y, 5, seed=0)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(folds, again))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
     assert not torch.equal(folds[0][1], stratified_folds(y, 5, seed=1)[0][1])
 
 
