@@ -143,13 +143,15 @@ def train_baseline(cfg: BaselineRun, *, data_dir: str | None = None, device: str
 def read_run(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "metrics.json"
     if not path.is_file():
-        raise AeoptError(f"{folder}: no metrics.json; pass folders written by `aeopt finetune --out` or `aeopt baseline cnn --out`")
+        raise AeoptError(f"{folder}: no metrics.json; pass folders written by `aeopt finetune --out` "
+                         "or `aeopt baseline cnn --out`")
     try:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise AeoptError(f"{path}: not valid JSON; rerun the command that wrote it") from None
     if "test_acc" not in metrics:
-        raise AeoptError(f"{path}: has no test_acc (an autoencoder run?); pass classifier runs from `aeopt finetune` or `aeopt baseline`")
+        raise AeoptError(f"{path}: has no test_acc (an autoencoder run?); "
+                         "pass classifier runs from `aeopt finetune` or `aeopt baseline`")
     return metrics
 
 
@@ -195,6 +197,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     numeric = {2, 3, 4, 5, 6, 7, 8}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])

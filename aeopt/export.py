@@ -83,7 +83,7 @@ def export_best(study: optuna.Study, spec: StudySpec, top_k: int = 1) -> dict[st
         counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "no trials"
         raise StudyError(f"study '{study.study_name}' has no complete trial ({counts}); "
                          f"run `aeopt worker --study {study.study_name}` until one completes")
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     entries = [export_entry(study, spec, t, i + 1, len(ranked), now) for i, t in enumerate(ranked[:top_k])]
     return entries[0] if top_k == 1 else entries
 

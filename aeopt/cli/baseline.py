@@ -15,10 +15,10 @@ baseline_app = typer.Typer(help="Supervised baselines trained from scratch, for 
 
 @baseline_app.command("cnn")
 def cnn(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with model / data / train sections (optional).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with model / data / train sections.")] = None,
     set_: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json, confusion_matrix.json/.png.")] = None,
-    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images (stratified).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
+    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images.")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = False,

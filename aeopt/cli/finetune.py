@@ -12,16 +12,17 @@ from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 
 
 def finetune(
-    config: Annotated[Optional[Path], typer.Argument(help="Run config or export YAML (best.yaml); optional with --checkpoint.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json, confusion_matrix.json/.png.")] = None,
+    config: Annotated[Optional[Path], typer.Argument(
+        help="Run config or export YAML (best.yaml); optional with --checkpoint.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="full: train encoder and head; frozen: the head only "
                                                 "(a probe of the representation). Default: finetune.mode (full).")] = None,
-    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images (stratified).")] = None,
+    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images.")] = None,
     cv: Annotated[Optional[int], typer.Option("--cv", min=2, help="Repeat over K stratified folds; report mean and std of "
                                               "validation accuracy, then evaluate the fold ensemble on test once.")] = None,
     set_: SetOpt = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Start from this autoencoder checkpoint "
-                                                       "(from `aeopt train --out DIR`: DIR/checkpoint.pt) instead of training one.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="Start from this autoencoder checkpoint (DIR/checkpoint.pt of `aeopt train --out DIR`).")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = False,
@@ -29,8 +30,8 @@ def finetune(
     """Train the autoencoder (or load --checkpoint), put a classifier head on its encoder, fine-tune
     on the stratified 80/20 split with early stopping on validation accuracy, test once.
 
-    Fine-tune settings live in the `finetune:` section (lr, head_hidden, max_epochs, patience,
-    mode, labels, cv, augment, ...), e.g. --set finetune.lr=3e-4.
+    Fine-tune settings live in the `finetune:` section (lr, head_hidden, max_epochs, patience, mode,
+    labels, cv, augment, ...): for example --set finetune.lr=3e-4.
 
     Example: aeopt finetune best.yaml --out runs/finetune --labels 1000
     """
