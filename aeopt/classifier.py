@@ -48,7 +48,7 @@ class SupervisedConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     # auto: random shifts (+-2 px) and horizontal flips for Fashion-MNIST (clothes are mirror
     # symmetric), shifts only for digits, where a flip changes the class.
-    augment: Literal["auto", "none", "shift", "shift_flip"] = "auto"
+    augment: Literal["auto", "none", "flip", "shift", "shift_flip"] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # Use only this many labelled training images (a stratified subset); null = all.
     labels: int | None = Field(None, ge=10)
@@ -106,7 +106,7 @@ def augmentation_for(setting: str, dataset: str) -> tuple[int, bool]:
     """(max shift in pixels, horizontal flips) for an `augment` setting."""
     if setting == "auto":
         setting = "shift_flip" if dataset == "fashion_mnist" else "shift"
-    return {"none": (0, False), "shift": (2, False), "shift_flip": (2, True)}[setting]
+    return {"none": (0, False), "flip": (0, True), "shift": (2, False), "shift_flip": (2, True)}[setting]
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 2, flip: bool = True) -> torch.Tensor:

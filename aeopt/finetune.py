@@ -58,6 +58,8 @@ class FinetuneConfig(SupervisedConfig):
     head_dropout: float = Field(0.2, ge=0.0, lt=1.0)
     # Batch-normalize the code before the head's hidden layer.
     head_norm: bool = True
+    # Dropout inside the encoder while fine-tuning; null keeps the autoencoder's (model.dropout).
+    encoder_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     # The encoder's learning rate relative to the head's (full mode only).
     encoder_lr_scale: float = Field(1.0, ge=0.0, le=100.0)
     # Repeat the fine-tune over this many stratified folds of the labelled training images.
@@ -97,6 +99,10 @@ def run_config(cfg: FinetuneRun) -> RunConfig:
 def build_classifier(ae: Autoencoder, ft: FinetuneConfig, n_classes: int) -> Classifier:
     """A head on `ae`'s encoder; `.encoder` returns the code (the VAE's encoder returns its mean)."""
     clf = Classifier(ae.encoder, ae.latent_dim, ft.head_hidden, n_classes, ft.head_dropout, ft.head_norm)
+    if ft.encoder_dropout is not None:
+        for module in clf.encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = ft.encoder_dropout
     if ft.mode == "frozen":
         clf.freeze_encoder()
     return clf

@@ -1,0 +1,240 @@
+"""The report, reproduced and beaten: its conv AE, its fine-tuned classifier and its CNN, on full Fashion-MNIST.
+
+Row by row against the homework report's figures:
+
+1. the report's conv AE (configs/conv_ae.yaml), trained as `aeopt train` does: train / val / test loss;
+2. a classifier fine-tuned on that AE's encoder (`aeopt finetune`): train / val / test accuracy, time;
+   with --best EXPORT.yaml (an `aeopt export` of a study) also the study's best encoder;
+3. the plain CNN from scratch (`aeopt baseline cnn`): accuracy, time;
+4. beyond the report, a label budget (100, 1,000, all labels): the AE-initialised classifier against
+   the same network from random initialisation (finetune.init=random), over several label draws.
+
+All classifiers use the same stratified 80/20 split (of the N labelled images), early stopping on
+validation accuracy, and one evaluation on the 10,000 test images.
+
+    python benchmarks/report_vs_aeopt.py --data-dir ../shared/data --device cuda --json report.json --markdown report.md
+    python benchmarks/report_vs_aeopt.py --data-dir ../shared/data --device cpu --train-subset 3000 \\
+        --ae-epochs 2 --ft-epochs 2 --budgets 100,all --seeds 1                     # a quick check on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = {
+    "ae_train_loss": 0.024, "ae_val_loss": 0.021, "ae_test_loss": 0.021,
+    "ft_train_acc": 0.805, "ft_val_acc": 0.827, "ft_test_acc": 0.816, "ft_minutes": 10,
+    "cnn_test_acc": 0.898, "cnn_minutes": 13,
+}
+log = logging.getLogger("report_vs_aeopt")
+
+
+def _finetune_cfg(config: str, overrides: list[str]):
+    from aeopt.finetune import load_finetune_config
+
+    return load_finetune_config(config, overrides)
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    keep = ("train_acc", "val_acc", "test_acc", "epochs", "best_epoch", "seconds", "pretrain_seconds", "total_seconds",
+            "n_train", "n_val", "n_test", "labels", "parameters", "trainable_parameters", "per_class_acc", "mode", "init")
+    return {k: m[k] for k in keep if k in m}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    ap.add_argument("--config", default=str(REPO / "configs" / "conv_ae.yaml"), help="the report's AE config")
+    ap.add_argument("--best", default=None, help="an `aeopt export` YAML: also fine-tune the study's best encoder")
+    ap.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training split (quick checks)")
+    ap.add_argument("--ae-epochs", type=int, default=None, help="autoencoder max epochs (default: the config's, 50)")
+    ap.add_argument("--ft-epochs", type=int, default=None, help="classifier max epochs (default: finetune.max_epochs)")
+    ap.add_argument("--budgets", default="100,1000,all", help="label budgets, comma separated")
+    ap.add_argument("--seeds", type=int, default=3, help="label draws per small budget (mean +- std)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra overrides for every fine-tune run, e.g. --set finetune.lr=2e-3 (repeatable)")
+    ap.add_argument("--cnn-set", dest="cnn_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="overrides for the CNN baseline, e.g. --cnn-set train.max_epochs=30")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    ap.add_argument("--out", default=None, help="folder for every run's outputs (metrics, checkpoints, PNGs)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--markdown", default=None, help="write the BENCHMARKS.md tables here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("aeopt").setLevel(logging.WARNING)
+
+    from aeopt.baseline import load_baseline_config, train_baseline
+    from aeopt.finetune import finetune, run_config
+    from aeopt.runs import train_run
+    from aeopt.train import resolve_device
+
+    dev = resolve_device(args.device)
+    out = Path(args.out) if args.out else None
+    common = list(args.overrides)
+    if args.train_subset:
+        common.append(f"data.train_subset={args.train_subset}")
+    if args.ae_epochs:
+        common.append(f"budget.max_epochs={args.ae_epochs}")
+    if args.ft_epochs:
+        common.append(f"finetune.max_epochs={args.ft_epochs}")
+    t_all = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "report_vs_aeopt", "device": str(dev),
+                              "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+                              "torch": torch.__version__, "args": vars(args), "report": REPORT}
+
+    def sub(name: str) -> Path | None:
+        return out / name if out else None
+
+    # 1. The report's conv AE, as `aeopt train configs/conv_ae.yaml` runs it.
+    cfg = _finetune_cfg(args.config, common)
+    log.info("1/4 conv AE (report config) on %s training images", args.train_subset or "all")
+    ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_report"), amp=args.amp,
+                         show_progress=False)
+    result["ae_report"] = {k: ae_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "best_epoch",
+                                                 "seconds", "n_train", "n_val", "n_test")}
+    log.info("   test MSE %.5f in %.1f s (%d epochs)", ae_m["test_mse"], ae_m["seconds"], ae_m["epochs"])
+
+    # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
+    log.info("2/4 fine-tune the report AE's encoder")
+    ft = finetune(cfg, autoencoder=ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_report"), amp=args.amp,
+                  show_progress=False)
+    ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
+    result["finetune_report"] = _summary(ft)
+    result["finetune_settings"] = ft["finetune"]
+    log.info("   test acc %.4f (fine-tune %.1f s + AE %.1f s)", ft["test_acc"], ft["seconds"], ae_m["seconds"])
+    encoders = {"report": (cfg, ae)}
+
+    if args.best:
+        best_cfg = _finetune_cfg(args.best, common)
+        log.info("2b/4 the study's best AE (%s) and its fine-tuned classifier", args.best)
+        best_ae, best_m = train_run(run_config(best_cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_best"),
+                                    amp=args.amp, show_progress=False)
+        result["ae_best"] = {k: best_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "seconds")}
+        bft = finetune(best_cfg, autoencoder=best_ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_best"),
+                       amp=args.amp, show_progress=False)
+        bft["total_seconds"] = round(bft["seconds"] + best_m["seconds"], 3)
+        result["finetune_best"] = _summary(bft)
+        encoders["best"] = (best_cfg, best_ae)
+        prov = (yaml.safe_load(Path(args.best).read_text()) or {}).get("provenance") or {}
+        result["best_label"] = (f"study '{prov['study']}' trial {prov['trial']}" if "study" in prov
+                                else Path(args.best).name)
+        log.info("   test MSE %.5f, test acc %.4f", best_m["test_mse"], bft["test_acc"])
+
+    # 3. The plain CNN from scratch, same split and budget.
+    log.info("3/4 CNN baseline from scratch")
+    cnn_overrides = list(args.cnn_overrides)
+    if args.train_subset:
+        cnn_overrides.append(f"data.train_subset={args.train_subset}")
+    if args.ft_epochs:
+        cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
+    cnn = train_baseline(load_baseline_config(None, cnn_overrides), data_dir=args.data_dir, device=str(dev),
+                         out=sub("baseline_cnn"), amp=args.amp, show_progress=False)
+    result["baseline_cnn"] = _summary(cnn)
+    log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
+
+    # 4. Label budget: AE-initialised vs the same network from random init, several label draws.
+    which = "best" if "best" in encoders else "report"
+    base_cfg, base_ae = encoders[which]
+    log.info("4/4 label budget (%s encoder): %s labels x %d draws", which, args.budgets, args.seeds)
+    budgets: list[dict[str, Any]] = []
+    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
+        row: dict[str, Any] = {"labels": budget}
+        for init in ("pretrained", "random"):
+            accs, secs = [], []
+            draws = 1 if budget == "all" else args.seeds
+            for s in range(draws):
+                extra = [f"finetune.init={init}", f"seed={s}"]
+                if budget != "all":
+                    # Each draw picks different labelled images (data.split_seed) and a different head init.
+                    extra += [f"finetune.labels={budget}", f"data.split_seed={s}"]
+                if budget == "all" and init == "pretrained" and which == "report":
+                    m = ft  # the run of step 2
+                else:
+                    c = _finetune_cfg(args.best if which == "best" else args.config, common + extra)
+                    m = finetune(c, autoencoder=base_ae if init == "pretrained" else None, data_dir=args.data_dir,
+                                 device=str(dev), amp=args.amp, show_progress=False)
+                accs.append(m["test_acc"])
+                secs.append(m["seconds"])
+            row[init] = {"test_acc": accs, "mean": statistics.fmean(accs),
+                         "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0, "seconds": statistics.fmean(secs)}
+        row["gain"] = row["pretrained"]["mean"] - row["random"]["mean"]
+        budgets.append(row)
+        log.info("   %s labels: AE-init %.4f vs random %.4f", budget, row["pretrained"]["mean"], row["random"]["mean"])
+    result["label_budget"] = {"encoder": which, "rows": budgets}
+    result["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    log.info("total %.1f s", result["total_seconds"])
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    print(md)
+    return result
+
+
+def _t(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The BENCHMARKS.md tables, from one run's results."""
+    ae, ft, cnn = r["ae_report"], r["finetune_report"], r["baseline_cnn"]
+    rep = r["report"]
+    encoder = r.get("best_label", "best") if r["label_budget"]["encoder"] == "best" else "report config"
+    lines = [
+        f"Device: {r['gpu']} ({r['device']}), torch {r['torch']}; whole run {_t(r['total_seconds'])}.",
+        "",
+        "| | report | aeopt |",
+        "| --- | ---: | ---: |",
+        f"| conv AE (report config) train / val / test loss (MSE) | {rep['ae_train_loss']} / {rep['ae_val_loss']} / "
+        f"{rep['ae_test_loss']} | {ae['train_loss']:.4f} / {ae['val_loss']:.4f} / {ae['test_loss']:.4f} |",
+        f"| conv AE training time | - | {_t(ae['seconds'])} ({ae['epochs']} epochs) |",
+        f"| fine-tuned classifier train / val / test accuracy | {rep['ft_train_acc']} / {rep['ft_val_acc']} / "
+        f"{rep['ft_test_acc']} | {ft['train_acc']:.4f} / {ft['val_acc']:.4f} / {ft['test_acc']:.4f} |",
+        f"| fine-tuned classifier time (AE + fine-tune) | {rep['ft_minutes']} min | {_t(ft['total_seconds'])} "
+        f"({_t(ft['seconds'])} fine-tune, {ft['epochs']} epochs) |",
+    ]
+    if "finetune_best" in r:
+        b, bae = r["finetune_best"], r["ae_best"]
+        label = r.get("best_label", "best")
+        lines += [
+            f"| conv AE of {label}: test MSE | - | {bae['test_mse']:.4f} |",
+            f"| classifier fine-tuned on {label}: train / val / test accuracy | - | "
+            f"{b['train_acc']:.4f} / {b['val_acc']:.4f} / {b['test_acc']:.4f} |",
+            f"| classifier fine-tuned on {label}: time (AE + fine-tune) | - | {_t(b['total_seconds'])} |",
+        ]
+    lines += [
+        f"| CNN from scratch: test accuracy | {rep['cnn_test_acc']} | {cnn['test_acc']:.4f} |",
+        f"| CNN from scratch: time | {rep['cnn_minutes']} min | {_t(cnn['seconds'])} ({cnn['epochs']} epochs) |",
+        "",
+        f"Label budget (test accuracy; encoder: {encoder}; mean +- std over label draws):",
+        "",
+        "| labels | AE-initialised | random init | gain |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["label_budget"]["rows"]:
+        p, q = row["pretrained"], row["random"]
+        n = len(p["test_acc"])
+
+        def cell(d: dict[str, Any], n: int = n) -> str:
+            return f"{d['mean']:.4f}" + (f" +- {d['std']:.4f}" if n > 1 else "")
+
+        lines.append(f"| {row['labels']} | {cell(p)} | {cell(q)} | {row['gain']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
