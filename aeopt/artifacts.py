@@ -134,21 +134,24 @@ def checkpoint_meta(study: optuna.Study, trial: optuna.trial.FrozenTrial):
     return found[-1] if found else None
 
 
-def find_best_checkpoint(study: optuna.Study, dest: str | Path | None = None) -> Path | None:
+def find_best_checkpoint(study: optuna.Study, dest: str | Path | None = None, storage_url: str | None = None) -> Path | None:
     """Download the best trial's checkpoint artifact into `dest` (a temp folder by default).
 
     None when the study has no finished trial, no artifact folder, or the best trial uploaded no
-    checkpoint (it was not the best at the time it finished, or the upload failed).
+    checkpoint (it was not the best at the time it finished, or the upload failed). With
+    `storage_url`, the folder beside a SQLite file is tried too: a relative folder recorded at
+    `study create` points elsewhere when the command runs from another directory.
     """
     try:
         best = study.best_trial
     except ValueError:
         return None
-    folder = artifact_dir(study)
-    if folder is None:
-        return None
     meta = checkpoint_meta(study, best)
     if meta is None:
+        return None
+    candidates = [f for f in (artifact_dir(study), default_artifact_dir(storage_url) if storage_url else None) if f is not None]
+    folder = next((f for f in candidates if (f / meta.artifact_id).is_file()), candidates[0] if candidates else None)
+    if folder is None:
         return None
     out = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="aeopt-best-"))
     out.mkdir(parents=True, exist_ok=True)

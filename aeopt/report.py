@@ -141,7 +141,7 @@ def _fmt(v: Any) -> str:
 
 
 def best_model(study: optuna.Study, spec, *, data_dir: str | None, device: torch.device, show_progress: bool,
-               out: Path) -> BestModel:
+               out: Path, storage_url: str | None = None) -> BestModel:
     """The best trial's model: its checkpoint artifact if it has one, else trained on the spot."""
     from aeopt.artifacts import find_best_checkpoint
     from aeopt.checkpoint import load_checkpoint, save_checkpoint
@@ -152,7 +152,7 @@ def best_model(study: optuna.Study, spec, *, data_dir: str | None, device: torch
     except ValueError:
         raise StudyError(f"study '{study.study_name}' has no completed trial yet; run `aeopt worker --study "
                          f"{study.study_name}` first") from None
-    ckpt = find_best_checkpoint(study, out / "checkpoints")
+    ckpt = find_best_checkpoint(study, out / "checkpoints", storage_url)
     if ckpt is not None:
         model, cfg, _ = load_checkpoint(ckpt, device)
         log.info("best trial #%d of %s: using its checkpoint artifact", best.number, study.study_name)
@@ -623,7 +623,8 @@ def build_report(study_name: str, out: str | Path, *, storage_url: str | None = 
         search.items = _study_plots(study, out)
         bar.update({"step": "study plots"})
 
-        main = best_model(study, spec, data_dir=data_dir, device=dev, show_progress=show_progress, out=out)
+        main = best_model(study, spec, data_dir=data_dir, device=dev, show_progress=show_progress, out=out,
+                          storage_url=resolve_url(storage_url))
         numbers.update(best_trial=main.trial, best_source=main.source, model=main.cfg.model.kind)
         bar.update({"step": "best model"})
         sections, model_numbers, (data, x, _) = model_sections(main, out, data_dir=data_dir, device=dev,
@@ -633,7 +634,8 @@ def build_report(study_name: str, out: str | Path, *, storage_url: str | None = 
 
         den = None
         if den_study is not None:
-            den = best_model(den_study[0], den_study[1], data_dir=data_dir, device=dev, show_progress=show_progress, out=out)
+            den = best_model(den_study[0], den_study[1], data_dir=data_dir, device=dev, show_progress=show_progress, out=out,
+                             storage_url=resolve_url(storage_url))
             if den.cfg.data.dataset != main.cfg.data.dataset:
                 log.warning("the denoising study trained on %s, the main study on %s; comparing on %s",
                             den.cfg.data.dataset, main.cfg.data.dataset, main.cfg.data.dataset)

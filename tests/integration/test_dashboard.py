@@ -177,3 +177,23 @@ def test_upload_never_raises_and_skips_without_folder(tmp_path, monkeypatch, cap
         upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
     assert "could not upload trial 0's artifacts" in caplog.text
     assert find_best_checkpoint(study) is None  # no finished trial yet
+
+
+def test_best_checkpoint_found_beside_the_database_from_another_directory(tmp_path, monkeypatch):
+    """`study create` from the database's folder records a relative artifact folder; a report run
+    from elsewhere still finds the checkpoint beside the SQLite file."""
+    monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = _spec("conv_ae")
+    study = create_study(spec, url, artifacts="artifacts")
+    trial = study.ask()
+    cfg = spec.run_config({"optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)})
+    upload_trial_artifacts(study, trial, build_model(cfg), cfg, torch.rand(4, 1, 28, 28), is_best=True)
+    study.tell(trial, 0.1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert find_best_checkpoint(study, elsewhere / "a") is None  # "artifacts" is not here
+    path = find_best_checkpoint(study, elsewhere / "b", storage_url=url)
+    assert path is not None and load_checkpoint(path)[1] == cfg
