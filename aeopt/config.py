@@ -295,6 +295,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{field}'")
         elif err["type"] == "missing":
             lines.append(f"{source}: {field} is required")
+        elif isinstance(err.get("input"), dict):
+            # A check across fields of a section: the whole section is not worth printing.
+            lines.append(f"{source}: {field}: {msg}")
         else:
             lines.append(f"{source}: {field} = {err.get('input')!r}: {msg}")
     return "\n".join(dict.fromkeys(lines))

@@ -164,3 +164,9 @@ def test_model_kind_decides_the_fields() -> None:
 def test_denoising_needs_noise() -> None:
     with pytest.raises(ConfigError, match="noise_std"):
         load_run_config(CONFIGS / "denoising_ae.yaml", ["model.noise_std=0"])
+
+
+def test_cross_field_errors_name_the_section_not_its_whole_value() -> None:
+    message = _error(CONFIGS / "conv_ae.yaml", ["model.noise_std=0.3"])
+    assert message.endswith("model: noise_std is only for kind: denoising_ae; set it to 0 or change kind")
+    assert "'c1'" not in message
