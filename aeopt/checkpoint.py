@@ -86,7 +86,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise AeoptError(f"{p}: not a readable aeopt checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AeoptError(f"{p}: not an aeopt checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
-    cfg = RunConfig.model_validate(payload["config"])
+    from aeopt.config import validate
+
+    # A checkpoint from another aeopt version may not fit this one's schema: say so in one line.
+    cfg = validate(RunConfig, payload.get("config"), f"{p} (its config)")
     model = build_model(cfg)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload.get("state_dict") or {})
+    except RuntimeError:
+        raise AeoptError(f"{p}: its weights do not fit the model its config describes; the file is damaged "
+                         f"or from another aeopt version ({payload.get('versions', {}).get('aeopt', '?')})") from None
     return model.to(device), cfg, payload

@@ -151,3 +151,37 @@ def test_gradients_reach_every_parameter(batch: torch.Tensor) -> None:
         missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, missing
         assert F.mse_loss(reconstruct(model.eval(), batch), batch).item() < 1.0
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path, batch: torch.Tensor) -> None:
+    from aeopt.checkpoint import load_checkpoint, save_checkpoint
+    from aeopt.errors import AeoptError
+
+    cfg = RunConfig.model_validate({"model": {"kind": "vae", "latent_dim": 3}, "seed": 7})
+    model = build_model(cfg).eval()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model, cfg, {"test_loss": 1.5})
+    # Plain tensors and containers only: loads without unpickling code.
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["seed"] == 7 and payload["metrics"] == {"test_loss": 1.5} and "torch" in payload["versions"]
+    again, cfg2, _ = load_checkpoint(path)
+    assert cfg2 == cfg
+    assert torch.equal(reconstruct(again.eval(), batch), reconstruct(model, batch))
+
+    with pytest.raises(AeoptError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AeoptError, match="not a readable aeopt checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(AeoptError, match="not an aeopt checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    bad_cfg = {**payload, "config": {**payload["config"], "model": {"kind": "gan"}}}
+    torch.save(bad_cfg, tmp_path / "bad_cfg.pt")
+    with pytest.raises(AeoptError, match="model.kind") as info:
+        load_checkpoint(tmp_path / "bad_cfg.pt")
+    assert "\n" not in str(info.value)
+    bad_weights = {**payload, "state_dict": {k: v[:1] for k, v in payload["state_dict"].items()}}
+    torch.save(bad_weights, tmp_path / "bad_weights.pt")
+    with pytest.raises(AeoptError, match="do not fit"):
+        load_checkpoint(tmp_path / "bad_weights.pt")
