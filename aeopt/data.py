@@ -66,13 +66,19 @@ def cache_dir() -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
+        raise DataNotFoundError(f"{path}: not a readable gzip file ({type(exc).__name__}); re-download the dataset") from None
     magic = int.from_bytes(raw[0:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte, the only type these datasets use
+    if len(raw) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte, the only type these datasets use
         raise DataNotFoundError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x}); re-download the dataset")
     ndim = magic & 0xFF
+    offset = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(raw) != offset + int(np.prod(shape)):
+        raise DataNotFoundError(f"{path}: {len(raw) - offset} data bytes for shape {shape} (truncated?); re-download the dataset")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -178,7 +184,8 @@ def _digits() -> Dataset:
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
     train_idx, test_idx = stratified_split(y, 0.2, seed=12345)
-    return Dataset("digits", Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx]), DIGIT_CLASSES, "sklearn.datasets.load_digits")
+    return Dataset("digits", Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx]), DIGIT_CLASSES,
+                   "sklearn.datasets.load_digits")
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
@@ -236,7 +243,7 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         order = torch.sort(share - take.double(), descending=True, stable=True).indices
         take[order[:remainder]] += 1
     keep = []
-    for c, k in zip(classes.tolist(), take.tolist()):
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
         idx = torch.nonzero(y == c).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=g)][:k])
     return torch.sort(torch.cat(keep)).values

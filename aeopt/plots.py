@@ -24,7 +24,7 @@ def image_rows(rows: list[torch.Tensor], labels: list[str], title: str | None = 
     """A grid with one row per tensor of [n, 1, 28, 28] images in [0, 1]."""
     n = rows[0].shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.0, len(rows) * 1.1), squeeze=False)
-    for r, (imgs, label) in enumerate(zip(rows, labels)):
+    for r, (imgs, label) in enumerate(zip(rows, labels, strict=True)):
         for c in range(n):
             ax = axes[r][c]
             ax.imshow(imgs[c, 0].detach().float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)

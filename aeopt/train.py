@@ -192,7 +192,8 @@ def fit(
     return model, result
 
 
-def evaluate_loss(model: Autoencoder, cfg: RunConfig, x: torch.Tensor, device: torch.device, *, noise: float | None = None) -> float:
+def evaluate_loss(model: Autoencoder, cfg: RunConfig, x: torch.Tensor, device: torch.device, *,
+                  noise: float | None = None) -> float:
     """Loss of a trained model on float images `x` (on `device`)."""
     return Trainer(model, cfg, device, seed=0).evaluate(x, noise=noise)
 

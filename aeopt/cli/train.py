@@ -16,7 +16,8 @@ def train(
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json, checkpoint.pt, reconstructions.png.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o",
+                                                help="Folder for metrics.json, checkpoint.pt, reconstructions.png.")] = None,
     amp: AmpOpt = False,
 ) -> None:
     """Train one configuration on the stratified 80/20 split with early stopping.

@@ -159,6 +159,18 @@ def test_not_an_idx_file(tmp_path: Path) -> None:
         load_dataset("fashion_mnist", str(tmp_path))
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_truncated_file(tmp_path: Path, gz: bool) -> None:
+    folder = tmp_path / "FashionMNIST" / "raw"
+    _write_idx(folder, _arrays(), gz=gz)
+    name = "t10k-images-idx3-ubyte" + (".gz" if gz else "")
+    data_bytes = (folder / name).read_bytes()
+    (folder / name).write_bytes(data_bytes[: len(data_bytes) - 100])
+    with pytest.raises(DataNotFoundError, match="re-download") as info:
+        load_dataset("fashion_mnist", str(tmp_path))
+    assert name in str(info.value)
+
+
 def test_mismatched_images_and_labels(tmp_path: Path) -> None:
     arrays = _arrays()
     arrays["train_y"] = arrays["train_y"][:-1]
