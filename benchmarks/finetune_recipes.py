@@ -17,11 +17,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {
-    "shift_flip": ["finetune.augment=shift_flip"],
-    "none": ["finetune.augment=none"],
-    "flip": ["finetune.augment=flip"],
-    "flip_no_encoder_dropout": ["finetune.augment=flip", "finetune.encoder_dropout=0"],
-    "shift_flip_lr3e-3_60ep": ["finetune.augment=shift_flip", "finetune.lr=3e-3", "finetune.max_epochs=60"],
+    "lr1e-3_shift_flip": ["finetune.lr=1e-3", "finetune.augment=shift_flip"],
+    "lr1e-3_none": ["finetune.lr=1e-3", "finetune.augment=none"],
+    "lr3e-3_none": ["finetune.lr=3e-3", "finetune.augment=none"],
+    "lr3e-3_none_no_dropout": ["finetune.lr=3e-3", "finetune.augment=none", "finetune.encoder_dropout=0",
+                               "finetune.head_dropout=0"],
+    "lr3e-3_flip": ["finetune.lr=3e-3", "finetune.augment=flip"],
+    "lr3e-3_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=flip", "finetune.encoder_dropout=0"],
+    "lr3e-3_shift_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=shift_flip", "finetune.encoder_dropout=0"],
 }
 
 
