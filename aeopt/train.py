@@ -22,7 +22,7 @@ from aeopt.config import RunConfig, VAEConfig
 from aeopt.data import add_noise
 from aeopt.errors import AeoptError
 from aeopt.losses import reconstruction_loss
-from aeopt.models import VAE, Autoencoder, build_model
+from aeopt.models import Autoencoder, build_model
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ class Trainer:
 
     def __init__(self, model: Autoencoder, cfg: RunConfig, device: torch.device, *, seed: int, amp: bool = False):
         self.model = model.to(device)
-        if device.type == "cpu" and not isinstance(model, VAE):
-            # oneDNN's CPU convolutions run faster on NHWC weights (measured in
-            # benchmarks/throughput.py); [N, 1, 28, 28] inputs are NHWC-contiguous already.
-            self.model.to(memory_format=torch.channels_last)
         self.cfg = cfg
         self.device = device
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
