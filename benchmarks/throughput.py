@@ -33,6 +33,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _torchvision_root(folder: Path) -> Path:
+    """A root that torchvision's FashionMNIST reads with download=False: <root>/FashionMNIST/raw
+    holding the uncompressed training files. aeopt also reads .gz files and flat folders
+    (Debian's), so anything else is unpacked once into a temporary folder."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if folder.name == "raw" and folder.parent.name == "FashionMNIST" and all((folder / n).is_file() for n in names):
+        return folder.parent.parent
+    import atexit
+    import gzip
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="aeopt-tv-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for n in names:
+        if (folder / n).is_file():
+            shutil.copyfile(folder / n, raw / n)
+        else:
+            (raw / n).write_bytes(gzip.decompress((folder / (n + ".gz")).read_bytes()))
+    print(f"unpacked {folder} into {raw} for torchvision (not timed)", file=sys.stderr)
+    return root
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="folder with FashionMNIST/raw (default: AEOPT_DATA_DIR, cache, Debian)")
@@ -64,11 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     idx = stratified_subset(ds.train.y, args.train_size, seed=0)
     n = len(idx)
 
-    # torchvision reads <root>/FashionMNIST/raw/<uncompressed IDX>: use the folder aeopt found.
-    folder = Path(ds.source)
-    if not (folder.name == "raw" and folder.parent.name == "FashionMNIST" and (folder / "train-images-idx3-ubyte").is_file()):
-        sys.exit(f"the DataLoader side needs torchvision's layout (<root>/FashionMNIST/raw, uncompressed); got {folder}")
-    tv_root = folder.parent.parent
+    tv_root = _torchvision_root(Path(ds.source))
     tv_train = datasets.FashionMNIST(str(tv_root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(Subset(tv_train, idx.tolist()), batch_size=bs, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
