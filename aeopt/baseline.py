@@ -101,7 +101,7 @@ def train_baseline(cfg: BaselineRun, *, data_dir: str | None = None, device: str
     train_xy, val_xy = xy(train), xy(val)
     with progress(cfg.train.max_epochs, "baseline cnn", enabled=show_progress) as bar:
         model, fit = fit_classifier(model, train_xy, val_xy, cfg.train, dev, seed=cfg.seed,
-                                    augmentation=augmentation_for(cfg.train.augment, cfg.data.dataset), amp=amp,
+                                    augmentation=augmentation_for(cfg.train.augment, cfg.data.dataset, len(train)), amp=amp,
                                     progress=lambda e, row: bar.update({"val_acc": row["val_acc"], "loss": row["train_loss"]}))
     # The test split is touched once, after training.
     test_eval = evaluate(model, *xy(test), amp=amp)

@@ -35,7 +35,8 @@ class SupervisedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    # 3e-3 beat 1e-3 on validation accuracy for the report's network (benchmarks/finetune_recipes.py).
+    lr: float = Field(3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     max_epochs: int = Field(40, ge=1, le=10_000)
     # Early stopping on validation accuracy; 0 turns it off.
@@ -46,8 +47,9 @@ class SupervisedConfig(BaseModel):
     min_steps_per_epoch: int = Field(50, ge=1)
     # Cosine decay of the learning rate over max_epochs (Loshchilov & Hutter, SGDR, 2017), or none.
     schedule: Literal["cosine", "constant"] = "cosine"
-    # auto: random shifts (+-2 px) and horizontal flips for Fashion-MNIST (clothes are mirror
-    # symmetric), shifts only for digits, where a flip changes the class.
+    # auto: horizontal flips for Fashion-MNIST (clothes are mirror symmetric), nothing for digits
+    # (a flipped digit is another digit); with fewer than 5,000 labelled training images, random
+    # shifts (+-2 px) too. Shifts slow a small network down when labels are plenty.
     augment: Literal["auto", "none", "flip", "shift", "shift_flip"] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # Use only this many labelled training images (a stratified subset); null = all.
@@ -85,6 +87,13 @@ class Classifier(nn.Module):
         self.encoder.eval()
         return self
 
+    def unfreeze_encoder(self) -> Classifier:
+        for p in self.encoder.parameters():
+            p.requires_grad_(True)
+        self.frozen = False
+        self.encoder.train(self.training)
+        return self
+
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
         if self.frozen:
@@ -102,10 +111,17 @@ class Classifier(nn.Module):
 # ----- augmentation ------------------------------------------------------------------------------
 
 
-def augmentation_for(setting: str, dataset: str) -> tuple[int, bool]:
-    """(max shift in pixels, horizontal flips) for an `augment` setting."""
+AUTO_SHIFT_BELOW = 5000
+
+
+def augmentation_for(setting: str, dataset: str, n_train: int | None = None) -> tuple[int, bool]:
+    """(max shift in pixels, horizontal flips) for an `augment` setting and training-set size."""
     if setting == "auto":
-        setting = "shift_flip" if dataset == "fashion_mnist" else "shift"
+        few = n_train is not None and n_train < AUTO_SHIFT_BELOW
+        if dataset == "fashion_mnist":
+            setting = "shift_flip" if few else "flip"
+        else:
+            setting = "shift" if few else "none"
     return {"none": (0, False), "flip": (0, True), "shift": (2, False), "shift_flip": (2, True)}[setting]
 
 

@@ -43,8 +43,10 @@ def test_augment_shifts_each_image_by_its_own_offset_and_flips():
 
 
 def test_augmentation_settings():
-    assert augmentation_for("auto", "fashion_mnist") == (2, True)
-    assert augmentation_for("auto", "mnist") == (2, False)  # a flipped digit is another digit
+    assert augmentation_for("auto", "fashion_mnist", 48_000) == (0, True)
+    assert augmentation_for("auto", "fashion_mnist", 800) == (2, True)
+    assert augmentation_for("auto", "mnist", 48_000) == (0, False)  # a flipped digit is another digit
+    assert augmentation_for("auto", "mnist", 80) == (2, False)
     assert augmentation_for("none", "fashion_mnist") == (0, False)
     assert augmentation_for("flip", "digits") == (0, True)
 
