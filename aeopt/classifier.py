@@ -167,8 +167,10 @@ class Evaluation:
     probabilities: torch.Tensor | None = None  # [N, C] on the CPU, when asked for
 
 
-def _optimizer(model: nn.Module, cfg: SupervisedConfig, encoder_lr_scale: float) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, cfg: SupervisedConfig, encoder_lr_scale: float,
+               extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+    enc += [p for p in extra or [] if p.requires_grad]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
     groups = [{"params": rest, "lr": cfg.lr}]
     if enc:
@@ -212,14 +214,20 @@ def fit_classifier(
     amp: bool = False,
     on_epoch: OnClassifierEpoch | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    aux_loss: Callable[[torch.Generator], torch.Tensor] | None = None,
+    aux_params: list[nn.Parameter] | None = None,
 ) -> tuple[nn.Module, ClassifierFit]:
     """Train with early stopping on validation accuracy (ties: lower validation loss) and restore
-    the best weights. `train` and `val` are (float images in [0, 1], int64 labels) on `device`."""
+    the best weights. `train` and `val` are (float images in [0, 1], int64 labels) on `device`.
+
+    `aux_loss(generator)`, when given, is added to every step's loss (already weighted), and
+    `aux_params` (parameters outside `model` it trains, at the encoder's learning rate) join the
+    optimizer; their best-epoch values are not restored (they are not part of the classifier)."""
     set_seed(seed)
     model = model.to(device)
     x_tr, y_tr = train
     x_va, y_va = val
-    opt = _optimizer(model, cfg, encoder_lr_scale)
+    opt = _optimizer(model, cfg, encoder_lr_scale, aux_params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs) if cfg.schedule == "cosine" else None
     gen = torch.Generator(device=device).manual_seed(seed)
     use_amp = amp and device.type == "cuda"
@@ -251,6 +259,9 @@ def fit_classifier(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if aux_loss is not None:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss + aux_loss(gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -63,6 +63,11 @@ class FinetuneConfig(SupervisedConfig):
     encoder_dropout: float | None = Field(0.0, ge=0.0, lt=1.0)
     # The encoder's learning rate relative to the head's (full mode only).
     encoder_lr_scale: float = Field(1.0, ge=0.0, le=100.0)
+    # Semi-supervised fine-tuning: keep the autoencoder's own loss on unlabelled training images
+    # (all of the autoencoder's training split, labels unused) as a regularizer with this weight,
+    # so the encoder keeps what it learned while the classifier trains (full mode). The loss is
+    # the model's: MSE per pixel (conv, denoising AE) or the negative ELBO per image (VAE).
+    recon_weight: float = Field(0.0, ge=0.0, le=1e6)
     # Epochs of training the head alone before the whole network (full mode); 0 = off.
     probe_epochs: int = Field(0, ge=0, le=1000)
     # Repeat the fine-tune over this many stratified folds of the labelled training images.
@@ -187,17 +192,34 @@ def finetune(
     pretrain_seconds = time.perf_counter() - t_start
     train, val, test, classes, source = labelled_split(cfg, data_dir)
     aug = augmentation_for(ft.augment, cfg.data.dataset, len(train))
-    encoder_state = {k: v.detach().clone() for k, v in ae.encoder.state_dict().items()}
+    ae_state = {k: v.detach().clone() for k, v in ae.state_dict().items()}
+    semi = ft.recon_weight > 0 and ft.mode == "full"
+    unlabelled = to_float(prepare(cfg.data, data_dir).train.x, dev) if semi else None
 
-    def fresh_classifier() -> Classifier:
-        # Every run (and every CV fold) starts from the same encoder weights.
+    def fresh_classifier() -> tuple[Classifier, Autoencoder]:
+        # Every run (and every CV fold) starts from the same autoencoder weights.
         set_seed(cfg.seed)
         model = build_model(run_config(cfg)).to(dev)
-        model.encoder.load_state_dict(encoder_state)
-        return build_classifier(model, ft, len(classes)).to(dev)
+        model.load_state_dict(ae_state)
+        return build_classifier(model, ft, len(classes)).to(dev), model
+
+    def recon_term(model: Autoencoder):
+        from aeopt.data import add_noise
+        from aeopt.losses import reconstruction_loss
+        from aeopt.train import noise_std
+
+        std = noise_std(run_config(cfg))
+
+        def aux(gen: torch.Generator) -> torch.Tensor:
+            # A random batch of unlabelled images through the same encoder and the decoder.
+            idx = torch.randint(0, unlabelled.shape[0], (ft.batch_size,), device=dev, generator=gen)
+            target = unlabelled[idx]
+            return ft.recon_weight * reconstruction_loss(model, add_noise(target, std, gen), target)
+
+        return aux
 
     def train_one(train_xy, val_xy, seed: int, desc: str) -> tuple[Classifier, ClassifierFit]:
-        model = fresh_classifier()
+        model, ae_model = fresh_classifier()
         probe = None
         with progress(ft.probe_epochs + ft.max_epochs, desc, enabled=show_progress) as bar:
             def show(e, row):
@@ -212,8 +234,14 @@ def finetune(
                 model, probe = fit_classifier(model, train_xy, val_xy, probe_cfg, dev, seed=seed, augmentation=aug, amp=amp,
                                               progress=show)
                 model.unfreeze_encoder()
+            aux = {}
+            if semi:
+                ae_model.train()
+                aux = {"aux_loss": recon_term(ae_model), "aux_params": [
+                    p for n, p in ae_model.named_parameters() if not n.startswith("encoder.")]}
             model, fit = fit_classifier(model, train_xy, val_xy, ft, dev, seed=seed, augmentation=aug,
-                                        encoder_lr_scale=ft.encoder_lr_scale, amp=amp, on_epoch=on_epoch, progress=show)
+                                        encoder_lr_scale=ft.encoder_lr_scale, amp=amp, on_epoch=on_epoch, progress=show,
+                                        **aux)
         if probe is not None:
             fit.history = probe.history + [{**row, "epoch": row["epoch"] + probe.epochs} for row in fit.history]
             fit.epochs += probe.epochs

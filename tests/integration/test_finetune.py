@@ -203,17 +203,22 @@ def test_cv_reports_mean_and_std_of_validation_accuracy(tmp_path):
     assert (out / "confusion_matrix.json").is_file()
 
 
-@pytest.mark.parametrize("model", [{"kind": "vae", "hidden1": 32, "hidden2": 16, "latent_dim": 3},
-                                   {"kind": "denoising_ae", "noise_std": 0.3}])
-def test_vae_and_denoising_encoders_fine_tune(tmp_path, model):
+@pytest.mark.parametrize(("model", "extra"), [
+    # The VAE's code is its mean vector; its ELBO is the semi-supervised regularizer here.
+    ({"kind": "vae", "hidden1": 32, "hidden2": 16, "latent_dim": 3}, {"recon_weight": 0.01}),
+    # Denoising AE, with a probe phase (head only) before the whole network trains.
+    ({"kind": "denoising_ae", "noise_std": 0.3}, {"probe_epochs": 2}),
+])
+def test_vae_and_denoising_encoders_fine_tune(tmp_path, model, extra):
     raw = json.loads(json.dumps(TINY))
     raw["model"] = model if model["kind"] == "vae" else {**raw["model"], **model}
-    raw["finetune"] = TINY_FT
+    raw["finetune"] = {**TINY_FT, **extra}
     path = tmp_path / "m.yaml"
     path.write_text(dump_yaml(raw))
     metrics = finetune(load_finetune_config(path), device="cpu", show_progress=False)
     assert metrics["model"] == model["kind"] and 0.0 <= metrics["test_acc"] <= 1.0
     assert metrics["test_acc"] > 0.15
+    assert metrics["epochs"] == len(metrics["history"]) == 3 + extra.get("probe_epochs", 0)
 
 
 def test_bad_finetune_settings_are_one_line(tmp_path):
