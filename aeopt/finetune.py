@@ -184,7 +184,7 @@ def finetune(
     dev = resolve_device(device)
     out = Path(out) if out is not None else None
     ft = cfg.finetune
-    if autoencoder is not None:
+    if autoencoder is not None and ft.init == "pretrained":
         ae, ae_info = autoencoder.to(dev), {"source": "given"}
     else:
         ae, ae_info = pretrained_autoencoder(cfg, checkpoint=checkpoint, data_dir=data_dir, device=dev, out=out, amp=amp,
@@ -265,12 +265,10 @@ def finetune(
                    "val_acc_std": statistics.pstdev(fold_accs) if len(fold_accs) > 1 else 0.0,
                    "fold_val_acc": fold_accs, "fold_epochs": fold_epochs,
                    "test_protocol": "mean of the fold models' softmax outputs, evaluated once"}
-        train_xy, val_xy = _xy(pool, dev), None
-        classifier = None
         fit = ClassifierFit(epochs=sum(fold_epochs), best_val_acc=cv_info["val_acc_mean"])
     else:
-        train_xy, val_xy = _xy(train, dev), _xy(val, dev)
-        classifier, fit = train_one(train_xy, val_xy, cfg.seed, label)
+        train_xy = _xy(train, dev)
+        classifier, fit = train_one(train_xy, _xy(val, dev), cfg.seed, label)
         models = [classifier]
     finetune_seconds = time.perf_counter() - t_ft
 
@@ -293,8 +291,9 @@ def finetune(
         "init": ft.init,
         "dataset": cfg.data.dataset,
         "labels": ft.labels if ft.labels is not None else len(train) + len(val),
-        "train_acc": statistics.fmean(evaluate(m, *train_xy, amp=amp).accuracy for m in models) if cv_info is None
-        else None,
+        # Accuracy on the fine-tune training images (no augmentation); with --cv the folds'
+        # training sets differ, so there is no single figure.
+        "train_acc": evaluate(models[0], *train_xy, amp=amp).accuracy if cv_info is None else None,
         "val_acc": fit.best_val_acc,
         "test_acc": test_acc,
         "test_loss": test_loss,
@@ -317,8 +316,6 @@ def finetune(
     }
     if cv_info is not None:
         metrics["cv"] = cv_info
-        # Training accuracy of the fold models on their own training folds is not one number;
-        # the mean over folds of their accuracy on the whole labelled pool is not either. Skip it.
         metrics.pop("train_acc")
     if out is not None:
         write_classifier_outputs(out, metrics, matrix, classes, models[0] if len(models) == 1 else None,
