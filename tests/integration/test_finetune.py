@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from aeopt.checkpoint import load_checkpoint
-from aeopt.config import StudySpec, dump_yaml
+from aeopt.config import StudySpec, dump_yaml, load_run_config
 from aeopt.cv import cross_validate
 from aeopt.data import training_pool
 from aeopt.finetune import finetune, labelled_split, load_finetune_config, run_config
@@ -127,6 +127,8 @@ def test_export_from_postgres_holds_no_credentials(tmp_path, pg_url):
 
 def test_finetune_cli_writes_metrics_and_confusion_matrix(tmp_path):
     cfg = _config(tmp_path, TINY_FT)
+    # One file serves both commands: `aeopt train` reads the run sections and skips `finetune:`.
+    assert load_run_config(cfg) == run_config(load_finetune_config(cfg))
     out = tmp_path / "ft"
     proc = run_cli("finetune", str(cfg), *CPU, "--out", str(out), cwd=tmp_path)
     _ok(proc)
