@@ -63,8 +63,9 @@ def _pg_reachable() -> bool:
 def pg_server_url() -> str:
     """A PostgreSQL database for this test session (created here unless AEOPT_TEST_PG_URL is set)."""
     url = os.environ.get("AEOPT_TEST_PG_URL")
-    if url:
-        return url
+    if url:  # CI's own fresh database (.ci/run creates and drops it)
+        yield url
+        return
     if not _pg_reachable():
         _missing("PostgreSQL is not reachable at 127.0.0.1:5432 (start it, or set AEOPT_TEST_PG_URL)")
     import psycopg
