@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="extra overrides for every fine-tune run, e.g. --set finetune.lr=2e-3 (repeatable)")
     ap.add_argument("--cnn-set", dest="cnn_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="overrides for the CNN baseline, e.g. --cnn-set train.max_epochs=30")
+    ap.add_argument("--budget-only", action="store_true", help="only the label budget, on the AE of --checkpoint")
+    ap.add_argument("--checkpoint", default=None, help="an autoencoder checkpoint for --budget-only")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     ap.add_argument("--out", default=None, help="folder for every run's outputs (metrics, checkpoints, PNGs)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.getLogger("aeopt").setLevel(logging.WARNING)
 
     from aeopt.baseline import load_baseline_config, train_baseline
-    from aeopt.finetune import finetune, run_config
+    from aeopt.checkpoint import load_checkpoint
+    from aeopt.finetune import finetune, load_finetune_config, run_config
     from aeopt.runs import train_run
     from aeopt.train import resolve_device
 
@@ -97,56 +100,72 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def sub(name: str) -> Path | None:
         return out / name if out else None
 
-    # 1. The report's conv AE, as `aeopt train configs/conv_ae.yaml` runs it.
-    cfg = _finetune_cfg(args.config, common)
-    log.info("1/4 conv AE (report config) on %s training images", args.train_subset or "all")
-    ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_report"), amp=args.amp,
-                         show_progress=False)
-    result["ae_report"] = {k: ae_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "best_epoch",
-                                                 "seconds", "n_train", "n_val", "n_test")}
-    log.info("   test MSE %.5f in %.1f s (%d epochs)", ae_m["test_mse"], ae_m["seconds"], ae_m["epochs"])
+    encoders: dict[str, tuple[Any, Any]] = {}
+    ft: dict[str, Any] = {}
+    bft: dict[str, Any] = {}
+    if args.budget_only:
+        if not args.checkpoint:
+            ap.error("--budget-only needs --checkpoint DIR/checkpoint.pt (from `aeopt train --out DIR`)")
+        ckpt_ae, ckpt_cfg, _ = load_checkpoint(args.checkpoint, dev)
+        encoders["checkpoint"] = (load_finetune_config(None, common, base=ckpt_cfg), ckpt_ae)
+        result["checkpoint_label"] = str(args.checkpoint)
+    else:
+        # 1. The report's conv AE, as `aeopt train configs/conv_ae.yaml` runs it.
+        cfg = _finetune_cfg(args.config, common)
+        log.info("1/4 conv AE (report config) on %s training images", args.train_subset or "all")
+        ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_report"), amp=args.amp,
+                             show_progress=False)
+        result["ae_report"] = {k: ae_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "best_epoch",
+                                                     "seconds", "n_train", "n_val", "n_test")}
+        log.info("   test MSE %.5f in %.1f s (%d epochs)", ae_m["test_mse"], ae_m["seconds"], ae_m["epochs"])
 
-    # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
-    log.info("2/4 fine-tune the report AE's encoder")
-    ft = finetune(cfg, autoencoder=ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_report"), amp=args.amp,
-                  show_progress=False)
-    ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
-    result["finetune_report"] = _summary(ft)
-    result["finetune_settings"] = ft["finetune"]
-    log.info("   test acc %.4f (fine-tune %.1f s + AE %.1f s)", ft["test_acc"], ft["seconds"], ae_m["seconds"])
-    encoders = {"report": (cfg, ae)}
+        # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
+        log.info("2/4 fine-tune the report AE's encoder")
+        ft = finetune(cfg, autoencoder=ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_report"), amp=args.amp,
+                      show_progress=False)
+        ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
+        result["finetune_report"] = _summary(ft)
+        result["finetune_settings"] = ft["finetune"]
+        log.info("   test acc %.4f (fine-tune %.1f s + AE %.1f s)", ft["test_acc"], ft["seconds"], ae_m["seconds"])
+        encoders["report"] = (cfg, ae)
 
-    if args.best:
-        best_cfg = _finetune_cfg(args.best, common)
-        log.info("2b/4 the study's best AE (%s) and its fine-tuned classifier", args.best)
-        best_ae, best_m = train_run(run_config(best_cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_best"),
-                                    amp=args.amp, show_progress=False)
-        result["ae_best"] = {k: best_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "seconds")}
-        bft = finetune(best_cfg, autoencoder=best_ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_best"),
-                       amp=args.amp, show_progress=False)
-        bft["total_seconds"] = round(bft["seconds"] + best_m["seconds"], 3)
-        result["finetune_best"] = _summary(bft)
-        encoders["best"] = (best_cfg, best_ae)
-        prov = (yaml.safe_load(Path(args.best).read_text()) or {}).get("provenance") or {}
-        result["best_label"] = (f"study '{prov['study']}' trial {prov['trial']}" if "study" in prov
-                                else Path(args.best).name)
-        log.info("   test MSE %.5f, test acc %.4f", best_m["test_mse"], bft["test_acc"])
+        if args.best:
+            best_cfg = _finetune_cfg(args.best, common)
+            log.info("2b/4 the study's best AE (%s) and its fine-tuned classifier", args.best)
+            best_ae, best_m = train_run(run_config(best_cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_best"),
+                                        amp=args.amp, show_progress=False)
+            result["ae_best"] = {k: best_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "seconds")}
+            bft = finetune(best_cfg, autoencoder=best_ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_best"),
+                           amp=args.amp, show_progress=False)
+            bft["total_seconds"] = round(bft["seconds"] + best_m["seconds"], 3)
+            result["finetune_best"] = _summary(bft)
+            encoders["best"] = (best_cfg, best_ae)
+            prov = (yaml.safe_load(Path(args.best).read_text()) or {}).get("provenance") or {}
+            result["best_label"] = (f"study '{prov['study']}' trial {prov['trial']}" if "study" in prov
+                                    else Path(args.best).name)
+            log.info("   test MSE %.5f, test acc %.4f", best_m["test_mse"], bft["test_acc"])
 
-    # 3. The plain CNN from scratch, same split and budget.
-    log.info("3/4 CNN baseline from scratch")
-    cnn_overrides = list(args.cnn_overrides)
-    if args.train_subset:
-        cnn_overrides.append(f"data.train_subset={args.train_subset}")
-    if args.ft_epochs:
-        cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
-    cnn = train_baseline(load_baseline_config(None, cnn_overrides), data_dir=args.data_dir, device=str(dev),
-                         out=sub("baseline_cnn"), amp=args.amp, show_progress=False)
-    result["baseline_cnn"] = _summary(cnn)
-    log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
+        # 3. The plain CNN from scratch, same split and budget.
+        log.info("3/4 CNN baseline from scratch")
+        cnn_overrides = list(args.cnn_overrides)
+        if args.train_subset:
+            cnn_overrides.append(f"data.train_subset={args.train_subset}")
+        if args.ft_epochs:
+            cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
+        cnn = train_baseline(load_baseline_config(None, cnn_overrides), data_dir=args.data_dir, device=str(dev),
+                             out=sub("baseline_cnn"), amp=args.amp, show_progress=False)
+        result["baseline_cnn"] = _summary(cnn)
+        log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
 
     # 4. Label budget: AE-initialised vs the same network from random init, several label draws.
-    which = "best" if "best" in encoders else "report"
-    base_cfg, base_ae = encoders[which]
+    which = "checkpoint" if "checkpoint" in encoders else "best" if "best" in encoders else "report"
+    base_ae = encoders[which][1]
+
+    def budget_cfg(extra: list[str]):
+        if which == "checkpoint":
+            return load_finetune_config(None, common + extra, base=ckpt_cfg)
+        return _finetune_cfg(args.best if which == "best" else args.config, common + extra)
+
     log.info("4/4 label budget (%s encoder): %s labels x %d draws", which, args.budgets, args.seeds)
     budgets: list[dict[str, Any]] = []
     for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
@@ -159,11 +178,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if budget != "all":
                     # Each draw picks different labelled images (data.split_seed) and a different head init.
                     extra += [f"finetune.labels={budget}", f"data.split_seed={s}"]
-                if budget == "all" and init == "pretrained" and which == "report":
-                    m = ft  # the run of step 2
+                if budget == "all" and init == "pretrained" and which != "checkpoint":
+                    m = ft if which == "report" else bft  # the run of step 2 or 2b
                 else:
-                    c = _finetune_cfg(args.best if which == "best" else args.config, common + extra)
-                    m = finetune(c, autoencoder=base_ae if init == "pretrained" else None, data_dir=args.data_dir,
+                    m = finetune(budget_cfg(extra), autoencoder=base_ae if init == "pretrained" else None, data_dir=args.data_dir,
                                  device=str(dev), amp=args.amp, show_progress=False)
                 accs.append(m["test_acc"])
                 secs.append(m["seconds"])
@@ -191,12 +209,32 @@ def _t(seconds: float) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     """The BENCHMARKS.md tables, from one run's results."""
+    encoder = {"best": r.get("best_label", "best"), "report": "report config",
+               "checkpoint": r.get("checkpoint_label", "checkpoint")}[r["label_budget"]["encoder"]]
+    lines = [f"Device: {r['gpu']} ({r['device']}), torch {r['torch']}; whole run {_t(r['total_seconds'])}.", ""]
+    if "ae_report" in r:
+        lines += report_rows(r)
+    lines += [
+        f"Label budget (test accuracy; encoder: {encoder}; mean +- std over label draws):",
+        "",
+        "| labels | AE-initialised | random init | gain |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["label_budget"]["rows"]:
+        p, q = row["pretrained"], row["random"]
+        n = len(p["test_acc"])
+
+        def cell(d: dict[str, Any], n: int = n) -> str:
+            return f"{d['mean']:.4f}" + (f" +- {d['std']:.4f}" if n > 1 else "")
+
+        lines.append(f"| {row['labels']} | {cell(p)} | {cell(q)} | {row['gain']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_rows(r: dict[str, Any]) -> list[str]:
     ae, ft, cnn = r["ae_report"], r["finetune_report"], r["baseline_cnn"]
     rep = r["report"]
-    encoder = r.get("best_label", "best") if r["label_budget"]["encoder"] == "best" else "report config"
     lines = [
-        f"Device: {r['gpu']} ({r['device']}), torch {r['torch']}; whole run {_t(r['total_seconds'])}.",
-        "",
         "| | report | aeopt |",
         "| --- | ---: | ---: |",
         f"| conv AE (report config) train / val / test loss (MSE) | {rep['ae_train_loss']} / {rep['ae_val_loss']} / "
@@ -220,20 +258,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| CNN from scratch: test accuracy | {rep['cnn_test_acc']} | {cnn['test_acc']:.4f} |",
         f"| CNN from scratch: time | {rep['cnn_minutes']} min | {_t(cnn['seconds'])} ({cnn['epochs']} epochs) |",
         "",
-        f"Label budget (test accuracy; encoder: {encoder}; mean +- std over label draws):",
-        "",
-        "| labels | AE-initialised | random init | gain |",
-        "| ---: | ---: | ---: | ---: |",
     ]
-    for row in r["label_budget"]["rows"]:
-        p, q = row["pretrained"], row["random"]
-        n = len(p["test_acc"])
-
-        def cell(d: dict[str, Any], n: int = n) -> str:
-            return f"{d['mean']:.4f}" + (f" +- {d['std']:.4f}" if n > 1 else "")
-
-        lines.append(f"| {row['labels']} | {cell(p)} | {cell(q)} | {row['gain']:+.4f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
