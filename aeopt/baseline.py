@@ -162,7 +162,8 @@ def compare_rows(folders: list[str | Path]) -> list[dict[str, Any]]:
         cv = m.get("cv") or {}
         rows.append({
             "run": str(folder),
-            "model": f"{m.get('task', '?')} {m.get('model', '?')}" + (f" ({m['mode']})" if m.get("task") == "finetune" else ""),
+            "model": f"{m.get('task', '?')} {m.get('model', '?')}" + (
+                f" ({m['mode']}{', random init' if m.get('init') == 'random' else ''})" if m.get("task") == "finetune" else ""),
             "labels": m.get("labels"),
             "train_acc": m.get("train_acc"),
             "val_acc": cv.get("val_acc_mean", m.get("val_acc")),
