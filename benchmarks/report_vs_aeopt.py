@@ -24,6 +24,7 @@ import json
 import logging
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,53 @@ REPORT = {
 log = logging.getLogger("report_vs_aeopt")
 
 
-def _finetune_cfg(config: str, overrides: list[str]):
-    from aeopt.finetune import load_finetune_config
-
-    return load_finetune_config(config, overrides)
-
-
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
     keep = ("train_acc", "val_acc", "test_acc", "epochs", "best_epoch", "seconds", "pretrain_seconds", "total_seconds",
             "n_train", "n_val", "n_test", "labels", "parameters", "trainable_parameters", "per_class_acc", "mode", "init")
     return {k: m[k] for k in keep if k in m}
+
+
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One independent run, in this process or a worker process: train an AE (its checkpoint goes
+    to spec["out"]) or fine-tune a classifier (from spec["checkpoint"] when pretrained)."""
+    torch.set_num_threads(spec.get("threads", 1))  # a GPU run needs one CPU thread to launch kernels
+    logging.getLogger("aeopt").setLevel(logging.WARNING)
+    from aeopt.checkpoint import load_checkpoint
+    from aeopt.finetune import finetune, load_finetune_config, run_config
+    from aeopt.runs import train_run
+
+    base = load_checkpoint(spec["base"])[1] if spec.get("base") else None
+    cfg = load_finetune_config(spec.get("config"), spec["overrides"], base=base)
+    if spec["kind"] == "train_ae":
+        _, m = train_run(run_config(cfg), data_dir=spec["data_dir"], device=spec["device"], out=spec["out"],
+                         amp=spec["amp"], show_progress=False)
+        return {k: v for k, v in m.items() if k != "history"}
+    m = finetune(cfg, checkpoint=spec.get("checkpoint") if cfg.finetune.init == "pretrained" else None,
+                 data_dir=spec["data_dir"], device=spec["device"], out=spec.get("out"), amp=spec["amp"], show_progress=False)
+    return _summary(m)
+
+
+class Runner:
+    """Runs job specs in `jobs` worker processes (spawned: CUDA cannot be forked), or in this
+    process when jobs is 1. Small models leave a GPU mostly idle between kernel launches, so
+    independent runs side by side finish several times sooner than one after another."""
+
+    def __init__(self, jobs: int):
+        self.pool = None
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def map(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.pool is None:
+            return [_job({**s, "threads": torch.get_num_threads()}) for s in specs]
+        return list(self.pool.map(_job, specs))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -69,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="overrides for the CNN baseline, e.g. --cnn-set train.max_epochs=30")
     ap.add_argument("--budget-only", action="store_true", help="only the label budget, on the AE of --checkpoint")
     ap.add_argument("--checkpoint", default=None, help="an autoencoder checkpoint for --budget-only")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="worker processes for the --best and label-budget runs (default: 8 on CUDA, 1 on CPU)")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     ap.add_argument("--out", default=None, help="folder for every run's outputs (metrics, checkpoints, PNGs)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -76,15 +116,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aeopt").setLevel(logging.WARNING)
+    if args.budget_only and not args.checkpoint:
+        ap.error("--budget-only needs --checkpoint DIR/checkpoint.pt (from `aeopt train --out DIR`)")
 
     from aeopt.baseline import load_baseline_config, train_baseline
-    from aeopt.checkpoint import load_checkpoint
     from aeopt.finetune import finetune, load_finetune_config, run_config
     from aeopt.runs import train_run
     from aeopt.train import resolve_device
 
     dev = resolve_device(args.device)
-    out = Path(args.out) if args.out else None
+    jobs = args.jobs or (8 if dev.type == "cuda" else 1)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="report_vs_aeopt."))
     common = list(args.overrides)
     if args.train_subset:
         common.append(f"data.train_subset={args.train_subset}")
@@ -92,105 +134,113 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         common.append(f"budget.max_epochs={args.ae_epochs}")
     if args.ft_epochs:
         common.append(f"finetune.max_epochs={args.ft_epochs}")
+    shared = {"data_dir": args.data_dir, "device": str(dev), "amp": args.amp}
     t_all = time.perf_counter()
-    result: dict[str, Any] = {"benchmark": "report_vs_aeopt", "device": str(dev),
+    result: dict[str, Any] = {"benchmark": "report_vs_aeopt", "device": str(dev), "jobs": jobs,
                               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
                               "torch": torch.__version__, "args": vars(args), "report": REPORT}
-
-    def sub(name: str) -> Path | None:
-        return out / name if out else None
-
-    encoders: dict[str, tuple[Any, Any]] = {}
+    runner = Runner(jobs)
     ft: dict[str, Any] = {}
     bft: dict[str, Any] = {}
-    if args.budget_only:
-        if not args.checkpoint:
-            ap.error("--budget-only needs --checkpoint DIR/checkpoint.pt (from `aeopt train --out DIR`)")
-        ckpt_ae, ckpt_cfg, _ = load_checkpoint(args.checkpoint, dev)
-        encoders["checkpoint"] = (load_finetune_config(None, common, base=ckpt_cfg), ckpt_ae)
-        result["checkpoint_label"] = str(args.checkpoint)
-    else:
-        # 1. The report's conv AE, as `aeopt train configs/conv_ae.yaml` runs it.
-        cfg = _finetune_cfg(args.config, common)
-        log.info("1/4 conv AE (report config) on %s training images", args.train_subset or "all")
-        ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_report"), amp=args.amp,
-                             show_progress=False)
-        result["ae_report"] = {k: ae_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "best_epoch",
-                                                     "seconds", "n_train", "n_val", "n_test")}
-        log.info("   test MSE %.5f in %.1f s (%d epochs)", ae_m["test_mse"], ae_m["seconds"], ae_m["epochs"])
+    try:
+        if not args.budget_only:
+            # 1-3 one after another in this process, alone on the device: their times are the report's rows.
+            # 1. The report's conv AE, as `aeopt train configs/conv_ae.yaml` runs it.
+            cfg = load_finetune_config(args.config, common)
+            log.info("1/4 conv AE (report config) on %s training images", args.train_subset or "all")
+            ae, ae_m = train_run(run_config(cfg), out=out / "ae_report", show_progress=False, **shared)
+            result["ae_report"] = {k: ae_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs",
+                                                         "best_epoch", "seconds", "n_train", "n_val", "n_test")}
+            log.info("   test MSE %.5f in %.1f s (%d epochs)", ae_m["test_mse"], ae_m["seconds"], ae_m["epochs"])
 
-        # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
-        log.info("2/4 fine-tune the report AE's encoder")
-        ft = finetune(cfg, autoencoder=ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_report"), amp=args.amp,
-                      show_progress=False)
-        ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
-        result["finetune_report"] = _summary(ft)
-        result["finetune_settings"] = ft["finetune"]
-        log.info("   test acc %.4f (fine-tune %.1f s + AE %.1f s)", ft["test_acc"], ft["seconds"], ae_m["seconds"])
-        encoders["report"] = (cfg, ae)
+            # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
+            log.info("2/4 fine-tune the report AE's encoder")
+            ft = finetune(cfg, autoencoder=ae, out=out / "finetune_report", show_progress=False, **shared)
+            ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
+            result["finetune_report"] = _summary(ft)
+            result["finetune_settings"] = ft["finetune"]
+            log.info("   test acc %.4f (fine-tune %.1f s + AE %.1f s)", ft["test_acc"], ft["seconds"], ae_m["seconds"])
 
-        if args.best:
-            best_cfg = _finetune_cfg(args.best, common)
-            log.info("2b/4 the study's best AE (%s) and its fine-tuned classifier", args.best)
-            best_ae, best_m = train_run(run_config(best_cfg), data_dir=args.data_dir, device=str(dev), out=sub("ae_best"),
-                                        amp=args.amp, show_progress=False)
-            result["ae_best"] = {k: best_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "seconds")}
-            bft = finetune(best_cfg, autoencoder=best_ae, data_dir=args.data_dir, device=str(dev), out=sub("finetune_best"),
-                           amp=args.amp, show_progress=False)
-            bft["total_seconds"] = round(bft["seconds"] + best_m["seconds"], 3)
-            result["finetune_best"] = _summary(bft)
-            encoders["best"] = (best_cfg, best_ae)
+            # 3. The plain CNN from scratch, same split and budget.
+            log.info("3/4 CNN baseline from scratch")
+            cnn_overrides = list(args.cnn_overrides)
+            if args.train_subset:
+                cnn_overrides.append(f"data.train_subset={args.train_subset}")
+            if args.ft_epochs:
+                cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
+            cnn = train_baseline(load_baseline_config(None, cnn_overrides), out=out / "baseline_cnn", show_progress=False,
+                                 **shared)
+            result["baseline_cnn"] = _summary(cnn)
+            log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
+
+        # 4. Label budget: AE-initialised vs the same network from random init, several label draws,
+        # the runs side by side in worker processes. The encoder: --checkpoint, --best or the report's.
+        if args.budget_only:
+            which, source = "checkpoint", {"base": args.checkpoint}
+            encoder_ckpt = args.checkpoint
+            result["checkpoint_label"] = str(args.checkpoint)
+        elif args.best:
+            which, source = "best", {"config": args.best}
+            encoder_ckpt = str(out / "ae_best" / "checkpoint.pt")
             prov = (yaml.safe_load(Path(args.best).read_text()) or {}).get("provenance") or {}
-            result["best_label"] = (f"study '{prov['study']}' trial {prov['trial']}" if "study" in prov
-                                    else Path(args.best).name)
-            log.info("   test MSE %.5f, test acc %.4f", best_m["test_mse"], bft["test_acc"])
-
-        # 3. The plain CNN from scratch, same split and budget.
-        log.info("3/4 CNN baseline from scratch")
-        cnn_overrides = list(args.cnn_overrides)
-        if args.train_subset:
-            cnn_overrides.append(f"data.train_subset={args.train_subset}")
-        if args.ft_epochs:
-            cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
-        cnn = train_baseline(load_baseline_config(None, cnn_overrides), data_dir=args.data_dir, device=str(dev),
-                             out=sub("baseline_cnn"), amp=args.amp, show_progress=False)
-        result["baseline_cnn"] = _summary(cnn)
-        log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
-
-    # 4. Label budget: AE-initialised vs the same network from random init, several label draws.
-    which = "checkpoint" if "checkpoint" in encoders else "best" if "best" in encoders else "report"
-    base_ae = encoders[which][1]
-
-    def budget_cfg(extra: list[str]):
-        if which == "checkpoint":
-            return load_finetune_config(None, common + extra, base=ckpt_cfg)
-        return _finetune_cfg(args.best if which == "best" else args.config, common + extra)
-
-    log.info("4/4 label budget (%s encoder): %s labels x %d draws", which, args.budgets, args.seeds)
-    budgets: list[dict[str, Any]] = []
-    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
-        row: dict[str, Any] = {"labels": budget}
-        for init in ("pretrained", "random"):
-            accs, secs = [], []
-            draws = 1 if budget == "all" else args.seeds
-            for s in range(draws):
-                extra = [f"finetune.init={init}", f"seed={s}"]
-                if budget != "all":
-                    # Each draw picks different labelled images (data.split_seed) and a different head init.
-                    extra += [f"finetune.labels={budget}", f"data.split_seed={s}"]
-                if budget == "all" and init == "pretrained" and which != "checkpoint":
-                    m = ft if which == "report" else bft  # the run of step 2 or 2b
-                else:
-                    m = finetune(budget_cfg(extra), autoencoder=base_ae if init == "pretrained" else None, data_dir=args.data_dir,
-                                 device=str(dev), amp=args.amp, show_progress=False)
-                accs.append(m["test_acc"])
-                secs.append(m["seconds"])
-            row[init] = {"test_acc": accs, "mean": statistics.fmean(accs),
-                         "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0, "seconds": statistics.fmean(secs)}
-        row["gain"] = row["pretrained"]["mean"] - row["random"]["mean"]
-        budgets.append(row)
-        log.info("   %s labels: AE-init %.4f vs random %.4f", budget, row["pretrained"]["mean"], row["random"]["mean"])
-    result["label_budget"] = {"encoder": which, "rows": budgets}
+            result["best_label"] = f"study '{prov['study']}' trial {prov['trial']}" if "study" in prov else Path(args.best).name
+        else:
+            which, source = "report", {"config": args.config}
+            encoder_ckpt = str(out / "ae_report" / "checkpoint.pt")
+        budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+        runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for budget in budgets:
+            for init in ("pretrained", "random"):
+                for s in range(1 if budget == "all" else args.seeds):
+                    extra = [f"finetune.init={init}", f"seed={s}"]
+                    if budget != "all":
+                        # Each draw picks other labelled images (data.split_seed) and another head init.
+                        extra += [f"finetune.labels={budget}", f"data.split_seed={s}"]
+                    runs[(budget, init, s)] = {"kind": "finetune", **source, "overrides": common + extra,
+                                               "checkpoint": encoder_ckpt, **shared}
+        if which != "checkpoint":
+            runs.pop(("all", "pretrained", 0), None)  # the all-label fine-tune of step 2 (or 2b)
+        # Jobs that need no new encoder run first, beside the training of the --best AE.
+        first = {k: v for k, v in runs.items() if which != "best" or k[1] == "random"}
+        later = {k: v for k, v in runs.items() if k not in first}
+        log.info("4/4 label budget (%s encoder): %s labels x %d draws, %d runs in %d processes%s", which, args.budgets,
+                 args.seeds, len(runs), jobs, "; with the --best AE and its fine-tune" if which == "best" else "")
+        t_budget = time.perf_counter()
+        specs = list(first.values())
+        if which == "best":
+            specs.append({"kind": "train_ae", "config": args.best, "overrides": common, "out": str(out / "ae_best"), **shared})
+        outs = runner.map(specs)
+        done = dict(zip(first, outs, strict=False))
+        if which == "best":
+            best_m = outs[-1]
+            result["ae_best"] = {k: best_m[k] for k in ("train_loss", "val_loss", "test_loss", "test_mse", "epochs", "seconds")}
+            bft_spec = {"kind": "finetune", "config": args.best, "overrides": common, "checkpoint": encoder_ckpt,
+                        "out": str(out / "finetune_best"), **shared}
+            later_outs = runner.map([bft_spec, *later.values()])
+            bft = later_outs[0]
+            bft["total_seconds"] = round(bft["seconds"] + best_m["seconds"], 3)
+            result["finetune_best"] = bft
+            result["best_concurrent"] = True
+            done.update(zip(later, later_outs[1:], strict=True))
+            log.info("   %s: test MSE %.5f, fine-tuned test acc %.4f", result["best_label"], best_m["test_mse"],
+                     bft["test_acc"])
+        if which != "checkpoint":
+            done[("all", "pretrained", 0)] = ft if which == "report" else bft
+        rows: list[dict[str, Any]] = []
+        for budget in budgets:
+            row: dict[str, Any] = {"labels": budget}
+            for init in ("pretrained", "random"):
+                ms = [done[(budget, init, s)] for s in range(1 if budget == "all" else args.seeds)]
+                accs = [m["test_acc"] for m in ms]
+                row[init] = {"test_acc": accs, "mean": statistics.fmean(accs),
+                             "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                             "seconds": statistics.fmean(m["seconds"] for m in ms)}
+            row["gain"] = row["pretrained"]["mean"] - row["random"]["mean"]
+            rows.append(row)
+            log.info("   %s labels: AE-init %.4f vs random %.4f", budget, row["pretrained"]["mean"], row["random"]["mean"])
+        result["label_budget"] = {"encoder": which, "rows": rows, "seconds": round(time.perf_counter() - t_budget, 1)}
+    finally:
+        runner.close()
     result["total_seconds"] = round(time.perf_counter() - t_all, 1)
     log.info("total %.1f s", result["total_seconds"])
 
@@ -252,7 +302,8 @@ def report_rows(r: dict[str, Any]) -> list[str]:
             f"| conv AE of {label}: test MSE | - | {bae['test_mse']:.4f} |",
             f"| classifier fine-tuned on {label}: train / val / test accuracy | - | "
             f"{b['train_acc']:.4f} / {b['val_acc']:.4f} / {b['test_acc']:.4f} |",
-            f"| classifier fine-tuned on {label}: time (AE + fine-tune) | - | {_t(b['total_seconds'])} |",
+            f"| classifier fine-tuned on {label}: time (AE + fine-tune; beside the label-budget runs) | - | "
+            f"{_t(b['total_seconds'])} |",
         ]
     lines += [
         f"| CNN from scratch: test accuracy | {rep['cnn_test_acc']} | {cnn['test_acc']:.4f} |",
