@@ -175,7 +175,9 @@ def _optimizer(model: nn.Module, cfg: SupervisedConfig, encoder_lr_scale: float,
     groups = [{"params": rest, "lr": cfg.lr}]
     if enc:
         groups.append({"params": enc, "lr": cfg.lr * encoder_lr_scale})
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused CUDA kernel updates every parameter in one launch: small models are launch-bound.
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 @torch.no_grad()
