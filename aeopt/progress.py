@@ -14,6 +14,18 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+class _TqdmHandler(logging.Handler):
+    """Writes log records above the bar instead of through it (a plain write would tear it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
 class Progress:
     """`update(postfix)` advances one step; a tqdm bar on a TTY, a log line per step elsewhere."""
 
@@ -24,6 +36,14 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+            self._swapped = []
+            for h in list(log.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    th = _TqdmHandler(h.level)
+                    th.setFormatter(h.formatter)
+                    log.removeHandler(h)
+                    log.addHandler(th)
+                    self._swapped.append((h, th))
         self.enabled = enabled
 
     def update(self, postfix: dict[str, object] | None = None, n: int = 1) -> None:
@@ -45,6 +65,10 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            for h, th in self._swapped:
+                log.removeHandler(th)
+                log.addHandler(h)
+            self._swapped = []
 
 
 @contextmanager
