@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -175,8 +175,13 @@ class PrunerConfig(_Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class StudySpec(RunConfig):
-    """A run config (the base values) plus the search: cv, sampler, pruner and space."""
+class SearchSpec(_Strict):
+    """The search part of a study spec: cv, sampler, pruner and space over a run schema's fields.
+
+    Combined with a run schema (RunConfig for autoencoder studies, the fine-tune run for
+    classifier studies), whose fields hold the base values each trial starts from."""
+
+    run_schema: ClassVar[type[BaseModel]] = RunConfig
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str = ""
@@ -186,18 +191,19 @@ class StudySpec(RunConfig):
     space: dict[str, Union[ParamSpec, int, float, str, bool, None]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _space_paths_are_run_fields(self) -> StudySpec:
+    def _space_paths_are_run_fields(self) -> SearchSpec:
+        schema = type(self).run_schema
         base = self.base_dict()
         for path, param in self.space.items():
-            if path.split(".")[0] not in RunConfig.model_fields:
-                raise ValueError(f"space key '{path}' is not a run config field (model.*, data.*, budget.*, optim.*, seed)")
+            if path.split(".")[0] not in schema.model_fields:
+                raise ValueError(f"space key '{path}' is not a run config field ({', '.join(schema.model_fields)})")
             probes = param.values() if isinstance(param, (IntParam, CategoricalParam)) else (
                 [param.low, param.high] if isinstance(param, FloatParam) else [param])
             for value in probes[:1] + probes[-1:] if not isinstance(param, CategoricalParam) else probes:
                 trial_dict = copy.deepcopy(base)
                 try:
                     set_path(trial_dict, path, value)
-                    RunConfig.model_validate(trial_dict)
+                    schema.model_validate(trial_dict)
                 except (ConfigError, ValidationError) as exc:
                     first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
                     raise ValueError(f"space key '{path}' with value {value!r} gives an invalid run: {first}") from None
@@ -208,15 +214,26 @@ class StudySpec(RunConfig):
         return self
 
     def base_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", include=set(RunConfig.model_fields))
+        return self.model_dump(mode="json", include=set(type(self).run_schema.model_fields))
 
-    def run_config(self, params: dict[str, Any]) -> RunConfig:
+    def run_config(self, params: dict[str, Any]) -> Any:
         """The run config of one trial: the spec's base values with the trial's params applied."""
         d = self.base_dict()
         fixed = {k: v for k, v in self.space.items() if not isinstance(v, (IntParam, FloatParam, CategoricalParam))}
         for path, value in {**fixed, **params}.items():
             set_path(d, path, value)
-        return RunConfig.model_validate(d)
+        return type(self).run_schema.model_validate(d)
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial can run: the pruner's maximum resource."""
+        return self.budget.max_epochs
+
+
+class StudySpec(RunConfig, SearchSpec):
+    """An autoencoder study: a run config (the base values) plus the search."""
+
+    task: Literal["autoencoder"] = "autoencoder"
 
 
 # ----- dotted paths, overrides and YAML ----------------------------------------------------------
@@ -344,9 +361,31 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return validate(RunConfig, run, str(path))
 
 
-def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    raw = apply_overrides(read_yaml(path), overrides or [], StudySpec)
-    return validate(StudySpec, raw, str(path))
+def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
+    """The spec class for a raw spec dict, by its `task` (autoencoder, the default, or classifier)."""
+    task = raw.get("task", "autoencoder")
+    if task == "classifier":
+        from aeopt.classifier_study import ClassifierStudySpec
+
+        return ClassifierStudySpec
+    if task != "autoencoder":
+        raise ConfigError(f"task = {task!r}: expected 'autoencoder' or 'classifier'")
+    return StudySpec
+
+
+def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
+    raw = read_yaml(path)
+    overrides = list(overrides or [])
+    # `--set task=...` / `--set autoencoder=best.yaml` shape how the rest is read: apply them first.
+    for item in [o for o in overrides if o.split("=", 1)[0].strip() in ("task", "autoencoder")]:
+        key, value = parse_override(item)
+        raw[key] = value
+        overrides.remove(item)
+    schema = spec_schema(raw)
+    if hasattr(schema, "prepare_raw"):
+        raw = schema.prepare_raw(raw, Path(path))
+    raw = apply_overrides(raw, overrides, schema)
+    return validate(schema, raw, str(path))
 
 
 def dump_yaml(data: dict[str, Any]) -> str:

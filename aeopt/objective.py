@@ -35,6 +35,28 @@ def _out_of_memory_types() -> tuple[type[BaseException], ...]:
 TRIAL_ERRORS = (NonFiniteLossError, SurplusTrialError, *_out_of_memory_types())
 
 
+def check_surplus(trial: optuna.Trial, target: int | None) -> None:
+    """Fail a trial that two workers' simultaneous asks pushed over the study-wide target."""
+    if not target:
+        return
+    ahead = 0
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number < trial.number and (t.state in FINISHED or t.state == optuna.trial.TrialState.RUNNING):
+            ahead += 1
+    if ahead >= target:
+        raise SurplusTrialError(f"the study already has {target} trials finished or running")
+
+
+def make_objective(spec, **kwargs):
+    """The objective for a spec: autoencoder studies cross-validate reconstruction; classifier
+    studies cross-validate fine-tuning on a pretrained encoder."""
+    if getattr(spec, "task", "autoencoder") == "classifier":
+        from aeopt.classifier_study import ClassifierObjective
+
+        return ClassifierObjective(spec, **kwargs)
+    return Objective(spec, **kwargs)
+
+
 class Objective:
     def __init__(self, spec: StudySpec, *, data_dir: str | None = None, device: str | None = None, amp: bool = False,
                  target_trials: int | None = None, upload_artifacts: bool = True):
@@ -46,18 +68,8 @@ class Objective:
         # Loaded once per worker: the training split (or its subset); the test split never enters a study.
         self.pool = training_pool(spec.data, data_dir=data_dir)
 
-    def _check_surplus(self, trial: optuna.Trial) -> None:
-        if not self.target_trials:
-            return
-        ahead = 0
-        for t in trial.study.get_trials(deepcopy=False):
-            if t.number < trial.number and (t.state in FINISHED or t.state == optuna.trial.TrialState.RUNNING):
-                ahead += 1
-        if ahead >= self.target_trials:
-            raise SurplusTrialError(f"the study already has {self.target_trials} trials finished or running")
-
     def __call__(self, trial: optuna.Trial) -> float:
-        self._check_surplus(trial)
+        check_surplus(trial, self.target_trials)
         params = suggest(trial, self.spec.space)
         cfg = self.spec.run_config(params)
         trial.set_user_attr("device", str(self.device))

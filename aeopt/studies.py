@@ -70,7 +70,9 @@ def spec_of(study: optuna.Study) -> StudySpec:
         raise StudyError(f"study '{study.study_name}' was not created by aeopt (no spec inside); "
                          "create it with `aeopt study create SPEC.yaml`")
     try:
-        return StudySpec.model_validate(raw)
+        from aeopt.config import spec_schema
+
+        return spec_schema(raw).model_validate(raw)
     except Exception as exc:
         msg = format_validation_error(exc, f"spec of study '{study.study_name}'") if hasattr(exc, "errors") else str(exc)
         raise StudyError(msg.splitlines()[0] + " (created by another aeopt version?)") from None
@@ -166,7 +168,7 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.Bas
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.budget.max_epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.max_epochs,
                                               reduction_factor=p.reduction_factor)
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)

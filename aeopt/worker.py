@@ -19,7 +19,7 @@ import torch
 import aeopt.storage  # noqa: F401  (silences Optuna's experimental-heartbeat warnings)
 from optuna.trial import TrialState
 
-from aeopt.objective import TRIAL_ERRORS, Objective
+from aeopt.objective import TRIAL_ERRORS, make_objective
 from aeopt.progress import progress
 from aeopt.space import grid_size
 from aeopt.storage import open_storage, supports_heartbeat
@@ -68,7 +68,7 @@ def run_worker(
     target = n_trials
     if spec.sampler.name == "grid":
         target = min(target or grid_size(spec), grid_size(spec))
-    objective = Objective(spec, data_dir=data_dir, device=device, amp=amp, target_trials=target)
+    objective = make_objective(spec, data_dir=data_dir, device=device, amp=amp, target_trials=target)
     summary = WorkerSummary()
     deadline = time.monotonic() + timeout if timeout else None
     log.info("worker %d on %s: study '%s' (%s), target %s finished trials", worker_index, objective.device, study_name,
