@@ -75,12 +75,12 @@ def cross_validate(
     n_train = sum(tr.shape[0] for tr, _ in fold_data)
     for epoch in range(1, cfg.budget.max_epochs + 1):
         t0 = time.perf_counter()
-        for trainer, (tr, _) in zip(trainers, fold_data):
+        for trainer, (tr, _) in zip(trainers, fold_data, strict=True):
             trainer.train_epoch(tr)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-        losses = [trainer.evaluate(va) for trainer, (_, va) in zip(trainers, fold_data)]
+        losses = [trainer.evaluate(va) for trainer, (_, va) in zip(trainers, fold_data, strict=True)]
         mean = sum(losses) / len(losses)
         result.history.append(mean)
         result.epochs = epoch

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import optuna
 import torch
-
-import aeopt.storage  # noqa: F401  (silences Optuna's experimental-heartbeat warnings)
 from optuna.trial import TrialState
 
+import aeopt.storage  # noqa: F401  (silences Optuna's experimental-heartbeat warnings)
 from aeopt.objective import TRIAL_ERRORS, make_objective
 from aeopt.progress import progress
 from aeopt.space import grid_size

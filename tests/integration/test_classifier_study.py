@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, run_cli
 from optuna.trial import TrialState
 
 from aeopt.classifier_study import ClassifierStudySpec
 from aeopt.config import load_study_spec
 from aeopt.errors import ConfigError
 from aeopt.studies import load_study
-
-from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
 from aeopt.objective import Objective
 from aeopt.studies import SPEC_ATTR, create_study, load_study
 from aeopt.worker import run_worker
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
