@@ -138,10 +138,6 @@ def delete_study(storage_url: str | None, name: str) -> None:
     optuna.delete_study(study_name=name, storage=storage)
 
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 # ----- samplers and pruners ----------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ which may raise to stop a run (the objective raises `optuna.TrialPruned` there).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -207,7 +206,3 @@ def mse(model: nn.Module, x: torch.Tensor, *, noise: float = 0.0, seed: int = 0)
         out = reconstruct(model, add_noise(target, noise, g))
         total += float(torch.nn.functional.mse_loss(out.float(), target, reduction="sum"))
     return total / x.numel()
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

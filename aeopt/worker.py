@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections import Counter
@@ -138,7 +137,3 @@ def _trial_line(t: optuna.trial.FrozenTrial) -> str:
 
 def _params(params: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in params.items())
-
-
-def default_threads(workers_on_cpu: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers_on_cpu))
