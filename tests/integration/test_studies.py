@@ -202,3 +202,33 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_rerun(tmp_path, pg_url):
     rerun = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
     assert rerun[0].params == killed.params
+
+
+def test_grpc_storage_proxy(tmp_path):
+    """Workers reach the study through `aeopt storage proxy` (Optuna's gRPC proxy) alone."""
+    import socket
+
+    pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio (pip install 'aeopt[grpc]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = f"sqlite:///{tmp_path}/behind_proxy.db"
+    spec_path = write_spec(tmp_path, tiny_spec("proxied"))
+    assert run_cli("study", "create", str(spec_path), "--storage", backend, cwd=tmp_path).returncode == 0
+    proxy = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--storage", backend, "--port", str(port)],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        r = run_cli("worker", "--study", "proxied", "--storage", f"grpc://127.0.0.1:{port}", "--n-trials", "2",
+                    "--device", "cpu", cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    study, _ = load_study(backend, "proxied")  # the trials landed in the database behind the proxy
+    assert len(finished(study)) == 2
