@@ -1,7 +1,7 @@
 """Which fine-tune recipe? A few settings of the `finetune:` section on one trained autoencoder,
 ranked by validation accuracy (the test split is evaluated but never used to choose).
 
-This is how the defaults of aeopt.finetune.FinetuneConfig were picked; `report_vs_aeopt.py` can
+This is how the defaults of aeopt.stages.finetune.FinetuneConfig were picked; `report_vs_aeopt.py` can
 take the winner with --set. A study over the `finetune:` section does the same search properly.
 
     python benchmarks/finetune_recipes.py --data-dir ../shared/data --device cuda --json recipes.json
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("aeopt").setLevel(logging.WARNING)
     log = logging.getLogger("recipes")
 
-    from aeopt.finetune import finetune, load_finetune_config, run_config
-    from aeopt.runs import train_run
+    from aeopt.config import load_finetune_config, run_config
+    from aeopt.stages.finetune import finetune
+    from aeopt.stages.train import train_run
 
     t0 = time.perf_counter()
     cfg = load_finetune_config(args.config, args.overrides)

@@ -1,6 +1,6 @@
 """Reconstruction quality: the report's conv AE on the full Fashion-MNIST training split vs. PCA-10.
 
-The autoencoder is trained exactly as `aeopt train configs/conv_ae.yaml` does (`aeopt.runs.train_run`:
+The autoencoder is trained exactly as `aeopt train configs/conv_ae.yaml` does (`aeopt.stages.train.train_run`:
 stratified 80/20 split of the 60,000 training images, early stopping on the 20 %, best weights
 restored) and scored once on the 10,000 test images. PCA with 10 components (the AE's latent
 size) is fit on the same 48,000 training images and scored on the same test images. Both
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from aeopt.config import load_run_config
-    from aeopt.data import prepare
+    from aeopt.training.data import prepare
 
     cfg = load_run_config(args.config, args.overrides)
     data = prepare(cfg.data, args.data_dir)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"PCA-{args.components} (fit on the {len(train):,} training images): test MSE {pca_mse:.5f}")
 
     if not args.pca_only:
-        from aeopt.runs import train_run
+        from aeopt.stages.train import train_run
 
         _, metrics = train_run(cfg, data_dir=args.data_dir, device=args.device, out=args.out, amp=args.amp,
                                show_progress=True)

@@ -52,9 +52,10 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
     to spec["out"]) or fine-tune a classifier (from spec["checkpoint"] when pretrained)."""
     torch.set_num_threads(spec.get("threads", 1))  # a GPU run needs one CPU thread to launch kernels
     logging.getLogger("aeopt").setLevel(logging.WARNING)
-    from aeopt.checkpoint import load_checkpoint
-    from aeopt.finetune import finetune, load_finetune_config, run_config
-    from aeopt.runs import train_run
+    from aeopt.config import load_finetune_config, run_config
+    from aeopt.stages.finetune import finetune
+    from aeopt.stages.train import train_run
+    from aeopt.training.checkpoint import load_checkpoint
 
     base = load_checkpoint(spec["base"])[1] if spec.get("base") else None
     cfg = load_finetune_config(spec.get("config"), spec["overrides"], base=base)
@@ -119,10 +120,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.budget_only and not args.checkpoint:
         ap.error("--budget-only needs --checkpoint DIR/checkpoint.pt (from `aeopt train --out DIR`)")
 
-    from aeopt.baseline import load_baseline_config, train_baseline
-    from aeopt.finetune import finetune, load_finetune_config, run_config
-    from aeopt.runs import train_run
-    from aeopt.train import resolve_device
+    from aeopt.config import load_baseline_config, load_finetune_config, run_config
+    from aeopt.stages.baseline import train_baseline
+    from aeopt.stages.finetune import finetune
+    from aeopt.stages.train import train_run
+    from aeopt.training.engine import resolve_device
 
     dev = resolve_device(args.device)
     jobs = args.jobs or (8 if dev.type == "cuda" else 1)

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aeopt.config import load_study_spec  # noqa: E402
-from aeopt.studies import create_study, load_study  # noqa: E402
-from aeopt.worker import run_worker  # noqa: E402
+from aeopt.search.studies import create_study, load_study  # noqa: E402
+from aeopt.search.worker import run_worker  # noqa: E402
 
 
 def _duration(t: optuna.trial.FrozenTrial) -> float:

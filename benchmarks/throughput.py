@@ -5,7 +5,7 @@ same images (a stratified subset of the Fashion-MNIST training split, 48,000 by 
 report's 80 % training part). The epochs alternate (engine, loop, engine, loop, ...) so that a
 machine shared with other work slows both alike.
 
-- engine: `aeopt.train.Trainer.train_epoch` on one whole float tensor already on the device;
+- engine: `aeopt.training.engine.Trainer.train_epoch` on one whole float tensor already on the device;
   batches are index slices of a random permutation drawn on the device.
 - DataLoader: `torchvision.datasets.FashionMNIST(root, transform=ToTensor())` (a PIL image and a
   ToTensor call per sample), `DataLoader(batch_size=256, shuffle=True)`, each batch moved to the
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     from torchvision import datasets, transforms
 
     from aeopt.config import load_run_config
-    from aeopt.data import load_dataset, stratified_subset, to_float
-    from aeopt.losses import reconstruction_loss
-    from aeopt.models import build_model
-    from aeopt.train import Trainer, make_optimizer, resolve_device, set_seed
+    from aeopt.training.data import load_dataset, stratified_subset, to_float
+    from aeopt.training.engine import Trainer, make_optimizer, resolve_device, set_seed
+    from aeopt.training.losses import reconstruction_loss
+    from aeopt.training.models import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

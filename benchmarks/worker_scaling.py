@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aeopt.config import StudySpec  # noqa: E402
-from aeopt.launch import launch  # noqa: E402
-from aeopt.storage import open_storage, redact  # noqa: E402
-from aeopt.studies import create_study, load_study  # noqa: E402
+from aeopt.search.launch import launch  # noqa: E402
+from aeopt.search.storage import open_storage, redact  # noqa: E402
+from aeopt.search.studies import create_study, load_study  # noqa: E402
 
 
 def spec(train_subset: int, epochs: int) -> StudySpec:
@@ -70,8 +70,8 @@ class TimedStorage:
 def storage_share(url: str, s: StudySpec, trials: int, data_dir: str | None) -> dict:
     import optuna
 
-    from aeopt.objective import Objective
-    from aeopt.studies import build_pruner, build_sampler
+    from aeopt.search.objective import Objective
+    from aeopt.search.studies import build_pruner, build_sampler
 
     name = f"share_{uuid.uuid4().hex[:6]}"
     create_study(s, url, name)

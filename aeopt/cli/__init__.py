@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
+import matplotlib
+import optuna
 import typer
 
 from aeopt.errors import AeoptError
@@ -46,8 +49,18 @@ def _register() -> None:
         module.register(app)
 
 
+def _process_setup() -> None:
+    """Process-wide settings that belong to the program, not the library: set once, here."""
+    # Headless: workers, servers and CI have no display; Optuna's matplotlib plots use pyplot.
+    matplotlib.use("Agg")
+    # Heartbeats and their retry callback are "experimental" in Optuna; they are the mechanism
+    # aeopt relies on, so the per-call warning says nothing a user can act on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _process_setup()
     debug = "--debug" in argv or bool(os.environ.get("AEOPT_DEBUG"))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

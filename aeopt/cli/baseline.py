@@ -28,7 +28,8 @@ def cnn(
 
     Example: aeopt baseline cnn --out runs/cnn --set train.max_epochs=20
     """
-    from aeopt.baseline import load_baseline_config, train_baseline
+    from aeopt.config import load_baseline_config
+    from aeopt.stages.baseline import train_baseline
 
     overrides = list(set_ or []) + ([f"train.labels={labels}"] if labels is not None else [])
     cfg = load_baseline_config(config, overrides)
@@ -46,7 +47,7 @@ def compare(
 
     Example: aeopt compare runs/finetune-best runs/baseline-cnn
     """
-    from aeopt.baseline import compare_rows, format_table
+    from aeopt.stages.baseline import compare_rows, format_table
 
     rows = compare_rows([str(r) for r in runs])
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))

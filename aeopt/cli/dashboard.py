@@ -27,7 +27,7 @@ def dashboard(
 
     Example: aeopt dashboard --storage sqlite:///studies/aeopt.db   (then open http://127.0.0.1:8080/)
     """
-    from aeopt.dashboard import serve
+    from aeopt.search.dashboard import serve
 
     serve(storage, host=host, port=port, artifacts=artifacts)
 

@@ -23,7 +23,7 @@ def export(
 
     Example: aeopt export --study conv_ae -o best.yaml
     """
-    from aeopt.export import export_study
+    from aeopt.search.export import export_study
 
     result = export_study(storage, study, output, top)
     best = result if isinstance(result, dict) else result[0]

@@ -35,8 +35,8 @@ def finetune(
 
     Example: aeopt finetune best.yaml --out runs/finetune --labels 1000
     """
-    from aeopt.finetune import finetune as run_finetune
-    from aeopt.finetune import load_finetune_config
+    from aeopt.config import load_finetune_config
+    from aeopt.stages.finetune import finetune as run_finetune
 
     overrides = list(set_ or [])
     # The dedicated options are shorthands for --set finetune.*; they win over the file.
@@ -45,7 +45,7 @@ def finetune(
             overrides.append(f"finetune.{key}={value}")
     base = None
     if config is None and checkpoint is not None:
-        from aeopt.checkpoint import load_checkpoint
+        from aeopt.training.checkpoint import load_checkpoint
 
         _, base, _ = load_checkpoint(checkpoint)
     cfg = load_finetune_config(config, overrides, base)

@@ -28,7 +28,7 @@ def launch(
 
     Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100
     """
-    from aeopt.launch import launch as run
+    from aeopt.search.launch import launch as run
 
     code = run(study, workers, storage_url=storage, devices=devices, n_trials=n_trials, timeout=timeout,
                data_dir=data_dir, log_dir=log_dir, amp=amp)

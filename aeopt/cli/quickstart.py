@@ -26,8 +26,8 @@ def quickstart(
 
     Example: aeopt quickstart --data-dir ../shared/data
     """
-    from aeopt.quickstart import run_quickstart, summary_table
-    from aeopt.storage import resolve_url
+    from aeopt.search.quickstart import run_quickstart, summary_table
+    from aeopt.search.storage import resolve_url
 
     res = run_quickstart(storage_url=storage, n_trials=n_trials, train_subset=train_subset, max_epochs=max_epochs,
                          workers=workers, data_dir=data_dir, device=device, out=out)

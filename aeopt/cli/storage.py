@@ -28,7 +28,7 @@ def proxy(
     """
     from optuna.storages import run_grpc_proxy_server
 
-    from aeopt.storage import open_storage, redact, resolve_url
+    from aeopt.search.storage import open_storage, redact, resolve_url
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the gRPC proxy has no authentication; anyone who reaches this port can "

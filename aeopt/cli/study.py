@@ -30,13 +30,13 @@ def create(
     Example: aeopt study create studies/conv_ae.yaml --set data.train_subset=12000
     """
     from aeopt.config import load_study_spec
-    from aeopt.storage import redact, resolve_url
-    from aeopt.studies import create_study
+    from aeopt.search.storage import redact, resolve_url
+    from aeopt.search.studies import create_study
 
     spec_obj = load_study_spec(spec, set_ or [])
     if artifacts is None:
         try:
-            from aeopt.artifacts import default_artifact_dir
+            from aeopt.search.artifacts import default_artifact_dir
 
             artifacts = str(default_artifact_dir(resolve_url(storage)))
         except ImportError:
@@ -51,7 +51,7 @@ def create(
 @study_app.command("list")
 def list_(storage: StorageOpt = None, as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """List the studies in the storage with trial counts and best values."""
-    from aeopt.studies import list_studies
+    from aeopt.search.studies import list_studies
 
     rows = list_studies(storage)
     if as_json:
@@ -71,7 +71,7 @@ def list_(storage: StorageOpt = None, as_json: Annotated[bool, typer.Option("--j
 def show(name: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None,
          as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """Counts by state, the best value and its parameters."""
-    from aeopt.studies import load_study, summarize
+    from aeopt.search.studies import load_study, summarize
 
     study, spec = load_study(storage, name)
     s = summarize(study)
@@ -94,7 +94,7 @@ def show(name: Annotated[str, typer.Argument(help="Study name.")], storage: Stor
 def delete(name: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None,
            yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
     """Delete a study and all its trials (asks first unless --yes)."""
-    from aeopt.studies import delete_study, load_study
+    from aeopt.search.studies import delete_study, load_study
 
     study, _ = load_study(storage, name)
     if not yes:

@@ -31,7 +31,7 @@ def train(
 
     # The config is checked before torch is imported: a typo costs a fraction of a second.
     cfg = load_run_config(config, set_ or [])
-    from aeopt.runs import train_run
+    from aeopt.stages.train import train_run
 
     out = out or Path("runs") / config.stem
     _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)

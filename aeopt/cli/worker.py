@@ -26,7 +26,7 @@ def worker(
 
     Example: aeopt worker --study conv_ae --n-trials 50 --device cuda:0
     """
-    from aeopt.worker import run_worker
+    from aeopt.search.worker import run_worker
 
     summary = run_worker(study, storage, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
                          worker_index=worker_index, threads=threads, amp=amp)

@@ -9,10 +9,9 @@ import yaml
 from conftest import REPO, run_cli
 from optuna.trial import TrialState
 
-from aeopt.classifier_study import ClassifierStudySpec
-from aeopt.config import load_study_spec
+from aeopt.config import ClassifierStudySpec, load_study_spec
 from aeopt.errors import ConfigError
-from aeopt.studies import load_study
+from aeopt.search.studies import load_study
 
 pytestmark = pytest.mark.slow
 

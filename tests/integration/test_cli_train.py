@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from aeopt import data as aeopt_data
-from aeopt.checkpoint import load_checkpoint
+from aeopt.training import data as aeopt_data
 from aeopt.config import dump_yaml
-from aeopt.data import prepare, to_float
-from aeopt.train import evaluate_loss
+from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.data import prepare, to_float
+from aeopt.training.engine import evaluate_loss
 from tests.conftest import run_cli as _run_cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from aeopt.artifacts import find_best_checkpoint, upload_trial_artifacts
-from aeopt.checkpoint import load_checkpoint
 from aeopt.config import StudySpec
-from aeopt.data import load_dataset
-from aeopt.models import build_model
-from aeopt.studies import create_study
+from aeopt.search.artifacts import find_best_checkpoint, upload_trial_artifacts
+from aeopt.search.studies import create_study
+from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.data import load_dataset
+from aeopt.training.models import build_model
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,7 +173,7 @@ def test_upload_never_raises_and_skips_without_folder(tmp_path, monkeypatch, cap
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("AEOPT_ARTIFACTS", str(blocker / "sub"))
-    with caplog.at_level("WARNING", logger="aeopt.artifacts"):
+    with caplog.at_level("WARNING", logger="aeopt.search.artifacts"):
         upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
     assert "could not upload trial 0's artifacts" in caplog.text
     assert find_best_checkpoint(study) is None  # no finished trial yet

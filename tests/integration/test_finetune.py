@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from aeopt.checkpoint import load_checkpoint
-from aeopt.config import StudySpec, dump_yaml, load_run_config
-from aeopt.cv import cross_validate
-from aeopt.data import training_pool
-from aeopt.finetune import finetune, labelled_split, load_finetune_config, run_config
-from aeopt.runs import train_run
-from aeopt.space import suggest
+from aeopt.config import StudySpec, dump_yaml, load_finetune_config, load_run_config, run_config
+from aeopt.search.space import suggest
+from aeopt.stages.finetune import finetune, labelled_split
+from aeopt.stages.train import train_run
+from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.cv import cross_validate
+from aeopt.training.data import training_pool
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

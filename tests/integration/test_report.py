@@ -17,8 +17,8 @@ from conftest import _missing, run_cli
 from PIL import Image
 
 from aeopt.config import StudySpec
-from aeopt.studies import create_study
-from aeopt.worker import run_worker
+from aeopt.search.studies import create_study
+from aeopt.search.worker import run_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -79,10 +79,11 @@ def _is_picture(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def finetune_dir(studies, tmp_path_factory):
     """A real `aeopt finetune` output folder (1 epoch on the conv study's best checkpoint)."""
-    from aeopt.artifacts import find_best_checkpoint
-    from aeopt.checkpoint import load_checkpoint
-    from aeopt.finetune import finetune, load_finetune_config
-    from aeopt.studies import load_study
+    from aeopt.config import load_finetune_config
+    from aeopt.search.artifacts import find_best_checkpoint
+    from aeopt.search.studies import load_study
+    from aeopt.stages.finetune import finetune
+    from aeopt.training.checkpoint import load_checkpoint
 
     url, _ = studies
     study, _ = load_study(url, "conv_ae")

@@ -17,9 +17,9 @@ from conftest import run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
-from aeopt.objective import Objective
-from aeopt.studies import SPEC_ATTR, create_study, load_study
-from aeopt.worker import run_worker
+from aeopt.search.objective import Objective
+from aeopt.search.studies import SPEC_ATTR, create_study, load_study
+from aeopt.search.worker import run_worker
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from aeopt import analysis
-from aeopt.artifacts import artifact_dir, default_artifact_dir
 from aeopt.config import ConvAEConfig, StudySpec, VAEConfig
-from aeopt.dashboard import is_loopback, spec_markdown
 from aeopt.errors import AeoptError
-from aeopt.models import VAE, ConvAutoencoder
-from aeopt.report import read_finetune
+from aeopt.report import analysis
+from aeopt.report.build import read_finetune
+from aeopt.search.artifacts import artifact_dir, default_artifact_dir
+from aeopt.search.dashboard import is_loopback, spec_markdown
+from aeopt.training.models import VAE, ConvAutoencoder
 
 
 def test_pca_is_2d_even_for_a_1d_latent_space():

@@ -7,16 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeopt.classifier import (
-    Classifier,
-    SupervisedConfig,
-    augment,
-    augmentation_for,
-    confusion_matrix,
-    evaluate,
-    fit_classifier,
-    per_class_accuracy,
-)
+from aeopt.config import SupervisedConfig
+from aeopt.training.supervised import Classifier, augment, augmentation_for, confusion_matrix, evaluate, fit_classifier, per_class_accuracy
 
 
 def test_augment_shifts_each_image_by_its_own_offset_and_flips():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import aeopt.data as data
+import aeopt.training.data as data
 from aeopt.config import DataConfig
-from aeopt.data import (
+from aeopt.training.data import (
     DataNotFoundError,
     add_noise,
     load_dataset,

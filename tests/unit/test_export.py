@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from aeopt.config import RunConfig, StudySpec, load_run_config
 from aeopt.errors import AeoptError, StudyError
-from aeopt.export import export_best, write_export
+from aeopt.search.export import export_best, write_export
 
 SPEC = {
     "name": "unit",

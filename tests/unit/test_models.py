@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from aeopt.config import ConvAEConfig, RunConfig, VAEConfig
-from aeopt.losses import reconstruction_loss, vae_loss
-from aeopt.models import VAE, ConvAutoencoder, build_model, count_parameters, reconstruct
+from aeopt.training.losses import reconstruction_loss, vae_loss
+from aeopt.training.models import VAE, ConvAutoencoder, build_model, count_parameters, reconstruct
 
 
 @pytest.fixture
@@ -154,8 +154,8 @@ def test_gradients_reach_every_parameter(batch: torch.Tensor) -> None:
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path, batch: torch.Tensor) -> None:
-    from aeopt.checkpoint import load_checkpoint, save_checkpoint
     from aeopt.errors import AeoptError
+    from aeopt.training.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = RunConfig.model_validate({"model": {"kind": "vae", "latent_dim": 3}, "seed": 7})
     model = build_model(cfg).eval()

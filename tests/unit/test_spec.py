@@ -9,7 +9,7 @@ import yaml
 
 from aeopt.config import IntParam, StudySpec, load_study_spec
 from aeopt.errors import ConfigError
-from aeopt.space import grid, grid_size
+from aeopt.search.space import grid, grid_size
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from aeopt.config import RunConfig
-from aeopt.data import add_noise, load_dataset, to_float
 from aeopt.errors import AeoptError
-from aeopt.models import build_model
-from aeopt.train import NonFiniteLossError, Trainer, evaluate_loss, fit, mse, resolve_device
+from aeopt.training.data import add_noise, load_dataset, to_float
+from aeopt.training.engine import NonFiniteLossError, Trainer, evaluate_loss, fit, mse, resolve_device
+from aeopt.training.models import build_model
 
 CPU = torch.device("cpu")
 CONV = {"kind": "conv_ae", "c1": 8, "c2": 16, "c3": 16, "fc": 32, "latent_dim": 8, "dropout": 0.0}

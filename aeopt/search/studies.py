@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from aeopt import __version__
 from aeopt.config import StudySpec, format_validation_error
 from aeopt.errors import StudyError
-from aeopt.space import grid
-from aeopt.storage import open_storage, redact, resolve_url
+from aeopt.search.space import grid
+from aeopt.search.storage import open_storage, redact, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def create_study(spec: StudySpec, storage_url: str | None = None, name: str | No
     if artifacts:
         study.set_user_attr(ARTIFACTS_ATTR, str(artifacts))
     try:
-        from aeopt.dashboard import write_study_note
+        from aeopt.search.dashboard import write_study_note
 
         write_study_note(study, spec)
     except Exception as exc:  # the note is a convenience for the dashboard; never fail creation for it

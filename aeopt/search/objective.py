@@ -14,11 +14,11 @@ import optuna
 import torch
 
 from aeopt.config import StudySpec
-from aeopt.cv import cross_validate
-from aeopt.data import training_pool
-from aeopt.space import suggest
-from aeopt.studies import FINISHED
-from aeopt.train import NonFiniteLossError, resolve_device
+from aeopt.search.space import suggest
+from aeopt.search.studies import FINISHED
+from aeopt.training.cv import cross_validate
+from aeopt.training.data import training_pool
+from aeopt.training.engine import NonFiniteLossError, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def make_objective(spec, **kwargs):
     """The objective for a spec: autoencoder studies cross-validate reconstruction; classifier
     studies cross-validate fine-tuning on a pretrained encoder."""
     if getattr(spec, "task", "autoencoder") == "classifier":
-        from aeopt.classifier_study import ClassifierObjective
+        from aeopt.search.classifier_objective import ClassifierObjective
 
         return ClassifierObjective(spec, **kwargs)
     return Objective(spec, **kwargs)
@@ -107,7 +107,7 @@ class Objective:
 
     def _upload(self, trial: optuna.Trial, cfg, result) -> None:
         try:
-            from aeopt.artifacts import upload_trial_artifacts
+            from aeopt.search.artifacts import upload_trial_artifacts
         except ImportError:
             return
         try:

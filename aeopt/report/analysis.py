@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aeopt.data import add_noise
-from aeopt.models import VAE, Autoencoder
-from aeopt.train import EVAL_BATCH, mse
+from aeopt.training.data import add_noise
+from aeopt.training.models import VAE, Autoencoder
+from aeopt.training.engine import EVAL_BATCH, mse
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -164,7 +164,7 @@ def noisy_inputs(x: torch.Tensor, stds: list[float], seed: int = 0) -> list[torc
 
 @torch.no_grad()
 def outputs(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
-    from aeopt.models import reconstruct
+    from aeopt.training.models import reconstruct
 
     model.eval()
     return reconstruct(model, x.to(_device(model))).float().clamp(0, 1).cpu()
@@ -173,7 +173,7 @@ def outputs(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
 def denoising_mse(models: dict[str, Autoencoder], x: torch.Tensor, stds: list[float], seed: int = 0) -> dict[str, list[float]]:
     """MSE between clean images and each model's output from noisy inputs, per noise std.
 
-    aeopt.train.mse draws the noise from `seed`, so every model is scored on the same noisy images.
+    aeopt.training.engine.mse draws the noise from `seed`, so every model is scored on the same noisy images.
     """
     result = {}
     for name, model in models.items():

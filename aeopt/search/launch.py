@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from aeopt.errors import AeoptError
 from aeopt.progress import interactive, progress
-from aeopt.storage import is_single_machine, resolve_url
-from aeopt.studies import load_study
+from aeopt.search.storage import is_single_machine, resolve_url
+from aeopt.search.studies import load_study
 
 log = logging.getLogger(__name__)
 

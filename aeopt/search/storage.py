@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import optuna
@@ -23,10 +22,6 @@ from optuna.storages import BaseStorage
 from aeopt.errors import StorageError
 
 log = logging.getLogger(__name__)
-
-# Heartbeats and their retry callback are "experimental" in Optuna since v2.8; they are the
-# mechanism aeopt relies on, so the per-call warning is noise for users.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_URL = "sqlite:///studies/aeopt.db"
 

@@ -16,12 +16,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-import aeopt.storage  # noqa: F401  (silences Optuna's experimental-heartbeat warnings)
-from aeopt.objective import TRIAL_ERRORS, make_objective
 from aeopt.progress import progress
-from aeopt.space import grid_size
-from aeopt.storage import open_storage, supports_heartbeat
-from aeopt.studies import FINISHED, build_pruner, build_sampler, load_study
+from aeopt.search.objective import TRIAL_ERRORS, make_objective
+from aeopt.search.space import grid_size
+from aeopt.search.storage import open_storage, supports_heartbeat
+from aeopt.search.studies import FINISHED, build_pruner, build_sampler, load_study
 
 log = logging.getLogger(__name__)
 

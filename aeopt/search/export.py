@@ -16,9 +16,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from aeopt.checkpoint import atomic_write_text, versions
 from aeopt.config import StudySpec, dump_yaml
 from aeopt.errors import AeoptError, StudyError
+from aeopt.files import atomic_write_text, versions
 
 FORMAT = "aeopt.export/1"
 
@@ -116,7 +116,7 @@ def write_export(export: dict[str, Any] | list[dict[str, Any]], path: str | Path
 
 def export_study(storage_url: str | None, name: str, path: str | Path, top_k: int = 1) -> dict[str, Any] | list[dict[str, Any]]:
     """Load the study from its storage, export its best trial(s) to `path`; returns the export."""
-    from aeopt.studies import load_study
+    from aeopt.search.studies import load_study
 
     render({}, path)  # fail on a bad suffix before touching the storage
     study, spec = load_study(storage_url, name)

@@ -14,46 +14,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aeopt.train import set_seed
+from aeopt.config import CNNConfig, SupervisedConfig
+from aeopt.training.engine import set_seed
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 4096
 # on_epoch(epoch, validation accuracy, validation loss); may raise to stop the run.
 OnClassifierEpoch = Callable[[int, float, float], None]
-
-
-class SupervisedConfig(BaseModel):
-    """How a classifier is trained: optimizer, schedule, budget, augmentation, label budget."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # 3e-3 beat 1e-3 on validation accuracy for the report's network (benchmarks/finetune_recipes.py).
-    lr: float = Field(3e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
-    max_epochs: int = Field(40, ge=1, le=10_000)
-    # Early stopping on validation accuracy; 0 turns it off.
-    patience: int = Field(10, ge=0)
-    batch_size: int = Field(256, ge=1, le=65_536)
-    # An epoch is at least this many batches, so a 100-label run gets as many optimizer steps per
-    # epoch as a small dataset needs (one pass over 80 images would be one step).
-    min_steps_per_epoch: int = Field(50, ge=1)
-    # Cosine decay of the learning rate over max_epochs (Loshchilov & Hutter, SGDR, 2017), or none.
-    schedule: Literal["cosine", "constant"] = "cosine"
-    # auto: horizontal flips for Fashion-MNIST (clothes are mirror symmetric), nothing for digits
-    # (a flipped digit is another digit); with fewer than 5,000 labelled training images, random
-    # shifts (+-2 px) too. Shifts slow a small network down when labels are plenty.
-    augment: Literal["auto", "none", "flip", "shift", "shift_flip"] = "auto"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # Use only this many labelled training images (a stratified subset); null = all.
-    labels: int | None = Field(None, ge=10)
 
 
 # ----- models ------------------------------------------------------------------------------------
@@ -106,6 +79,24 @@ class Classifier(nn.Module):
                 code = self.encoder(x)
             return self.head(code)
         return self.head(self.encoder(x))
+
+
+class BaselineCNN(nn.Module):
+    """The report's comparison model: a plain supervised CNN trained from scratch (see aeopt.stages.baseline)."""
+
+    def __init__(self, cfg: CNNConfig, n_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, cfg.c1, 3, padding=1), nn.BatchNorm2d(cfg.c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(cfg.c1, cfg.c2, 3, padding=1), nn.BatchNorm2d(cfg.c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fc, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 # ----- augmentation ------------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def fit_classifier(
             sched.step()
         train_loss = float(total) / seen
         if not math.isfinite(train_loss):
-            from aeopt.train import NonFiniteLossError
+            from aeopt.training.engine import NonFiniteLossError
 
             raise NonFiniteLossError(f"classifier training loss is {train_loss} (lower finetune.lr)")
         ev = evaluate(model, x_va, y_va, amp=amp)
@@ -320,26 +311,3 @@ def per_class_accuracy(matrix: list[list[int]], classes: list[str]) -> dict[str,
         row_total = sum(matrix[i])
         out[name] = matrix[i][i] / row_total if row_total else float("nan")
     return out
-
-
-def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
-    import matplotlib.pyplot as plt
-
-    import aeopt.plots  # noqa: F401  (selects the headless backend)
-
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(0.75 * n + 2, 0.75 * n + 1.5))
-    data = torch.tensor(matrix, dtype=torch.float32)
-    norm = data / data.sum(1, keepdim=True).clamp(min=1)
-    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig

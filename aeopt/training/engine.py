@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from aeopt.config import RunConfig, VAEConfig
-from aeopt.data import add_noise
 from aeopt.errors import AeoptError
-from aeopt.losses import reconstruction_loss
-from aeopt.models import Autoencoder, build_model
+from aeopt.training.data import add_noise
+from aeopt.training.losses import reconstruction_loss
+from aeopt.training.models import Autoencoder, build_model
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def evaluate_loss(model: Autoencoder, cfg: RunConfig, x: torch.Tensor, device: t
 @torch.no_grad()
 def mse(model: nn.Module, x: torch.Tensor, *, noise: float = 0.0, seed: int = 0) -> float:
     """Mean squared reconstruction error of clean `x` from (optionally noisy) inputs."""
-    from aeopt.models import reconstruct
+    from aeopt.training.models import reconstruct
 
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)

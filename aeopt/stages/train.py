@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from aeopt.checkpoint import atomic_write_text, save_checkpoint
 from aeopt.config import RunConfig
-from aeopt.data import prepare, to_float
-from aeopt.models import Autoencoder, count_parameters, reconstruct
+from aeopt.files import atomic_write_text
 from aeopt.progress import progress
-from aeopt.train import evaluate_loss, fit, mse, noise_std, resolve_device
+from aeopt.training.checkpoint import save_checkpoint
+from aeopt.training.data import prepare, to_float
+from aeopt.training.engine import evaluate_loss, fit, mse, noise_std, resolve_device
+from aeopt.training.models import Autoencoder, count_parameters, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None
 
 
 def write_run_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any], test_x: torch.Tensor) -> None:
-    from aeopt.data import add_noise
-    from aeopt.plots import reconstruction_figure, save_figure
+    from aeopt.figures import reconstruction_figure, save_figure
+    from aeopt.training.data import add_noise
 
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", model, cfg, {k: v for k, v in metrics.items() if k != "history"})

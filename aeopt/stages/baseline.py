@@ -6,7 +6,7 @@ The network (the "Homework 1" CNN of the report, reconstructed as a standard sma
     conv 3x3 (c2) - batch norm - ReLU - max-pool 2   14 -> 7
     flatten (c2 * 7 * 7) - linear (fc) - ReLU - dropout - linear (10)
 
-It is trained exactly like the fine-tuned classifier (aeopt.classifier.fit_classifier: the same
+It is trained exactly like the fine-tuned classifier (aeopt.training.supervised.fit_classifier: the same
 stratified 80/20 split, optimizer, schedule, epoch budget, early stopping on validation
 accuracy, augmentation) and evaluated once on the test split, so the two are compared on equal
 terms; only the initialisation and the architecture differ.
@@ -17,75 +17,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
-
-from aeopt.classifier import (
-    SupervisedConfig,
-    augmentation_for,
-    confusion_matrix,
-    evaluate,
-    fit_classifier,
-    per_class_accuracy,
-)
-from aeopt.config import DataConfig, apply_overrides, read_yaml, validate
+from aeopt.config import BaselineRun
 from aeopt.errors import AeoptError
-from aeopt.models import count_parameters
 from aeopt.progress import progress
-from aeopt.train import resolve_device, set_seed
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CNNConfig(_Strict):
-    kind: Literal["cnn"] = "cnn"
-    c1: int = Field(32, ge=1, le=1024)
-    c2: int = Field(64, ge=1, le=1024)
-    fc: int = Field(128, ge=1, le=8192)
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-
-
-class BaselineRun(_Strict):
-    """`aeopt baseline cnn`'s config: the network, the data (same split as the autoencoder's) and
-    the supervised training budget (the same defaults as the fine-tune stage's)."""
-
-    model: CNNConfig = Field(default_factory=CNNConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: SupervisedConfig = Field(default_factory=SupervisedConfig)
-    seed: int = 0
-
-
-class BaselineCNN(nn.Module):
-    def __init__(self, cfg: CNNConfig, n_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, cfg.c1, 3, padding=1), nn.BatchNorm2d(cfg.c1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(cfg.c1, cfg.c2, 3, padding=1), nn.BatchNorm2d(cfg.c2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fc, n_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def load_baseline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaselineRun:
-    raw = read_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides or [], BaselineRun)
-    return validate(BaselineRun, raw, str(path) if path else "baseline config")
+from aeopt.training.engine import resolve_device, set_seed
+from aeopt.training.models import count_parameters
+from aeopt.training.supervised import BaselineCNN, augmentation_for, confusion_matrix, evaluate, fit_classifier, per_class_accuracy
 
 
 def train_baseline(cfg: BaselineRun, *, data_dir: str | None = None, device: str | None = None, out: str | Path | None = None,
                    amp: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Train the CNN from scratch on the (labelled) 80/20 split, evaluate on test once."""
-    from aeopt.finetune import FinetuneRun, labelled_split, write_classifier_outputs
+    from aeopt.config import FinetuneRun
+    from aeopt.stages.finetune import labelled_split, write_classifier_outputs
 
     t_start = time.perf_counter()
     dev = resolve_device(device)

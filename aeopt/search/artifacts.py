@@ -77,10 +77,10 @@ def _images(val_images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _reconstruction_png(path: Path, model: torch.nn.Module, cfg: RunConfig, x: torch.Tensor, title: str) -> float:
     """Write originals (noisy inputs for a denoising AE) and reconstructions; returns their MSE."""
-    from aeopt.data import add_noise
-    from aeopt.models import reconstruct
-    from aeopt.plots import reconstruction_figure, save_figure
-    from aeopt.train import noise_std
+    from aeopt.figures import reconstruction_figure, save_figure
+    from aeopt.training.data import add_noise
+    from aeopt.training.engine import noise_std
+    from aeopt.training.models import reconstruct
 
     was_training = model.training
     model.eval()
@@ -117,7 +117,7 @@ def upload_trial_artifacts(study: optuna.Study, trial: optuna.Trial, model: torc
             upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial, storage=study._storage)
             if is_best:
                 ckpt = Path(tmp) / artifact_name(CHECKPOINT_PREFIX, trial.number, ".pt")
-                from aeopt.checkpoint import save_checkpoint
+                from aeopt.training.checkpoint import save_checkpoint
 
                 extra: dict[str, Any] = {"study": study.study_name, "trial": trial.number, "params": dict(trial.params)}
                 save_checkpoint(ckpt, model, cfg, {"val_mse_sample": val_mse}, extra=extra)

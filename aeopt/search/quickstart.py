@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
 from aeopt.errors import DataNotFoundError
-from aeopt.storage import redact, resolve_url
-from aeopt.studies import create_study, load_study
+from aeopt.search.storage import redact, resolve_url
+from aeopt.search.studies import create_study, load_study
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def quickstart_spec(dataset: str, train_subset: int | None, max_epochs: int) -> 
 
 
 def pick_dataset(data_dir: str | None) -> str:
-    from aeopt.data import load_dataset
+    from aeopt.training.data import load_dataset
 
     try:
         load_dataset("fashion_mnist", data_dir, download=False)
@@ -57,15 +57,15 @@ def pick_dataset(data_dir: str | None) -> str:
 def run_quickstart(*, storage_url: str | None = None, study_name: str = "quickstart", n_trials: int = 12,
                    train_subset: int = 6000, max_epochs: int = 10, workers: int = 1, data_dir: str | None = None,
                    device: str | None = None, out: str | Path = "quickstart") -> dict[str, Any]:
-    from aeopt.export import export_best, write_export
-    from aeopt.launch import launch
-    from aeopt.worker import run_worker
+    from aeopt.search.export import export_best, write_export
+    from aeopt.search.launch import launch
+    from aeopt.search.worker import run_worker
 
     dataset = pick_dataset(data_dir)
     spec = quickstart_spec(dataset, train_subset if dataset in ("fashion_mnist", "mnist") else None, max_epochs)
     artifacts = None
     try:
-        from aeopt.artifacts import default_artifact_dir
+        from aeopt.search.artifacts import default_artifact_dir
 
         artifacts = str(default_artifact_dir(resolve_url(storage_url)))
     except ImportError:

@@ -19,11 +19,11 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from aeopt.artifacts import ATTR as ARTIFACTS_ATTR
-from aeopt.artifacts import ENV as ARTIFACTS_ENV
-from aeopt.artifacts import default_artifact_dir
 from aeopt.config import StudySpec, dump_yaml
 from aeopt.errors import AeoptError
+from aeopt.search.artifacts import ATTR as ARTIFACTS_ATTR
+from aeopt.search.artifacts import ENV as ARTIFACTS_ENV
+from aeopt.search.artifacts import default_artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def make_app(storage_url: str | None = None, artifacts: str | Path | None = None
     """The dashboard's WSGI app on the storage, with the artifact store; also returns the folders."""
     from optuna_dashboard import wsgi
 
-    from aeopt.storage import open_storage, resolve_url
+    from aeopt.search.storage import open_storage, resolve_url
 
     storage = open_storage(storage_url)
     folders = artifact_folders(storage, resolve_url(storage_url), artifacts)
@@ -143,7 +143,7 @@ def make_app(storage_url: str | None = None, artifacts: str | Path | None = None
 
 def serve(storage_url: str | None = None, host: str = "127.0.0.1", port: int = 8080, artifacts: str | Path | None = None) -> None:
     """Serve optuna-dashboard until interrupted."""
-    from aeopt.storage import redact, resolve_url
+    from aeopt.search.storage import redact, resolve_url
 
     if not is_loopback(host):
         log.warning("warning: %s", PUBLIC_WARNING.format(host=host, port=port))

@@ -24,11 +24,13 @@ import numpy as np
 import optuna
 import torch
 
-from aeopt import analysis
+from aeopt.report import analysis
 from aeopt.config import RunConfig
 from aeopt.errors import AeoptError, StudyError
-from aeopt.models import VAE, Autoencoder
-from aeopt.plots import plt, reconstruction_figure, save_figure
+from aeopt.training.models import VAE, Autoencoder
+import matplotlib.pyplot as plt
+
+from aeopt.figures import reconstruction_figure, save_figure
 from aeopt.progress import progress
 
 log = logging.getLogger(__name__)
@@ -143,9 +145,9 @@ def _fmt(v: Any) -> str:
 def best_model(study: optuna.Study, spec, *, data_dir: str | None, device: torch.device, show_progress: bool,
                out: Path, storage_url: str | None = None) -> BestModel:
     """The best trial's model: its checkpoint artifact if it has one, else trained on the spot."""
-    from aeopt.artifacts import find_best_checkpoint
-    from aeopt.checkpoint import load_checkpoint, save_checkpoint
-    from aeopt.runs import train_run
+    from aeopt.search.artifacts import find_best_checkpoint
+    from aeopt.training.checkpoint import load_checkpoint, save_checkpoint
+    from aeopt.stages.train import train_run
 
     try:
         best = study.best_trial
@@ -176,7 +178,7 @@ def _partner(cfg: RunConfig, kind: str, noise: float = 0.0) -> RunConfig:
 
 
 def _train_here(cfg: RunConfig, *, data_dir, device, show_progress, what: str) -> BestModel:
-    from aeopt.runs import train_run
+    from aeopt.stages.train import train_run
 
     log.info("training %s for the denoising comparison", what)
     model, metrics = train_run(cfg, data_dir=data_dir, device=str(device), show_progress=show_progress)
@@ -276,7 +278,7 @@ def _scatter(emb: np.ndarray, labels: np.ndarray, classes: list[str], title: str
 
 
 def _stratified_test(test, n: int, seed: int = 0):
-    from aeopt.data import stratified_subset
+    from aeopt.training.data import stratified_subset
 
     return test.take(stratified_subset(test.y, n, seed)) if len(test) > n else test
 
@@ -284,8 +286,8 @@ def _stratified_test(test, n: int, seed: int = 0):
 def model_sections(bm: BestModel, out: Path, *, data_dir: str | None, device: torch.device, max_points: int,
                    bar) -> tuple[list[Section], dict[str, Any], Any]:
     """Reconstructions, latent maps and new samples of the best model."""
-    from aeopt.data import prepare, to_float
-    from aeopt.train import mse, noise_std
+    from aeopt.training.data import prepare, to_float
+    from aeopt.training.engine import mse, noise_std
 
     data = prepare(bm.cfg.data, data_dir)
     test = _stratified_test(data.test, max_points)
@@ -599,10 +601,10 @@ def build_report(study_name: str, out: str | Path, *, storage_url: str | None = 
     """Write every figure as PNG and `report.html` (self-contained) to `out`; returns the HTML path."""
     from datetime import UTC, datetime
 
-    from aeopt.checkpoint import atomic_write_text
-    from aeopt.storage import redact, resolve_url
-    from aeopt.studies import load_study
-    from aeopt.train import resolve_device
+    from aeopt.files import atomic_write_text
+    from aeopt.search.storage import redact, resolve_url
+    from aeopt.search.studies import load_study
+    from aeopt.training.engine import resolve_device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

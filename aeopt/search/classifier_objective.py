@@ -14,66 +14,24 @@ import logging
 import math
 import socket
 import statistics
-from pathlib import Path
-from typing import Any, ClassVar, Literal
 
 import optuna
 import torch
-from pydantic import BaseModel
 
-from aeopt.config import SearchSpec, read_yaml
+from aeopt.config import ClassifierStudySpec, FinetuneRun, run_config
 from aeopt.errors import ConfigError
-from aeopt.finetune import FinetuneRun, build_classifier, run_config
-from aeopt.space import suggest
-from aeopt.train import resolve_device, set_seed
+from aeopt.search.space import suggest
+from aeopt.stages.finetune import build_classifier
+from aeopt.training.engine import resolve_device, set_seed
 
 log = logging.getLogger(__name__)
-
-_RUN_SECTIONS = ("model", "data", "budget", "optim", "seed")
-
-
-class ClassifierStudySpec(FinetuneRun, SearchSpec):
-    """A fine-tune run (an autoencoder config plus `finetune:`) as the base, plus the search."""
-
-    run_schema: ClassVar[type[BaseModel]] = FinetuneRun
-
-    task: Literal["classifier"] = "classifier"
-    # A checkpoint of the autoencoder that every worker can read; null: each worker trains it.
-    checkpoint: str | None = None
-
-    @property
-    def max_epochs(self) -> int:
-        return self.finetune.max_epochs
-
-    @classmethod
-    def prepare_raw(cls, raw: dict[str, Any], spec_path: Path) -> dict[str, Any]:
-        """Inline `autoencoder: PATH` (an `aeopt export` or run config): its run sections become the
-        spec's base, under whatever the spec itself sets."""
-        raw = dict(raw)
-        ref = raw.pop("autoencoder", None)
-        if ref is None:
-            return raw
-        path = Path(ref)
-        if not path.is_absolute() and not path.exists():
-            path = spec_path.parent / ref
-        if not path.is_file():
-            raise ConfigError(f"{spec_path}: autoencoder = {ref!r}: no such file; export one with "
-                              "`aeopt export --study NAME -o best.yaml`")
-        exported = read_yaml(path)
-        if isinstance(exported, list):  # an export with --top K: its first (best) entry
-            exported = exported[0]
-        for key in _RUN_SECTIONS:
-            if key in exported and key not in raw:
-                raw[key] = exported[key]
-        return raw
-
 
 class ClassifierObjective:
     """Objective for a classifier study: k-fold fine-tuning on one pretrained autoencoder."""
 
     def __init__(self, spec: ClassifierStudySpec, *, data_dir: str | None = None, device: str | None = None,
                  amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True):
-        from aeopt.data import prepare
+        from aeopt.training.data import prepare
 
         self.spec = spec
         self.device = resolve_device(device)
@@ -84,15 +42,15 @@ class ClassifierObjective:
         self.ae_state = self._pretrain(base)
         data = prepare(base.data, data_dir)
         # The labelled pool: the training split only (the autoencoder's train + validation parts).
-        from aeopt.data import Split
+        from aeopt.training.data import Split
 
         self.pool = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
         self.classes = data.classes
 
     def _pretrain(self, base: FinetuneRun) -> dict[str, torch.Tensor]:
-        from aeopt.checkpoint import load_checkpoint
-        from aeopt.data import prepare, to_float
-        from aeopt.train import fit
+        from aeopt.training.checkpoint import load_checkpoint
+        from aeopt.training.data import prepare, to_float
+        from aeopt.training.engine import fit
 
         if self.spec.checkpoint:
             model, cfg, _ = load_checkpoint(self.spec.checkpoint, self.device)
@@ -108,10 +66,10 @@ class ClassifierObjective:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from aeopt.classifier import augmentation_for, fit_classifier
-        from aeopt.data import stratified_folds, stratified_subset, to_float
-        from aeopt.models import build_model
-        from aeopt.objective import check_surplus
+        from aeopt.search.objective import check_surplus
+        from aeopt.training.data import stratified_folds, stratified_subset, to_float
+        from aeopt.training.models import build_model
+        from aeopt.training.supervised import augmentation_for, fit_classifier
 
         check_surplus(trial, self.target_trials)  # the same study-wide target rule as autoencoder studies
         params = suggest(trial, self.spec.space)
@@ -134,7 +92,7 @@ class ClassifierObjective:
 
             def on_epoch(epoch: int, val_acc: float, val_loss: float, fold: int = k) -> None:
                 if not math.isfinite(val_loss):
-                    from aeopt.train import NonFiniteLossError
+                    from aeopt.training.engine import NonFiniteLossError
 
                     raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}")
                 # Pruning watches the first fold's learning curve; later folds run to the end.

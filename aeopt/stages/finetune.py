@@ -14,94 +14,35 @@ import socket
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from aeopt.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, versions
-from aeopt.classifier import (
+from aeopt.config import FinetuneConfig, FinetuneRun, run_config
+from aeopt.errors import ConfigError
+from aeopt.figures import confusion_figure
+from aeopt.files import atomic_write_bytes, atomic_write_text, versions
+from aeopt.progress import progress
+from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.data import Split, prepare, stratified_folds, stratified_split, stratified_subset, to_float, training_pool
+from aeopt.training.engine import resolve_device, set_seed
+from aeopt.training.models import Autoencoder, build_model, count_parameters
+from aeopt.training.supervised import (
     Classifier,
     ClassifierFit,
     OnClassifierEpoch,
-    SupervisedConfig,
     augmentation_for,
-    confusion_figure,
     confusion_matrix,
     evaluate,
     fit_classifier,
     per_class_accuracy,
 )
-from aeopt.config import RunConfig, apply_overrides, read_yaml, validate
-from aeopt.data import Split, prepare, stratified_folds, stratified_split, stratified_subset, to_float, training_pool
-from aeopt.errors import ConfigError
-from aeopt.models import Autoencoder, build_model, count_parameters
-from aeopt.progress import progress
-from aeopt.train import resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 
 # Top-level keys of an export that are not part of the run (written by `aeopt export`).
 _EXPORT_EXTRAS = ("metrics", "provenance")
 
-
-class FinetuneConfig(SupervisedConfig):
-    """The fine-tune stage's own settings: `finetune:` in a YAML file, `--set finetune.lr=...`.
-
-    Typed like the run config so a second study can search over them (finetune.lr, ...)."""
-
-    mode: Literal["full", "frozen"] = "full"
-    # pretrained: the autoencoder's trained encoder; random: the same network from scratch
-    # (the control of the label-budget comparison).
-    init: Literal["pretrained", "random"] = "pretrained"
-    head_hidden: int = Field(64, ge=1, le=8192)
-    head_dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    # Batch-normalize the code before the head's hidden layer.
-    head_norm: bool = True
-    # Dropout inside the encoder while fine-tuning (the head has its own); null keeps the
-    # autoencoder's model.dropout. 0 beat 0.2 on validation accuracy (benchmarks/finetune_recipes.py).
-    encoder_dropout: float | None = Field(0.0, ge=0.0, lt=1.0)
-    # The encoder's learning rate relative to the head's (full mode only).
-    encoder_lr_scale: float = Field(1.0, ge=0.0, le=100.0)
-    # Semi-supervised fine-tuning: keep the autoencoder's own loss on unlabelled training images
-    # (all of the autoencoder's training split, labels unused) as a regularizer with this weight,
-    # so the encoder keeps what it learned while the classifier trains (full mode). The loss is
-    # the model's: MSE per pixel (conv, denoising AE) or the negative ELBO per image (VAE).
-    recon_weight: float = Field(0.0, ge=0.0, le=1e6)
-    # Epochs of training the head alone before the whole network (full mode); 0 = off.
-    probe_epochs: int = Field(0, ge=0, le=1000)
-    # Repeat the fine-tune over this many stratified folds of the labelled training images.
-    cv: int | None = Field(None, ge=2, le=20)
-
-
-class FinetuneRun(RunConfig):
-    """A run config (the autoencoder) plus the fine-tune stage."""
-
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-
-
-def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None,
-                         base: RunConfig | None = None) -> FinetuneRun:
-    """A fine-tune config from a run config / export YAML (`finetune:` optional), or from `base`
-    (a checkpoint's config) when no file is given; `--set` overrides apply to both."""
-    if path is not None:
-        raw = read_yaml(path)
-        unknown = [k for k in raw if k not in FinetuneRun.model_fields and k not in _EXPORT_EXTRAS]
-        if unknown:
-            raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(FinetuneRun.model_fields)})")
-        raw = {k: v for k, v in raw.items() if k in FinetuneRun.model_fields}
-        source = str(path)
-    elif base is not None:
-        raw, source = base.model_dump(mode="json"), "checkpoint config"
-    else:
-        raise ConfigError("give a config file (for example best.yaml from `aeopt export`) or --checkpoint PATH")
-    raw = apply_overrides(raw, overrides or [], FinetuneRun)
-    return validate(FinetuneRun, raw, source)
-
-
-def run_config(cfg: FinetuneRun) -> RunConfig:
-    """The autoencoder's own run config (what `aeopt train` would run)."""
-    return RunConfig.model_validate(cfg.model_dump(mode="json", exclude={"finetune"}))
 
 
 def build_classifier(ae: Autoencoder, ft: FinetuneConfig, n_classes: int) -> Classifier:
@@ -146,7 +87,7 @@ def _xy(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 def pretrained_autoencoder(cfg: FinetuneRun, *, checkpoint: str | Path | None, data_dir: str | None, device: torch.device,
                            out: Path | None, amp: bool, show_progress: bool) -> tuple[Autoencoder, dict[str, Any]]:
-    """The autoencoder to start from: loaded, trained now (via aeopt.runs), or fresh (init=random)."""
+    """The autoencoder to start from: loaded, trained now (via aeopt.stages.train), or fresh (init=random)."""
     ae_cfg = run_config(cfg)
     if cfg.finetune.init == "random":
         set_seed(cfg.seed)
@@ -156,7 +97,7 @@ def pretrained_autoencoder(cfg: FinetuneRun, *, checkpoint: str | Path | None, d
         if ckpt_cfg.model != cfg.model:
             raise ConfigError(f"{checkpoint}: its model section differs from the config's; drop the config or match it")
         return model, {"source": "checkpoint", "checkpoint": str(checkpoint), **(payload.get("metrics") or {})}
-    from aeopt.runs import train_run
+    from aeopt.stages.train import train_run
 
     model, metrics = train_run(ae_cfg, data_dir=data_dir, device=str(device), out=out / "autoencoder" if out else None,
                                amp=amp, show_progress=show_progress)
@@ -204,9 +145,9 @@ def finetune(
         return build_classifier(model, ft, len(classes)).to(dev), model
 
     def recon_term(model: Autoencoder):
-        from aeopt.data import add_noise
-        from aeopt.losses import reconstruction_loss
-        from aeopt.train import noise_std
+        from aeopt.training.data import add_noise
+        from aeopt.training.engine import noise_std
+        from aeopt.training.losses import reconstruction_loss
 
         std = noise_std(run_config(cfg))
 
@@ -326,7 +267,7 @@ def finetune(
 def write_classifier_outputs(out: Path, metrics: dict[str, Any], matrix: list[list[int]], classes: list[str],
                              model: torch.nn.Module | None, config: dict[str, Any], source: str) -> None:
     """metrics.json, confusion_matrix.json / .png and (single runs) classifier.pt in `out`."""
-    from aeopt.plots import save_figure
+    from aeopt.figures import save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from aeopt.config import RunConfig
-from aeopt.data import Split, stratified_folds, to_float
-from aeopt.models import build_model
-from aeopt.train import Trainer, set_seed
+from aeopt.training.data import Split, stratified_folds, to_float
+from aeopt.training.engine import Trainer, set_seed
+from aeopt.training.models import build_model
 
 # on_epoch(epoch, mean validation loss over folds, per-fold validation losses)
 OnCVEpoch = Callable[[int, float, list[float]], None]

@@ -1,0 +1,126 @@
+"""YAML in and out, `--set key=value` by dotted path, and pydantic errors as one line per field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from aeopt.errors import ConfigError
+
+
+def _split_key(d: dict[str, Any], dotted: str) -> tuple[str, str | None]:
+    """First key of `dotted` in `d`, preferring the longest match (space keys contain dots)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        head = ".".join(parts[:i])
+        if head in d:
+            return head, (".".join(parts[i:]) or None)
+    return parts[0], (".".join(parts[1:]) or None)
+
+
+def set_path(d: dict[str, Any], dotted: str, value: Any, *, must_exist: bool = False) -> None:
+    head, rest = _split_key(d, dotted)
+    if rest is None:
+        if must_exist and head not in d:
+            raise ConfigError(f"unknown key '{dotted}'")
+        d[head] = value
+        return
+    child = d.get(head)
+    if child is None and not must_exist:
+        child = d[head] = {}
+    if not isinstance(child, dict):
+        raise ConfigError(f"unknown key '{dotted}': '{head}' is not a section")
+    try:
+        set_path(child, rest, value, must_exist=must_exist)
+    except ConfigError:
+        raise ConfigError(f"unknown key '{dotted}'") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example --set data.train_subset=6000")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
+    """Apply `--set key=value` items to a raw config dict; keys must name fields of `schema`."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        key, value = parse_override(item)
+        top = key.split(".")[0]
+        if top not in schema.model_fields:
+            raise ConfigError(f"--set {key}: unknown key '{top}' (known: {', '.join(schema.model_fields)})")
+        try:
+            set_path(d, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
+    return d
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per bad field, naming the field and the value."""
+    lines = []
+    for err in exc.errors():
+        # Drop discriminator tags (model.conv_ae.c1 -> model.c1) so paths match the YAML.
+        loc = [str(p) for p in err["loc"] if p not in ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical")]
+        field = ".".join(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
+            got = err["input"].get(tag) if isinstance(err.get("input"), dict) else err.get("input")
+            lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {err.get('ctx', {}).get('expected_tags')}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{field}'")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {field} is required")
+        elif isinstance(err.get("input"), dict):
+            # A check across fields of a section: the whole section is not worth printing.
+            lines.append(f"{source}: {field}: {msg}")
+        else:
+            lines.append(f"{source}: {field} = {err.get('input')!r}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, budget, optim), got {type(d).__name__}")
+    try:
+        return schema.model_validate(d)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; pass the path of a YAML config (for example configs/conv_ae.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file; pass a YAML config") from None
+    if data is None:
+        raise ConfigError(f"{p}: the file is empty; start from configs/conv_ae.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (model, data, budget, optim), got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

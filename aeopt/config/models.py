@@ -1,0 +1,51 @@
+"""Model schemas: one config class per model kind (the `model:` section of a run config)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from aeopt.config.base import Strict
+
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu"]
+
+
+class ConvAEConfig(Strict):
+    """The report's convolutional autoencoder; `denoising_ae` trains it on noisy inputs."""
+
+    kind: Literal["conv_ae", "denoising_ae"] = "conv_ae"
+    c1: int = Field(16, ge=1, le=512)
+    c2: int = Field(32, ge=1, le=512)
+    c3: int = Field(32, ge=1, le=512)
+    fc: int = Field(32, ge=1, le=4096)
+    latent_dim: int = Field(10, ge=1, le=1024)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    activation: Activation = "relu"
+    batch_norm: bool = False
+    # Std of the Gaussian noise added to training inputs (denoising_ae only; 0 for conv_ae).
+    noise_std: float = Field(0.0, ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _noise_matches_kind(self) -> ConvAEConfig:
+        if self.kind == "denoising_ae" and self.noise_std <= 0:
+            raise ValueError("noise_std must be > 0 for a denoising_ae (try 0.3)")
+        if self.kind == "conv_ae" and self.noise_std != 0:
+            raise ValueError("noise_std is only for kind: denoising_ae; set it to 0 or change kind")
+        return self
+
+
+class VAEConfig(Strict):
+    """The report's fully connected VAE: 784 -> hidden1 -> hidden2 -> (mu, logvar)."""
+
+    kind: Literal["vae"] = "vae"
+    hidden1: int = Field(512, ge=1, le=8192)
+    hidden2: int = Field(256, ge=1, le=8192)
+    latent_dim: int = Field(2, ge=1, le=1024)
+    activation: Activation = "relu"
+    # Weight of the KL term (beta-VAE, Higgins et al. 2017); 1.0 is the plain ELBO.
+    beta: float = Field(1.0, ge=0.0, le=100.0)
+
+
+ModelConfig = Annotated[Union[ConvAEConfig, VAEConfig], Field(discriminator="kind")]
+

@@ -1,0 +1,59 @@
+"""RunConfig: one fully resolved autoencoder training run (what `aeopt train` reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from aeopt.config.base import Strict
+from aeopt.config.loading import apply_overrides, read_yaml, validate
+from aeopt.config.models import ConvAEConfig, ModelConfig
+from aeopt.errors import ConfigError
+
+
+class DataConfig(Strict):
+    dataset: Literal["fashion_mnist", "mnist", "digits", "synthetic"] = "fashion_mnist"
+    # Stratified subsets for quick runs; null means the whole split.
+    train_subset: int | None = Field(None, ge=20)
+    test_subset: int | None = Field(None, ge=10)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+
+class BudgetConfig(Strict):
+    max_epochs: int = Field(50, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=1, le=65_536)
+    # Early stopping for plain runs (`aeopt train`); 0 turns it off. Studies prune instead.
+    patience: int = Field(8, ge=0)
+
+
+class OptimConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-5, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+
+
+class RunConfig(Strict):
+    """Everything needed to rebuild one training run exactly."""
+
+    model: ModelConfig = Field(default_factory=ConvAEConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    seed: int = 0
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    raw = read_yaml(path)
+    # An export carries metrics and provenance beside the run config; `train` reads only the run.
+    run = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
+    # `finetune:` (aeopt finetune's section) is allowed too, so one file serves both commands.
+    unknown = [k for k in raw if k not in RunConfig.model_fields and k not in ("metrics", "provenance", "finetune")]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(RunConfig.model_fields)})")
+    run = apply_overrides(run, overrides or [], RunConfig)
+    return validate(RunConfig, run, str(path))
+

@@ -1,0 +1,220 @@
+"""Study specs: a run schema's fields (the base values) plus the search (cv, sampler, pruner, space).
+
+A study spec uses the run config's section names, so `--set data.train_subset=6000` works on
+both and an exported best trial is a run config.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from aeopt.config.base import Strict
+from aeopt.config.loading import apply_overrides, parse_override, read_yaml, set_path, validate
+from aeopt.config.run import RunConfig
+from aeopt.config.supervised import FinetuneRun
+from aeopt.errors import ConfigError
+
+
+class IntParam(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("log scale needs low >= 1 and step 1")
+        return self
+
+    def values(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class FloatParam(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log scale needs low > 0 and no step")
+        return self
+
+    def values(self) -> list[Any]:
+        if self.step is None:
+            raise ValueError("a float range has no finite grid; give it a step or use categorical")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [self.low + i * self.step for i in range(n + 1)]
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    def values(self) -> list[Any]:
+        return list(self.choices)
+
+
+ParamSpec = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]
+
+
+class CVConfig(Strict):
+    folds: int = Field(5, ge=2, le=20)
+    # Fixed per study so every trial sees the same folds (paired comparison between trials).
+    seed: int = 0
+
+
+class SamplerConfig(Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int | None = 0
+    # Random trials before the model-based sampler takes over (tpe, cmaes, gp).
+    n_startup_trials: int | None = Field(None, ge=0)
+
+
+class PrunerConfig(Strict):
+    name: Literal["hyperband", "median", "successive_halving", "patient", "none"] = "hyperband"
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class SearchSpec(Strict):
+    """The search part of a study spec: cv, sampler, pruner and space over a run schema's fields.
+
+    Combined with a run schema (RunConfig for autoencoder studies, the fine-tune run for
+    classifier studies), whose fields hold the base values each trial starts from."""
+
+    run_schema: ClassVar[type[BaseModel]] = RunConfig
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str = ""
+    cv: CVConfig = Field(default_factory=CVConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    space: dict[str, Union[ParamSpec, int, float, str, bool, None]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _space_paths_are_run_fields(self) -> SearchSpec:
+        schema = type(self).run_schema
+        base = self.base_dict()
+        for path, param in self.space.items():
+            if path.split(".")[0] not in schema.model_fields:
+                raise ValueError(f"space key '{path}' is not a run config field ({', '.join(schema.model_fields)})")
+            probes = param.values() if isinstance(param, (IntParam, CategoricalParam)) else (
+                [param.low, param.high] if isinstance(param, FloatParam) else [param])
+            for value in probes[:1] + probes[-1:] if not isinstance(param, CategoricalParam) else probes:
+                trial_dict = copy.deepcopy(base)
+                try:
+                    set_path(trial_dict, path, value)
+                    schema.model_validate(trial_dict)
+                except (ConfigError, ValidationError) as exc:
+                    first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                    raise ValueError(f"space key '{path}' with value {value!r} gives an invalid run: {first}") from None
+        if self.sampler.name == "grid":
+            for path, param in self.space.items():
+                if isinstance(param, FloatParam) and param.step is None:
+                    raise ValueError(f"grid sampler needs a finite space: give '{path}' a step or make it categorical")
+        return self
+
+    def base_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include=set(type(self).run_schema.model_fields))
+
+    def run_config(self, params: dict[str, Any]) -> Any:
+        """The run config of one trial: the spec's base values with the trial's params applied."""
+        d = self.base_dict()
+        fixed = {k: v for k, v in self.space.items() if not isinstance(v, (IntParam, FloatParam, CategoricalParam))}
+        for path, value in {**fixed, **params}.items():
+            set_path(d, path, value)
+        return type(self).run_schema.model_validate(d)
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial can run: the pruner's maximum resource."""
+        return self.budget.max_epochs
+
+
+class StudySpec(RunConfig, SearchSpec):
+    """An autoencoder study: a run config (the base values) plus the search."""
+
+    task: Literal["autoencoder"] = "autoencoder"
+
+
+_RUN_SECTIONS = ("model", "data", "budget", "optim", "seed")
+
+
+class ClassifierStudySpec(FinetuneRun, SearchSpec):
+    """A fine-tune run (an autoencoder config plus `finetune:`) as the base, plus the search."""
+
+    run_schema: ClassVar[type[BaseModel]] = FinetuneRun
+
+    task: Literal["classifier"] = "classifier"
+    # A checkpoint of the autoencoder that every worker can read; null: each worker trains it.
+    checkpoint: str | None = None
+
+    @property
+    def max_epochs(self) -> int:
+        return self.finetune.max_epochs
+
+    @classmethod
+    def prepare_raw(cls, raw: dict[str, Any], spec_path: Path) -> dict[str, Any]:
+        """Inline `autoencoder: PATH` (an `aeopt export` or run config): its run sections become the
+        spec's base, under whatever the spec itself sets."""
+        raw = dict(raw)
+        ref = raw.pop("autoencoder", None)
+        if ref is None:
+            return raw
+        path = Path(ref)
+        if not path.is_absolute() and not path.exists():
+            path = spec_path.parent / ref
+        if not path.is_file():
+            raise ConfigError(f"{spec_path}: autoencoder = {ref!r}: no such file; export one with "
+                              "`aeopt export --study NAME -o best.yaml`")
+        exported = read_yaml(path)
+        if isinstance(exported, list):  # an export with --top K: its first (best) entry
+            exported = exported[0]
+        for key in _RUN_SECTIONS:
+            if key in exported and key not in raw:
+                raw[key] = exported[key]
+        return raw
+
+
+def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
+    """The spec class for a raw spec dict, by its `task` (autoencoder, the default, or classifier)."""
+    task = raw.get("task", "autoencoder")
+    if task == "classifier":
+        return ClassifierStudySpec
+    if task != "autoencoder":
+        raise ConfigError(f"task = {task!r}: expected 'autoencoder' or 'classifier'")
+    return StudySpec
+
+
+def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
+    raw = read_yaml(path)
+    overrides = list(overrides or [])
+    # `--set task=...` / `--set autoencoder=best.yaml` shape how the rest is read: apply them first.
+    for item in [o for o in overrides if o.split("=", 1)[0].strip() in ("task", "autoencoder")]:
+        key, value = parse_override(item)
+        raw[key] = value
+        overrides.remove(item)
+    schema = spec_schema(raw)
+    if hasattr(schema, "prepare_raw"):
+        raw = schema.prepare_raw(raw, Path(path))
+    raw = apply_overrides(raw, overrides, schema)
+    return validate(schema, raw, str(path))

@@ -1,0 +1,1 @@
+"""What `aeopt train | finetune | baseline | compare` do, as plain functions over configs."""
