@@ -75,7 +75,7 @@ def storage_share(url: str, s: StudySpec, trials: int, data_dir: str | None) -> 
 
     name = f"share_{uuid.uuid4().hex[:6]}"
     create_study(s, url, name)
-    storage = TimedStorage(open_storage(url))
+    storage = TimedStorage(open_storage(url).optuna)
     study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(s), pruner=build_pruner(s))
     objective = Objective(s, data_dir=data_dir, device="cpu", upload_artifacts=False)
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ def proxy(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the gRPC proxy has no authentication; anyone who reaches this port can "
                     "read and change every study", host)
-    backend = open_storage(storage)
+    backend = open_storage(storage).optuna
     log.info("gRPC storage proxy for %s on %s:%d (workers: --storage grpc://%s:%d)", redact(resolve_url(storage)), host,
              port, host, port)
     run_grpc_proxy_server(backend, host=host, port=port)

@@ -136,7 +136,7 @@ def make_app(storage_url: str | None = None, artifacts: str | Path | None = None
 
     from aeopt.search.storage import open_storage, resolve_url
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url).optuna
     folders = artifact_folders(storage, resolve_url(storage_url), artifacts)
     return wsgi(storage, artifact_store=FolderArtifactStore(folders)), folders
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from aeopt.errors import AeoptError
 from aeopt.progress import interactive, progress
-from aeopt.search.storage import is_single_machine, resolve_url
+from aeopt.search.storage import kind, resolve_url
 from aeopt.search.studies import load_study
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def launch(
         raise AeoptError("--workers must be at least 1")
     url = resolve_url(storage_url)
     study, spec = load_study(url, study_name)  # fail here, once, rather than in every worker
-    if is_single_machine(url) and workers > 4:
+    if kind(url) in ("sqlite", "journal") and workers > 4:
         log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
                     "use PostgreSQL for more", workers, url.split(":", 1)[0])
     device_list = parse_devices(devices)

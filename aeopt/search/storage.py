@@ -1,4 +1,8 @@
-"""open_storage(url): every study storage aeopt supports, each set up for many workers.
+"""Storage: the study storage, opened once at the CLI edge and passed down as one value.
+
+`open_storage(url)` returns a `Storage`: the Optuna storage object, the URL it was opened with (kept
+private to this module's callers that must start other processes) and `display`, the URL with any
+password masked, for every log line, error and page. Supported URLs, each set up for many workers:
 
 - sqlite:///path.db      embedded default; a busy timeout so a few local processes can share it
 - postgresql://...       (or postgresql+psycopg://) many workers on many machines: small pre-pinged
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -26,26 +32,35 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///studies/aeopt.db"
 
 
-def default_storage_url() -> str:
-    return DEFAULT_URL
-
-
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("AEOPT_STORAGE") or DEFAULT_URL
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs, errors and exports."""
-    try:
-        from sqlalchemy.engine import make_url
+_HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:%]*$")
+_QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret)=)[^&#]*", re.IGNORECASE)
 
-        u = make_url(url)
-        return u.render_as_string(hide_password=True) if u.password else url
-    except Exception:
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe for logs, errors and exports.
+
+    Parsed by hand, not by a URL library, so that a password holding an unencoded '@', ':' or '/'
+    is masked whole: the credentials run from '://' to the LAST '@' that is followed by a host.
+    A password in the query string (`?password=...`) is masked too.
+    """
+    if "://" not in url:
         return url
+    scheme, rest = url.split("://", 1)
+    rest = _QUERY_SECRET.sub(r"\1***", rest)
+    if rest.startswith("/"):  # no authority (sqlite:///path, journal:////abs): an '@' there is a path
+        return f"{scheme}://{rest}"
+    for at in reversed([i for i, c in enumerate(rest) if c == "@"]):
+        host = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
+        if _HOST.match(host):
+            userinfo = rest[:at]
+            if ":" not in userinfo:
+                break  # a user name alone is not a secret
+            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{rest[at + 1:]}"
+    return f"{scheme}://{rest}"
 
 
 def kind(url: str) -> str:
@@ -93,8 +108,39 @@ def normalize(url: str) -> str:
     return url
 
 
-def open_storage(url: str | None = None) -> BaseStorage:
+@dataclass(frozen=True)
+class Storage:
+    """An opened study storage: the Optuna object, its URL and the URL as it may be shown."""
+
+    optuna: BaseStorage
+    url: str = field(repr=False)  # may hold a password: pass it only to child processes' environment
+    display: str
+
+    @property
+    def kind(self) -> str:
+        return kind(self.url)
+
+    @property
+    def single_machine(self) -> bool:
+        """SQLite and journal files: several processes on one machine, not many machines."""
+        return self.kind in ("sqlite", "journal")
+
+    @property
+    def heartbeat(self) -> bool:
+        """Whether a dead worker's trial is detected (RDB storages record heartbeats)."""
+        return isinstance(self.optuna, optuna.storages.RDBStorage)
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def open_storage(url: str | None = None) -> Storage:
+    """Open the storage at `url` (else AEOPT_STORAGE, else the embedded SQLite default)."""
     url = normalize(resolve_url(url))
+    return Storage(_open(url), url, redact(url))
+
+
+def _open(url: str) -> BaseStorage:
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -121,9 +167,3 @@ def open_storage(url: str | None = None) -> BaseStorage:
         raise StorageError(f"cannot open storage {redact(url)}: {reason}; check the URL and that the server is running") from None
 
 
-def supports_heartbeat(storage: BaseStorage) -> bool:
-    return isinstance(storage, optuna.storages.RDBStorage)
-
-
-def is_single_machine(url: str | None) -> bool:
-    return kind(normalize(resolve_url(url))) in ("sqlite", "journal")

@@ -39,7 +39,7 @@ def create_study(spec: StudySpec, storage_url: str | None = None, name: str | No
     name = name or spec.name
     if not name:
         raise StudyError("the study needs a name: pass --study-name NAME or set `name:` in the spec")
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url).optuna
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         if not skip_if_exists:
@@ -80,7 +80,7 @@ def spec_of(study: optuna.Study) -> StudySpec:
 
 def load_study(storage_url: str | None, name: str, *, storage=None) -> tuple[optuna.Study, StudySpec]:
     _quiet_optuna()
-    storage = storage or open_storage(storage_url)
+    storage = storage or open_storage(storage_url).optuna
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -125,7 +125,7 @@ def summarize(study: optuna.Study) -> StudySummary:
 
 def list_studies(storage_url: str | None) -> list[StudySummary]:
     _quiet_optuna()
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url).optuna
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
@@ -133,7 +133,7 @@ def list_studies(storage_url: str | None) -> list[StudySummary]:
 
 
 def delete_study(storage_url: str | None, name: str) -> None:
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url).optuna
     load_study(storage_url, name, storage=storage)  # a clear error when it does not exist
     optuna.delete_study(study_name=name, storage=storage)
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from aeopt.progress import progress
 from aeopt.search.objective import TRIAL_ERRORS, make_objective
 from aeopt.search.space import grid_size
-from aeopt.search.storage import open_storage, supports_heartbeat
+from aeopt.search.storage import open_storage
 from aeopt.search.studies import FINISHED, build_pruner, build_sampler, load_study
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run_worker(
         except ValueError:  # not the main thread (tests calling run_worker from a thread)
             pass
     storage = open_storage(storage_url)
-    study, spec = load_study(storage_url, study_name, storage=storage)
+    study, spec = load_study(storage_url, study_name, storage=storage.optuna)
     study.sampler = build_sampler(spec, worker_index)
     study.pruner = build_pruner(spec)
     target = n_trials
@@ -85,7 +85,7 @@ def run_worker(
             if deadline and time.monotonic() >= deadline:
                 summary.stopped_because = "timeout"
                 break
-            if supports_heartbeat(storage):
+            if storage.heartbeat:
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
             states = Counter(t.state for t in trials)
@@ -97,7 +97,7 @@ def run_worker(
             if target and finished + in_flight >= target and not states[TrialState.WAITING]:
                 # Others are running the last trials. Wait rather than exit: if one of them dies,
                 # its trial turns stale and is re-queued, and this worker should pick it up.
-                if not supports_heartbeat(storage):
+                if not storage.heartbeat:
                     summary.stopped_because = "the remaining trials are running in other workers"
                     break
                 time.sleep(poll_seconds)

@@ -32,8 +32,10 @@ class CVResult:
     epochs: int = 0
     seconds: float = 0.0
     images_per_second: float = 0.0
-    # The first fold's model (last epoch) and a few of its validation images, for previews.
+    # The first fold's model restored to `best_epoch` (the epoch the trial's value describes),
+    # and a few of its validation images, for previews and the trial's checkpoint.
     model: torch.nn.Module | None = None
+    model_fold: int = 0
     sample: torch.Tensor | None = None
 
     @property
@@ -73,6 +75,7 @@ def cross_validate(
     train_time = 0.0
     start = time.perf_counter()
     n_train = sum(tr.shape[0] for tr, _ in fold_data)
+    best_state = None
     for epoch in range(1, cfg.budget.max_epochs + 1):
         t0 = time.perf_counter()
         for trainer, (tr, _) in zip(trainers, fold_data, strict=True):
@@ -86,10 +89,13 @@ def cross_validate(
         result.epochs = epoch
         if mean < result.value:
             result.value, result.best_epoch, result.fold_losses = mean, epoch, losses
+            best_state = trainers[0].state()
         result.seconds = time.perf_counter() - start
         result.images_per_second = epoch * n_train / max(train_time, 1e-9)
         if on_epoch:
             on_epoch(epoch, mean, losses)
         if patience and epoch - result.best_epoch >= patience:
             break
+    if best_state is not None:
+        result.model.load_state_dict(best_state)
     return result
