@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import ClassifierStudySpec, load_study_spec

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import _missing, run_cli
+from tests.conftest import _missing, run_cli
 from PIL import Image
 
 from aeopt.config import StudySpec

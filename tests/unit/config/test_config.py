@@ -19,7 +19,7 @@ from aeopt.config import (
 )
 from aeopt.errors import AeoptError, ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def test_conv_ae_config_is_exactly_the_reports_best() -> None:

@@ -18,7 +18,7 @@ from aeopt.training.data import prepare, to_float
 from aeopt.training.engine import evaluate_loss
 from tests.conftest import run_cli as _run_cli
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONV = str(REPO / "configs" / "conv_ae.yaml")
 METRIC_KEYS = {"train_loss", "val_loss", "test_loss", "epochs", "seconds", "images_per_second"}
 # Small and quick everywhere: the bundled digits, two epochs.

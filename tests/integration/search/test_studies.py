@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import run_cli
+from tests.conftest import run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import StudySpec

@@ -11,7 +11,7 @@ from aeopt.config import IntParam, StudySpec, load_study_spec
 from aeopt.errors import ConfigError
 from aeopt.search.space import grid, grid_size
 
-STUDIES = Path(__file__).resolve().parents[2] / "studies"
+STUDIES = Path(__file__).resolve().parents[3] / "studies"
 
 
 @pytest.mark.parametrize("name", ["conv_ae", "denoising_ae", "vae", "seed_grid"])
