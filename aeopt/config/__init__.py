@@ -5,8 +5,16 @@ The bottom of the house: imports nothing of aeopt's but `aeopt.errors`.
 
 from __future__ import annotations
 
-from aeopt.config.loading import apply_overrides, dump_yaml, format_validation_error, parse_override, read_yaml, set_path, validate
-from aeopt.config.models import Activation, ConvAEConfig, ModelConfig, VAEConfig
+from aeopt.config.loading import (
+    apply_overrides,
+    dump_yaml,
+    format_validation_error,
+    parse_override,
+    read_yaml,
+    set_path,
+    validate,
+)
+from aeopt.config.models import MODEL_KINDS, MODEL_SCHEMAS, Activation, ConvAEConfig, ModelConfig, VAEConfig
 from aeopt.config.run import BudgetConfig, DataConfig, OptimConfig, RunConfig, load_run_config
 from aeopt.config.spec import (
     CategoricalParam,
@@ -33,9 +41,10 @@ from aeopt.config.supervised import (
 )
 
 __all__ = [
-    "Activation", "BaselineRun", "BudgetConfig", "CNNConfig", "CVConfig", "CategoricalParam", "ClassifierStudySpec",
-    "ConvAEConfig", "DataConfig", "FinetuneConfig", "FinetuneRun", "FloatParam", "IntParam", "ModelConfig", "OptimConfig",
-    "PrunerConfig", "RunConfig", "SamplerConfig", "SearchSpec", "StudySpec", "SupervisedConfig", "VAEConfig",
-    "apply_overrides", "dump_yaml", "format_validation_error", "load_baseline_config", "load_finetune_config",
-    "load_run_config", "load_study_spec", "parse_override", "read_yaml", "run_config", "set_path", "spec_schema", "validate",
+    "MODEL_KINDS", "MODEL_SCHEMAS", "Activation", "BaselineRun", "BudgetConfig", "CNNConfig", "CVConfig",
+    "CategoricalParam", "ClassifierStudySpec", "ConvAEConfig", "DataConfig", "FinetuneConfig", "FinetuneRun",
+    "FloatParam", "IntParam", "ModelConfig", "OptimConfig", "PrunerConfig", "RunConfig", "SamplerConfig",
+    "SearchSpec", "StudySpec", "SupervisedConfig", "VAEConfig", "apply_overrides", "dump_yaml",
+    "format_validation_error", "load_baseline_config", "load_finetune_config", "load_run_config",
+    "load_study_spec", "parse_override", "read_yaml", "run_config", "set_path", "spec_schema", "validate",
 ]

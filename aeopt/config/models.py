@@ -1,8 +1,13 @@
-"""Model schemas: one config class per model kind (the `model:` section of a run config)."""
+"""Model schemas: one config class per model kind (the `model:` section of a run config).
+
+A schema here is one third of a kind; its model, loss and training step live in
+`aeopt.training.kinds` (see there for what adding a kind touches). `ModelConfig` is the union
+the `model:` section is validated against: a new schema class joins it.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -47,5 +52,10 @@ class VAEConfig(Strict):
     beta: float = Field(1.0, ge=0.0, le=100.0)
 
 
-ModelConfig = Annotated[Union[ConvAEConfig, VAEConfig], Field(discriminator="kind")]
-
+# A new kind's schema joins this union; the `kind` field picks the schema.
+ModelConfig = Annotated[ConvAEConfig | VAEConfig, Field(discriminator="kind")]
+MODEL_SCHEMAS: tuple[type[Strict], ...] = get_args(get_args(ModelConfig)[0])
+# Every `model.kind` value a config may name, in schema order.
+MODEL_KINDS: tuple[str, ...] = tuple(
+    kind for schema in MODEL_SCHEMAS for kind in get_args(schema.model_fields["kind"].annotation)
+)

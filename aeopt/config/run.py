@@ -51,7 +51,8 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     # An export carries metrics and provenance beside the run config; `train` reads only the run.
     run = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     # `finetune:` (aeopt finetune's section) is allowed too, so one file serves both commands.
-    unknown = [k for k in raw if k not in RunConfig.model_fields and k not in ("metrics", "provenance", "finetune")]
+    allowed = {*RunConfig.model_fields, "metrics", "provenance", "finetune"}
+    unknown = [k for k in raw if k not in allowed]
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(RunConfig.model_fields)})")
     run = apply_overrides(run, overrides or [], RunConfig)

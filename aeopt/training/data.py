@@ -20,7 +20,9 @@ from aeopt.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 _TV_FOLDER = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
@@ -69,15 +71,18 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
-        raise DataNotFoundError(f"{path}: not a readable gzip file ({type(exc).__name__}); re-download the dataset") from None
+        raise DataNotFoundError(f"{path}: not a readable gzip file ({type(exc).__name__}); "
+                                "re-download the dataset") from None
     magic = int.from_bytes(raw[0:4], "big")
     if len(raw) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte, the only type these datasets use
-        raise DataNotFoundError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x}); re-download the dataset")
+        raise DataNotFoundError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x}); "
+                                "re-download the dataset")
     ndim = magic & 0xFF
     offset = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) != offset + int(np.prod(shape)):
-        raise DataNotFoundError(f"{path}: {len(raw) - offset} data bytes for shape {shape} (truncated?); re-download the dataset")
+        raise DataNotFoundError(f"{path}: {len(raw) - offset} data bytes for shape {shape} (truncated?); "
+                                "re-download the dataset")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -104,7 +109,8 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
         x = torch.from_numpy(_read_idx(_find_file(folder, images)).copy()).unsqueeze(1)
         y = torch.from_numpy(_read_idx(_find_file(folder, labels)).astype(np.int64))
         if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != (1, 28, 28):
-            raise DataNotFoundError(f"{folder}: {split} images {tuple(x.shape)} do not match labels {tuple(y.shape)}")
+            raise DataNotFoundError(f"{folder}: {split} images {tuple(x.shape)} do not match "
+                                    f"labels {tuple(y.shape)}")
         splits[split] = Split(x, y)
     classes = FASHION_CLASSES if name == "fashion_mnist" else DIGIT_CLASSES
     return Dataset(name, splits["train"], splits["test"], classes, str(folder))
@@ -122,7 +128,8 @@ def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, 
 
 
 def _download(name: str, looked: str) -> Dataset:
-    from torchvision import datasets
+    # Imported here: torchvision adds about a second to every start-up, and only a download needs it.
+    from torchvision import datasets  # noqa: PLC0415
 
     root = cache_dir()
     cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
@@ -131,7 +138,8 @@ def _download(name: str, looked: str) -> Dataset:
         for train in (True, False):
             cls(root=str(root), train=train, download=True)
     except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError offline
-        raise DataNotFoundError(_not_found_message(name, f"{looked}; download failed: {type(exc).__name__}")) from None
+        why = f"{looked}; download failed: {type(exc).__name__}"
+        raise DataNotFoundError(_not_found_message(name, why)) from None
     folder = _idx_folder(root, name)
     if folder is None:
         raise DataNotFoundError(_not_found_message(name, f"{looked}; download left no IDX files"))
@@ -155,7 +163,8 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
     if name == "synthetic":
         return synthetic()
     if name not in _TV_FOLDER:
-        raise DataNotFoundError(f"unknown dataset {name!r}; use one of fashion_mnist, mnist, digits, synthetic")
+        raise DataNotFoundError(f"unknown dataset {name!r}; "
+                                "use one of fashion_mnist, mnist, digits, synthetic")
     tried = []
     for label, root in _candidate_roots(name, data_dir):
         folder = _idx_folder(root, name) if root.is_dir() else None
@@ -174,7 +183,8 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
 
 def _digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits, resized to 28x28: no download on any machine."""
-    from sklearn.datasets import load_digits
+    # Imported here, like StratifiedKFold below: scikit-learn costs most of a second at start-up.
+    from sklearn.datasets import load_digits  # noqa: PLC0415
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
@@ -184,8 +194,8 @@ def _digits() -> Dataset:
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
     train_idx, test_idx = stratified_split(y, 0.2, seed=12345)
-    return Dataset("digits", Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx]), DIGIT_CLASSES,
-                   "sklearn.datasets.load_digits")
+    train, test = Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx])
+    return Dataset("digits", train, test, DIGIT_CLASSES, "sklearn.datasets.load_digits")
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
@@ -251,7 +261,7 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """k stratified folds as (train indices, validation indices), fixed by seed."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415 (start-up time, see _digits)
 
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     labels = y.cpu().numpy()

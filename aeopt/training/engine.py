@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from aeopt.config import RunConfig, VAEConfig
+from aeopt.config import RunConfig
 from aeopt.errors import AeoptError
 from aeopt.training.data import add_noise
+from aeopt.training.kinds import Autoencoder, kind_of
 from aeopt.training.losses import reconstruction_loss
-from aeopt.training.models import Autoencoder, build_model
+from aeopt.training.models import build_model, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,24 @@ def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.momentum > 0)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                           nesterov=o.momentum > 0)
 
 
 def noise_std(cfg: RunConfig) -> float:
-    return 0.0 if isinstance(cfg.model, VAEConfig) else cfg.model.noise_std
+    """The std of the Gaussian noise on training inputs (0: none; the denoising AE's noise_std)."""
+    return kind_of(cfg).noise_std(cfg.model)
 
 
 class Trainer:
-    """One model, its optimizer and RNG; trains epochs over on-device float tensors."""
+    """One model, its optimizer and RNG; trains epochs over on-device float tensors.
 
-    def __init__(self, model: Autoencoder, cfg: RunConfig, device: torch.device, *, seed: int, amp: bool = False):
+    Each batch is one training step of the model's kind (`Kind.step`, given this trainer as its
+    `StepContext`): one gradient step on the kind's loss unless the kind trains otherwise.
+    """
+
+    def __init__(self, model: Autoencoder, cfg: RunConfig, device: torch.device, *, seed: int,
+                 amp: bool = False):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
@@ -76,9 +84,10 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # bf16 autocast needs no loss scaling; only worth it on CUDA.
         self.amp = amp and device.type == "cuda"
+        self.kind = kind_of(self.model)
         self.noise = noise_std(cfg)
 
-    def _autocast(self):
+    def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def train_epoch(self, x: torch.Tensor) -> float:
@@ -89,17 +98,13 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for start in range(0, n, bs):
             target = x[perm[start : start + bs]]
-            x_in = add_noise(target, self.noise, self.generator)
-            with self._autocast():
-                loss = reconstruction_loss(self.model, x_in, target)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss = self.kind.step(self, add_noise(target, self.noise, self.generator), target)
             # Accumulate on the device: a .item() per step would sync the GPU every batch.
-            total += loss.detach() * target.shape[0]
+            total += loss * target.shape[0]
         value = float(total) / n
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss is {value}: the run diverged; lower optim.lr (now {self.cfg.optim.lr:g})")
+            raise NonFiniteLossError(f"training loss is {value}: the run diverged; lower optim.lr "
+                                     f"(now {self.cfg.optim.lr:g})")
         return value
 
     @torch.no_grad()
@@ -112,7 +117,7 @@ class Trainer:
         total = 0.0
         for start in range(0, x.shape[0], EVAL_BATCH):
             target = x[start : start + EVAL_BATCH]
-            with self._autocast():
+            with self.autocast():
                 loss = reconstruction_loss(self.model, add_noise(target, std, g), target, beta=1.0)
             total += float(loss) * target.shape[0]
         return total / x.shape[0]
@@ -163,8 +168,8 @@ def fit(
         train_time += time.perf_counter() - t0
         val_loss = trainer.evaluate(val_x)
         if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}: the run diverged; lower optim.lr "
-                                     f"(now {cfg.optim.lr:g})")
+            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}: the run diverged; "
+                                     f"lower optim.lr (now {cfg.optim.lr:g})")
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         result.history.append(row)
         result.epochs = epoch
@@ -196,8 +201,6 @@ def evaluate_loss(model: Autoencoder, cfg: RunConfig, x: torch.Tensor, device: t
 @torch.no_grad()
 def mse(model: nn.Module, x: torch.Tensor, *, noise: float = 0.0, seed: int = 0) -> float:
     """Mean squared reconstruction error of clean `x` from (optionally noisy) inputs."""
-    from aeopt.training.models import reconstruct
-
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
     total = 0.0

@@ -1,0 +1,109 @@
+"""What a model kind is: `Kind` (schema, model, loss, reconstruction, noise, training step) and
+`Autoencoder`, the base class of every kind's model.
+
+Imports nothing of `aeopt.training` (the registry and the engine import this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module for a schema's `activation` name."""
+    return _ACTIVATIONS[name]()
+
+
+class Autoencoder(nn.Module):
+    """The base of every kind's model.
+
+    `cfg` is its model schema (`cfg.kind` names its kind); `encoder` is the module the fine-tune
+    stage reuses (calling it gives the code); `decode` maps codes to images in [0, 1].
+    """
+
+    cfg: Any
+    encoder: nn.Module
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class StepContext(Protocol):
+    """What a training step may use of the engine's `Trainer`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def autocast(self) -> AbstractContextManager[Any]: ...
+
+
+class LossFn(Protocol):
+    def __call__(self, model: nn.Module, x_in: torch.Tensor, target: torch.Tensor, *,
+                 beta: float | None = None) -> torch.Tensor: ...
+
+
+TrainStep = Callable[["Kind", StepContext, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gradient_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the kind's loss (the forward pass under autocast, the backward outside);
+    returns the detached batch loss."""
+    with ctx.autocast():
+        loss = kind.loss(ctx.model, x_in, target)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    return loss.detach()
+
+
+def decode_code(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Reconstructions in [0, 1]: decode the encoder's code (for a VAE its mean, no sampling)."""
+    return model.decode(model.encode(x))
+
+
+def no_noise(_cfg: BaseModel) -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One model kind: its schema (from `aeopt.config.models`) and the functions that train it.
+
+    - `build(model_cfg)`: a fresh `Autoencoder` for a schema instance.
+    - `loss(model, x_in, target, *, beta=None)`: the batch-mean training loss of `model` on inputs
+      `x_in` against clean `target`. `beta` weights a KL term where the kind has one: None means
+      the model's own training value; evaluation passes 1.0 so validation losses compare across
+      trials. Kinds without such a term ignore it.
+    - `reconstruct(model, x)`: images in [0, 1] for the figures and the test MSE.
+    - `noise_std(model_cfg)`: the std of the Gaussian noise added to training inputs (0: none).
+    - `train_step(kind, ctx, x_in, target)`: one optimization step on a batch, returning the
+      detached loss; `gradient_step` unless the kind trains otherwise (an adversarial AE's
+      discriminator step, say).
+    """
+
+    name: str
+    schema: type[BaseModel]
+    build: Callable[[Any], Autoencoder]
+    loss: LossFn
+    reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor] = decode_code
+    noise_std: Callable[[Any], float] = no_noise
+    train_step: TrainStep = gradient_step
+
+    def step(self, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.train_step(self, ctx, x_in, target)
