@@ -1,4 +1,4 @@
-"""Run configs: the shipped files, `--set` overrides, and one-line errors that name the field and the value."""
+"""Run configs: the shipped files, `--set` overrides, and one-line errors naming the field and the value."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_run_config_round_trips_through_yaml(tmp_path: Path) -> None:
 def test_set_overrides_by_dotted_path_with_yaml_values() -> None:
     cfg = load_run_config(
         CONFIGS / "conv_ae.yaml",
-        ["data.train_subset=6000", "optim.lr=3e-4", "model.batch_norm=true", "model.activation=gelu", "data.test_subset=null"],
+        ["data.train_subset=6000", "optim.lr=3e-4", "model.batch_norm=true", "model.activation=gelu",
+         "data.test_subset=null"],
     )
     assert cfg.data.train_subset == 6000
     assert cfg.optim.lr == pytest.approx(3e-4)
@@ -115,7 +116,8 @@ def _error(path: Path, overrides: list[str] | None = None) -> str:
         (["budget"], ["budget", "KEY=VALUE"]),
     ],
 )
-def test_invalid_overrides_give_one_line_naming_field_and_value(overrides: list[str], needles: list[str]) -> None:
+def test_invalid_overrides_give_one_line_naming_field_and_value(overrides: list[str],
+                                                                needles: list[str]) -> None:
     message = _error(CONFIGS / "conv_ae.yaml", overrides)
     assert "\n" not in message
     for needle in needles:
@@ -137,7 +139,8 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("", "empty"), ("- a\n- b\n", "mapping"), ("model: {kind: conv_ae}\nepochs: 3\n", "epochs"), ("\xff\xfe", "YAML")],
+    [("", "empty"), ("- a\n- b\n", "mapping"), ("model: {kind: conv_ae}\nepochs: 3\n", "epochs"),
+     ("\xff\xfe", "YAML")],
     ids=["empty", "list", "unknown-top-level", "binary"],
 )
 def test_malformed_files(tmp_path: Path, text: str, needle: str) -> None:

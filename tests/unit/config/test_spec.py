@@ -41,7 +41,8 @@ def _write(tmp_path, data) -> Path:
 
 
 def test_bad_fields_one_line_each(tmp_path):
-    p = _write(tmp_path, {"name": "x", "cv": {"folds": 1}, "sampler": {"name": "annealing"}, "optim": {"lr": -1}})
+    p = _write(tmp_path, {"name": "x", "cv": {"folds": 1}, "sampler": {"name": "annealing"},
+                          "optim": {"lr": -1}})
     with pytest.raises(ConfigError) as err:
         load_study_spec(p)
     lines = str(err.value).splitlines()
@@ -57,7 +58,8 @@ def test_space_key_must_be_a_run_field(tmp_path):
 
 
 def test_space_range_outside_field_limits_is_rejected(tmp_path):
-    p = _write(tmp_path, {"name": "x", "space": {"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}}})
+    space = {"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}}
+    p = _write(tmp_path, {"name": "x", "space": space})
     with pytest.raises(ConfigError, match="model.dropout"):
         load_study_spec(p)
 
@@ -70,7 +72,8 @@ def test_grid_needs_finite_space(tmp_path):
 
 
 def test_set_reaches_dotted_space_keys():
-    spec = load_study_spec(STUDIES / "conv_ae.yaml", ["space.model.c1.high=32", "data.train_subset=6000", "cv.folds=3"])
+    overrides = ["space.model.c1.high=32", "data.train_subset=6000", "cv.folds=3"]
+    spec = load_study_spec(STUDIES / "conv_ae.yaml", overrides)
     assert isinstance(spec.space["model.c1"], IntParam) and spec.space["model.c1"].high == 32
     assert spec.data.train_subset == 6000 and spec.cv.folds == 3
 
@@ -81,6 +84,7 @@ def test_set_unknown_key_names_it():
 
 
 def test_fixed_space_values_apply():
-    spec = StudySpec.model_validate({"name": "x", "space": {"model.fc": 64, "model.c1": {"type": "int", "low": 4, "high": 8}}})
+    space = {"model.fc": 64, "model.c1": {"type": "int", "low": 4, "high": 8}}
+    spec = StudySpec.model_validate({"name": "x", "space": space})
     cfg = spec.run_config({"model.c1": 5})
     assert cfg.model.fc == 64 and cfg.model.c1 == 5

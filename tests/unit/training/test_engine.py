@@ -118,8 +118,8 @@ def test_divergence_raises_non_finite_loss_error() -> None:
     # The report's VAE with plain SGD at lr 10: the KL term's exp(logvar) overflows within an epoch.
     x = to_float(load_dataset("digits").train.x[:512], CPU)
     cfg = RunConfig.model_validate(
-        {"model": {"kind": "vae"}, "data": {"dataset": "digits"}, "budget": {"max_epochs": 3, "batch_size": 64},
-         "optim": {"name": "sgd", "lr": 10.0}}
+        {"model": {"kind": "vae"}, "data": {"dataset": "digits"},
+         "budget": {"max_epochs": 3, "batch_size": 64}, "optim": {"name": "sgd", "lr": 10.0}}
     )
     with pytest.raises(NonFiniteLossError) as info:
         fit(cfg, x, x[:128], CPU)

@@ -23,7 +23,8 @@ def batch() -> torch.Tensor:
     "mcfg",
     [
         ConvAEConfig(),
-        ConvAEConfig(c1=8, c2=16, c3=16, fc=64, latent_dim=3, activation="gelu", batch_norm=True, dropout=0.0),
+        ConvAEConfig(c1=8, c2=16, c3=16, fc=64, latent_dim=3, activation="gelu", batch_norm=True,
+                     dropout=0.0),
         ConvAEConfig(kind="denoising_ae", noise_std=0.3, activation="leaky_relu"),
     ],
     ids=["report", "small-bn-gelu", "denoising"],
@@ -65,7 +66,9 @@ def test_vae_shapes_and_parameter_count(batch: torch.Tensor) -> None:
     recon = model.decode(torch.zeros(3, 2))
     assert recon.shape == (3, 1, 28, 28) and recon.min() >= 0 and recon.max() <= 1
     # 784 -> 512 -> 256 -> (2, 2), and back: 2 -> 256 -> 512 -> 784.
-    expected = (784 * 512 + 512) + (512 * 256 + 256) + 2 * (256 * 2 + 2) + (2 * 256 + 256) + (256 * 512 + 512) + (512 * 784 + 784)
+    encoder = (784 * 512 + 512) + (512 * 256 + 256) + 2 * (256 * 2 + 2)
+    decoder = (2 * 256 + 256) + (256 * 512 + 512) + (512 * 784 + 784)
+    expected = encoder + decoder
     assert count_parameters(model) == expected == 1_068_820
 
 
@@ -148,7 +151,8 @@ def test_gradients_reach_every_parameter(batch: torch.Tensor) -> None:
     for model in (build_model(ConvAEConfig(batch_norm=True)), build_model(VAEConfig())):
         model.train()
         reconstruction_loss(model, batch, batch).backward()
-        missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        missing = [name for name, p in model.named_parameters()
+                   if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, missing
         assert F.mse_loss(reconstruct(model.eval(), batch), batch).item() < 1.0
 
@@ -163,7 +167,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path, batch: torch.Tensor) -> None
     save_checkpoint(path, model, cfg, {"test_loss": 1.5})
     # Plain tensors and containers only: loads without unpickling code.
     payload = torch.load(path, weights_only=True)
-    assert payload["config"]["seed"] == 7 and payload["metrics"] == {"test_loss": 1.5} and "torch" in payload["versions"]
+    assert payload["config"]["seed"] == 7 and payload["metrics"] == {"test_loss": 1.5}
+    assert "torch" in payload["versions"]
     again, cfg2, _ = load_checkpoint(path)
     assert cfg2 == cfg
     assert torch.equal(reconstruct(again.eval(), batch), reconstruct(model, batch))
