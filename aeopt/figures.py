@@ -16,19 +16,21 @@ from matplotlib.figure import Figure
 from aeopt.files import atomic_write_bytes
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png"))
+    fmt = path.suffix.lstrip(".") or "png"
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt))
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:  # a pyplot figure (Optuna's plots) stays registered until closed
         pyplot.close(fig)
     return path
 
 
-def image_rows(rows: list[torch.Tensor], labels: list[str], title: str | None = None):
-    """A grid with one row per tensor of [n, 1, 28, 28] images in [0, 1]."""
+def image_rows(rows: list[torch.Tensor], labels: list[str], title: str | None = None,
+               col_labels: list[str] | None = None) -> Figure:
+    """A grid with one row per tensor of [n, 1, 28, 28] images in [0, 1], optionally a title per column."""
     n = rows[0].shape[0]
-    fig = Figure(figsize=(n * 1.0, len(rows) * 1.1))
+    fig = Figure(figsize=(n * 1.05, len(rows) * 1.1 + (0.3 if col_labels else 0.0)))
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (imgs, label) in enumerate(zip(rows, labels, strict=True)):
         for c in range(n):
@@ -38,21 +40,23 @@ def image_rows(rows: list[torch.Tensor], labels: list[str], title: str | None = 
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if r == 0 and col_labels:
+                ax.set_title(col_labels[c], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def reconstruction_figure(original: torch.Tensor, reconstructed: torch.Tensor, noisy: torch.Tensor | None = None,
-                          title: str | None = None):
+def reconstruction_figure(original: torch.Tensor, reconstructed: torch.Tensor,
+                          noisy: torch.Tensor | None = None, title: str | None = None) -> Figure:
     rows, labels = [original], ["original"]
     if noisy is not None:
         rows, labels = rows + [noisy], labels + ["noisy"]
     return image_rows(rows + [reconstructed], labels + ["reconstructed"], title)
 
 
-def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
+def confusion_figure(matrix: list[list[int]], classes: list[str], title: str) -> Figure:
     n = len(classes)
     fig = Figure(figsize=(0.75 * n + 2, 0.75 * n + 1.5))
     ax = fig.subplots()

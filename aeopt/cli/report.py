@@ -1,40 +1,63 @@
-"""`aeopt report`: the study's plots and its best model's analyses, as PNGs and one offline HTML page."""
+"""`aeopt report`: a study's plots and its best model's analyses, or one given autoencoder checkpoint,
+as PNGs and one offline HTML page."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from aeopt.cli.common import DataDirOpt, DeviceOpt, StorageOpt, StudyOpt
+from aeopt.cli.common import DataDirOpt, DeviceOpt, StorageOpt
+
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Folder for report.html, report.json and the PNG figures.")]
+StudyNameOpt = Annotated[str | None, typer.Option(
+    "--study", "-s", envvar="AEOPT_STUDY",
+    help="Study name: adds the search section and, without --checkpoint, shows the study's best model.")]
+CheckpointOpt = Annotated[Path | None, typer.Option(
+    "--checkpoint",
+    help="An autoencoder checkpoint to report (for example runs/best/checkpoint.pt, the refit of "
+         "`aeopt train best.yaml`); without --study the search section is left out.")]
+FinetuneOpt = Annotated[Path | None, typer.Option(
+    "--finetune", help="An `aeopt finetune --out` folder: adds its confusion matrix and per-class accuracy.")]
+DenoisingStudyOpt = Annotated[str | None, typer.Option(
+    "--denoising-study",
+    help="A denoising_ae study whose best model is compared with the plain AE under noise.")]
+MaxPointsOpt = Annotated[int, typer.Option(
+    "--max-points", min=10, help="Test images in the latent maps (t-SNE time grows with it).")]
 
 
 def report(
-    study: StudyOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, report.json and the PNG figures.")],
+    out: OutOpt,
+    study: StudyNameOpt = None,
+    checkpoint: CheckpointOpt = None,
     storage: StorageOpt = None,
-    finetune: Annotated[Optional[Path], typer.Option("--finetune", help="An `aeopt finetune --out` folder: adds its "
-                                                     "confusion matrix and per-class accuracy.")] = None,
-    denoising_study: Annotated[Optional[str], typer.Option("--denoising-study", help="A denoising_ae study whose best model "
-                                                           "is compared with the plain AE under noise.")] = None,
+    finetune: FinetuneOpt = None,
+    denoising_study: DenoisingStudyOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
-    max_points: Annotated[int, typer.Option("--max-points", min=10, help="Test images in the latent maps (t-SNE time grows "
-                                            "with it).")] = 2000,
+    max_points: MaxPointsOpt = 2000,
 ) -> None:
     """Write a self-contained HTML report (plotly.js inline: opens offline) and every figure as PNG.
 
-    The search (history, intermediate values, importances, parallel coordinates); the best configuration
-    (its checkpoint artifact, or trained here): reconstructions, PCA and t-SNE of the latent space, new
-    samples; denoising at noise std 0.1 * i; with --finetune, the classifier's confusion matrix.
+    The search (history, intermediate values, importances, parallel coordinates); the model shown (the
+    best trial's checkpoint artifact, its configuration retrained here, or the --checkpoint you give):
+    reconstructions, PCA and t-SNE of the latent space, new samples; denoising at noise std 0.1 * i;
+    with --finetune, the classifier's confusion matrix.
 
-    Example: aeopt report --study conv_ae --data-dir ../shared/data -o reports/conv_ae
+    Examples: aeopt report --study conv_ae --data-dir ../shared/data -o reports/conv_ae
+              aeopt report --checkpoint runs/best/checkpoint.pt --data-dir ../shared/data -o reports/best
     """
-    from aeopt.report import build_report
+    # Imported here so `aeopt --help` stays fast: the report pulls in plotly, sklearn and torch.
+    from aeopt.report import build_report  # noqa: PLC0415
+    from aeopt.search.storage import open_storage  # noqa: PLC0415
 
-    path = build_report(study, out, storage_url=storage, finetune=finetune, data_dir=data_dir, device=device,
-                        denoising_study=denoising_study, max_points=max_points)
+    # Opened once, and only when a study is read: --checkpoint alone must not create a database.
+    opened = open_storage(storage) if study is not None or denoising_study is not None else None
+    path = build_report(study, out, storage=opened, checkpoint=checkpoint, finetune=finetune,
+                        data_dir=data_dir, device=device, denoising_study=denoising_study,
+                        max_points=max_points)
     typer.echo(str(path))
 
 

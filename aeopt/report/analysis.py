@@ -1,6 +1,6 @@
 """The report's analyses as numbers: latent codes and their 2-D maps, new samples, denoising errors.
 
-No plotting here (aeopt.report draws), so every function is usable and testable on its own.
+No plotting here (the report's section modules draw), so every function is usable and testable on its own.
 All image tensors are float [n, 1, 28, 28] in [0, 1].
 """
 
@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 from aeopt.training.data import add_noise
-from aeopt.training.models import VAE, Autoencoder
 from aeopt.training.engine import EVAL_BATCH, mse
+from aeopt.training.models import VAE, Autoencoder, reconstruct
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -25,7 +27,8 @@ def latent_codes(model: Autoencoder, x: torch.Tensor) -> np.ndarray:
     """Codes of images `x` as [n, latent_dim] (the VAE's mean code mu)."""
     model.eval()
     dev = _device(model)
-    out = [model.encode(x[i : i + EVAL_BATCH].to(dev)).float().cpu() for i in range(0, x.shape[0], EVAL_BATCH)]
+    out = [model.encode(x[i : i + EVAL_BATCH].to(dev)).float().cpu()
+           for i in range(0, x.shape[0], EVAL_BATCH)]
     return torch.cat(out).numpy()
 
 
@@ -45,8 +48,6 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
     A 1-D latent space gets a zero second coordinate, so every map is 2-D.
     """
-    from sklearn.decomposition import PCA
-
     k = min(2, codes.shape[1], codes.shape[0])
     pca = PCA(n_components=k, random_state=0)
     emb = pca.fit_transform(codes)
@@ -59,8 +60,6 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
 def tsne_2d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
     """A t-SNE map of the codes (van der Maaten & Hinton, 2008), seeded so reports repeat."""
-    from sklearn.manifold import TSNE
-
     n = codes.shape[0]
     # Perplexity must stay below the number of points; 30 is the usual value for thousands.
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
@@ -164,13 +163,13 @@ def noisy_inputs(x: torch.Tensor, stds: list[float], seed: int = 0) -> list[torc
 
 @torch.no_grad()
 def outputs(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
-    from aeopt.training.models import reconstruct
-
+    """The model's reconstructions of `x`, on the CPU, clamped to [0, 1]."""
     model.eval()
     return reconstruct(model, x.to(_device(model))).float().clamp(0, 1).cpu()
 
 
-def denoising_mse(models: dict[str, Autoencoder], x: torch.Tensor, stds: list[float], seed: int = 0) -> dict[str, list[float]]:
+def denoising_mse(models: dict[str, Autoencoder], x: torch.Tensor, stds: list[float],
+                  seed: int = 0) -> dict[str, list[float]]:
     """MSE between clean images and each model's output from noisy inputs, per noise std.
 
     aeopt.training.engine.mse draws the noise from `seed`, so every model is scored on the same noisy images.

@@ -1,9 +1,6 @@
-"""The report's numbers and the small helpers of the dashboard and artifacts (no training)."""
+"""The report's numbers (aeopt.report.analysis) and the small helpers of the dashboard and artifacts (no training)."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import numpy as np
 import pytest
@@ -11,9 +8,7 @@ import torch
 import yaml
 
 from aeopt.config import ConvAEConfig, StudySpec, VAEConfig
-from aeopt.errors import AeoptError
 from aeopt.report import analysis
-from aeopt.report.build import read_finetune
 from aeopt.search.artifacts import artifact_dir, default_artifact_dir
 from aeopt.search.dashboard import is_loopback, spec_markdown
 from aeopt.training.models import VAE, ConvAutoencoder
@@ -92,31 +87,6 @@ def test_pairs_are_from_different_classes():
     labels = np.arange(100) % 10
     for a, b in analysis.pick_pairs(labels, 6):
         assert labels[a] != labels[b]
-
-
-# ----- fine-tune folder ---------------------------------------------------------------------------
-
-
-def test_read_finetune_computes_per_class_from_a_bare_matrix(tmp_path):
-    (tmp_path / "metrics.json").write_text(json.dumps({"test_acc": 0.75, "confusion_matrix": [[3, 1], [1, 3]]}))
-    ft = read_finetune(tmp_path)
-    assert ft["classes"] == ["0", "1"] and ft["per_class"] == {"0": 0.75, "1": 0.75} and ft["test_acc"] == 0.75
-
-
-def test_read_finetune_takes_names_and_nan_from_aeopt_finetune_files(tmp_path):
-    (tmp_path / "metrics.json").write_text('{"test_acc": 0.5, "per_class_acc": {"cat": 1.0, "dog": NaN}}')
-    (tmp_path / "confusion_matrix.json").write_text(json.dumps({"classes": ["cat", "dog"], "matrix": [[2, 0], [0, 0]]}))
-    ft = read_finetune(tmp_path)
-    assert ft["classes"] == ["cat", "dog"] and ft["matrix"] == [[2, 0], [0, 0]] and math.isnan(ft["per_class"]["dog"])
-
-
-@pytest.mark.parametrize("content", [None, "not json", json.dumps({"test_acc": 0.9})])
-def test_read_finetune_errors_say_what_to_do(tmp_path, content):
-    if content is not None:
-        (tmp_path / "metrics.json").write_text(content)
-    with pytest.raises(AeoptError) as err:
-        read_finetune(tmp_path)
-    assert "--finetune" in str(err.value) and "\n" not in str(err.value)
 
 
 # ----- artifacts and dashboard helpers -------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""The denoising comparison: a plain and a denoising autoencoder on inputs with noise std 0.1 * i.
+
+Two studies' best models (`--denoising-study`) are compared as they are. Otherwise the report's
+experiment is repeated: one architecture trained twice by the train stage, without and with input
+noise, on the same split for the same budget. A checkpoint from cross-validation (trained on one
+fold's images) would not be a fair opponent for a model trained on the 80/20 split, so both sides
+are trained, except a side the report already trained from the very same configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aeopt.config import RunConfig
+from aeopt.figures import image_rows
+from aeopt.report import analysis
+from aeopt.report.drawing import figure_item, lines
+from aeopt.report.page import Section
+from aeopt.report.source import ShownModel, Workbench
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NOISE = 0.3  # the denoising partner's noise std when no configuration names one
+N_LEVELS = 6  # noise std 0.0 .. 0.5
+WHY = ("the comparison repeats the experiment: one architecture trained twice the same way on the 80/20 "
+       "split, without and with input noise, so that only the noise differs")
+
+
+def partner_config(cfg: RunConfig, kind: str, noise: float = 0.0) -> RunConfig:
+    """The same architecture and training as `cfg`, as a plain or a denoising autoencoder."""
+    d = cfg.model_dump(mode="json")
+    d["model"]["kind"] = kind
+    d["model"]["noise_std"] = noise if kind == "denoising_ae" else 0.0
+    return RunConfig.model_validate(d)
+
+
+def _base(main: ShownModel, partner: ShownModel | None) -> ShownModel | None:
+    """Whose architecture both sides take: the main model's, else (a VAE) the denoising study's."""
+    kind = main.cfg.model.kind
+    if kind == "denoising_ae" and partner is not None:
+        log.warning("the main model is itself a denoising_ae: comparing its architecture, "
+                    "not --denoising-study's")
+    if kind in ("conv_ae", "denoising_ae"):
+        return main
+    return partner
+
+
+def _side(base: ShownModel, cfg: RunConfig, what: str, bench: Workbench) -> ShownModel:
+    # A model this report already trained from this very configuration is reused, not trained again.
+    if base.trained is not None and base.cfg.model_dump() == cfg.model_dump():
+        return base
+    model, trained = bench.train(cfg, why=WHY, what=what)
+    return ShownModel(model, cfg, f"{what}, trained here", base.owner, trained=trained)
+
+
+def denoising_pair(main: ShownModel, partner: ShownModel | None,
+                   bench: Workbench) -> tuple[ShownModel, ShownModel] | None:
+    """(plain AE, denoising AE) to compare, or None for a VAE without a denoising study."""
+    if main.cfg.model.kind == "conv_ae" and partner is not None:
+        return main, partner
+    base = _base(main, partner)
+    if base is None:
+        return None
+    plain = _side(base, partner_config(base.cfg, "conv_ae"), f"{base.owner}'s architecture without noise",
+                  bench)
+    noise = base.cfg.model.noise_std if base.cfg.model.kind == "denoising_ae" else DEFAULT_NOISE
+    den = _side(base, partner_config(base.cfg, "denoising_ae", noise),
+                f"{base.owner}'s architecture with noise std {noise:g}", bench)
+    return plain, den
+
+
+def _examples(plain: ShownModel, den: ShownModel, x: torch.Tensor, stds: list[float]) -> Any:
+    rows, labels = [], []
+    for k in range(2):
+        noisy = torch.cat([n.cpu() for n in analysis.noisy_inputs(x[k : k + 1], stds, seed=k)])
+        rows += [noisy, analysis.outputs(plain.model, noisy), analysis.outputs(den.model, noisy)]
+        labels += [f"noisy #{k + 1}", "conv AE", "denoising AE"]
+    return image_rows(rows, labels, "Noisy inputs and both models' outputs", [f"std {s:.1f}" for s in stds])
+
+
+def denoising_section(plain: ShownModel, den: ShownModel, x: torch.Tensor,
+                      out: Path) -> tuple[Section, dict[str, Any]]:
+    """Noisy inputs at std 0.1 * i, both models' outputs, and the MSE of each per noise level."""
+    stds = analysis.noise_levels(N_LEVELS)
+    curves = analysis.denoising_mse({"plain": plain.model, "denoising": den.model}, x, stds)
+    section = Section("Denoising", "Gaussian noise of std 0.1 * i added to test images (clamped to [0, 1]). "
+                                   f"Conv AE: {plain.source}. Denoising AE (trained with noise std "
+                                   f"{den.cfg.model.noise_std:g}): {den.source}.", key="denoising")
+    section.items.append(figure_item(out, "denoising_examples", "Noisy inputs and outputs",
+                                     _examples(plain, den, x, stds)))
+    fig, pfig = lines(stds, {"conv AE": curves["plain"], "denoising AE": curves["denoising"]},
+                      "Reconstruction error from noisy inputs", ("noise std", "MSE to the clean image"))
+    caption = "Mean squared error between each model's output and the clean test image."
+    section.items.append(figure_item(out, "denoising_mse", "MSE per noise level", fig, pfig, caption))
+    section.table = [("noise std", "  ".join(f"{s:.1f}" for s in stds)),
+                     ("conv AE MSE", "  ".join(f"{v:.4f}" for v in curves["plain"])),
+                     ("denoising AE MSE", "  ".join(f"{v:.4f}" for v in curves["denoising"]))]
+    for who, side in (("conv AE", plain), ("denoising AE", den)):
+        if side.trained is not None:
+            section.table += side.trained.rows(who)
+    numbers = {"noise_std": stds, "plain_source": plain.source, "denoising_source": den.source,
+               "plain_trained_here": plain.trained.as_dict() if plain.trained else None,
+               "denoising_trained_here": den.trained.as_dict() if den.trained else None,
+               "mse_plain": curves["plain"], "mse_denoising": curves["denoising"]}
+    return section, numbers
+
+
+def skipped_section() -> Section:
+    return Section("Denoising", "Skipped: a VAE has no autoencoder to compare; pass --denoising-study NAME "
+                                "to add one.", key="denoising")
