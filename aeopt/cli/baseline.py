@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
+from aeopt.config import load_baseline_config
+from aeopt.stages.compare import compare_rows, format_table
 
-baseline_app = typer.Typer(help="Supervised baselines trained from scratch, for `aeopt compare`.", no_args_is_help=True)
+baseline_app = typer.Typer(help="Supervised baselines trained from scratch, for `aeopt compare`.",
+                           no_args_is_help=True)
+LabelsOpt = Annotated[int | None, typer.Option(
+    "--labels", min=10, help="Use only N labelled training images.")]
 
 
 @baseline_app.command("cnn")
 def cnn(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with model / data / train sections.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML with model / data / train sections.")] = None,
     set_: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
-    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
+    labels: LabelsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = False,
@@ -28,27 +35,27 @@ def cnn(
 
     Example: aeopt baseline cnn --out runs/cnn --set train.max_epochs=20
     """
-    from aeopt.config import load_baseline_config
-    from aeopt.stages.baseline import train_baseline
-
     overrides = list(set_ or []) + ([f"train.labels={labels}"] if labels is not None else [])
     cfg = load_baseline_config(config, overrides)
     out = out or Path("runs") / "baseline-cnn"
+    # Imported on use: the stage imports torch (seconds); a bad config above fails before that.
+    from aeopt.stages.baseline import train_baseline  # noqa: PLC0415
+
     metrics = train_baseline(cfg, data_dir=data_dir, device=device, out=out, amp=amp)
-    typer.echo(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "config")}, indent=2))
+    summary = metrics.model_dump(mode="json", exclude_none=True, exclude={"history", "config"})
+    typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"wrote {out}/metrics.json, {out}/confusion_matrix.json, {out}/confusion_matrix.png", err=True)
 
 
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Folders written by `aeopt finetune --out` / `aeopt baseline cnn --out`.")],
+    runs: Annotated[list[Path], typer.Argument(
+        help="Folders written by `aeopt finetune --out` / `aeopt baseline cnn --out`.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Accuracy and time of classifier runs side by side, as the report's table.
 
     Example: aeopt compare runs/finetune-best runs/baseline-cnn
     """
-    from aeopt.stages.baseline import compare_rows, format_table
-
     rows = compare_rows([str(r) for r in runs])
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 

@@ -4,25 +4,48 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
+from aeopt.config import RunConfig, load_finetune_config
+
+# Left out of the printed summary (they are in metrics.json): long, and not results.
+_NOT_PRINTED = {"history", "finetune", "autoencoder"}
+
+ConfigArg = Annotated[Path | None, typer.Argument(
+    help="Run config or export YAML (best.yaml); optional with --checkpoint.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Folder for metrics.json and the confusion matrix.")]
+ModeOpt = Annotated[str | None, typer.Option(
+    "--mode", help="full: train encoder and head; frozen: the head only (a probe of the representation). "
+    "Default: finetune.mode (full).")]
+LabelsOpt = Annotated[int | None, typer.Option(
+    "--labels", min=10, help="Use only N labelled training images.")]
+CVOpt = Annotated[int | None, typer.Option(
+    "--cv", min=2, help="Repeat over K stratified folds; report mean and std of validation accuracy, then "
+    "evaluate the fold ensemble on test once.")]
+CheckpointOpt = Annotated[Path | None, typer.Option(
+    "--checkpoint",
+    help="Start from this autoencoder checkpoint (DIR/checkpoint.pt of `aeopt train --out DIR`).")]
+
+
+def _checkpoint_config(checkpoint: Path) -> RunConfig:
+    # Imported on use: the checkpoint module imports torch (seconds), which most commands never need.
+    from aeopt.training.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    return load_checkpoint(checkpoint)[1]
 
 
 def finetune(
-    config: Annotated[Optional[Path], typer.Argument(
-        help="Run config or export YAML (best.yaml); optional with --checkpoint.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="full: train encoder and head; frozen: the head only "
-                                                "(a probe of the representation). Default: finetune.mode (full).")] = None,
-    labels: Annotated[Optional[int], typer.Option("--labels", min=10, help="Use only N labelled training images.")] = None,
-    cv: Annotated[Optional[int], typer.Option("--cv", min=2, help="Repeat over K stratified folds; report mean and std of "
-                                              "validation accuracy, then evaluate the fold ensemble on test once.")] = None,
+    config: ConfigArg = None,
+    out: OutOpt = None,
+    mode: ModeOpt = None,
+    labels: LabelsOpt = None,
+    cv: CVOpt = None,
     set_: SetOpt = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(
-        "--checkpoint", help="Start from this autoencoder checkpoint (DIR/checkpoint.pt of `aeopt train --out DIR`).")] = None,
+    checkpoint: CheckpointOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = False,
@@ -35,24 +58,21 @@ def finetune(
 
     Example: aeopt finetune best.yaml --out runs/finetune --labels 1000
     """
-    from aeopt.config import load_finetune_config
-    from aeopt.stages.finetune import finetune as run_finetune
-
     overrides = list(set_ or [])
     # The dedicated options are shorthands for --set finetune.*; they win over the file.
     for key, value in (("mode", mode), ("labels", labels), ("cv", cv)):
         if value is not None:
             overrides.append(f"finetune.{key}={value}")
-    base = None
-    if config is None and checkpoint is not None:
-        from aeopt.training.checkpoint import load_checkpoint
-
-        _, base, _ = load_checkpoint(checkpoint)
+    base = _checkpoint_config(checkpoint) if config is None and checkpoint is not None else None
     cfg = load_finetune_config(config, overrides, base)
-    name = config.stem if config is not None else checkpoint.parent.name if checkpoint is not None else "finetune"
-    out = out or Path("runs") / f"finetune-{name}"
+    if out is None:
+        name = config.stem if config is not None else checkpoint.parent.name if checkpoint is not None else ""
+        out = Path("runs") / f"finetune-{name or 'finetune'}"
+    # Imported on use: the stage imports torch (seconds); a bad config above fails before that.
+    from aeopt.stages.finetune import finetune as run_finetune  # noqa: PLC0415
+
     metrics = run_finetune(cfg, checkpoint=checkpoint, data_dir=data_dir, device=device, out=out, amp=amp)
-    typer.echo(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "finetune", "autoencoder")}, indent=2))
+    typer.echo(json.dumps(metrics.model_dump(mode="json", exclude_none=True, exclude=_NOT_PRINTED), indent=2))
     typer.echo(f"wrote {out}/metrics.json, {out}/confusion_matrix.json, {out}/confusion_matrix.png", err=True)
 
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
+from aeopt.config import load_run_config
 
 
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config YAML (configs/*.yaml, or an `aeopt export` file).")],
+    config: Annotated[Path, typer.Argument(
+        help="Run config YAML (configs/*.yaml, or an `aeopt export` file).")],
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o",
-                                                help="Folder for metrics.json, checkpoint.pt, reconstructions.png.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for metrics.json, checkpoint.pt, reconstructions.png.")] = None,
     amp: AmpOpt = False,
 ) -> None:
     """Train one configuration on the stratified 80/20 split with early stopping.
@@ -27,11 +29,9 @@ def train(
 
     Example: aeopt train configs/conv_ae.yaml --data-dir ../shared/data --set budget.max_epochs=5
     """
-    from aeopt.config import load_run_config
-
     # The config is checked before torch is imported: a typo costs a fraction of a second.
     cfg = load_run_config(config, set_ or [])
-    from aeopt.stages.train import train_run
+    from aeopt.stages.train import train_run  # noqa: PLC0415 (imports torch: seconds, only when training)
 
     out = out or Path("runs") / config.stem
     _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)

@@ -83,13 +83,15 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
         raw = read_yaml(path)
         unknown = [k for k in raw if k not in FinetuneRun.model_fields and k not in EXPORT_EXTRAS]
         if unknown:
-            raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(FinetuneRun.model_fields)})")
+            known = ", ".join(FinetuneRun.model_fields)
+            raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {known})")
         raw = {k: v for k, v in raw.items() if k in FinetuneRun.model_fields}
         source = str(path)
     elif base is not None:
         raw, source = base.model_dump(mode="json"), "checkpoint config"
     else:
-        raise ConfigError("give a config file (for example best.yaml from `aeopt export`) or --checkpoint PATH")
+        raise ConfigError("give a config file (for example best.yaml from `aeopt export`) "
+                          "or --checkpoint PATH")
     raw = apply_overrides(raw, overrides or [], FinetuneRun)
     return validate(FinetuneRun, raw, source)
 

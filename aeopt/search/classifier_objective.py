@@ -3,110 +3,120 @@ on a fixed, exported autoencoder, with the same storages, workers and commands a
 
 A classifier spec names the exported autoencoder config (`autoencoder: best.yaml`); its run
 sections are copied into the spec when the study is created, so workers need only the storage.
-Each worker pretrains that autoencoder once (or loads `checkpoint`), then every trial fine-tunes
-a classifier on k stratified folds of the training split and scores it by the mean validation
-error (1 - accuracy). The test split is never touched by a study.
+Each worker pretrains that autoencoder once (or loads `checkpoint`) through the fine-tune stage's
+own pretraining path, then every trial runs the stage's k-fold fine-tune loop on stratified folds
+of the training split and is scored by the mean validation error (1 - accuracy), pruned on the
+first fold's curve. The test split is never touched by a study.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import socket
 import statistics
+import time
 
 import optuna
 import torch
 
-from aeopt.config import ClassifierStudySpec, FinetuneRun, run_config
-from aeopt.errors import ConfigError
+from aeopt.config import ClassifierStudySpec, FinetuneRun
+from aeopt.search.objective import TRIAL_ERRORS, check_surplus
+from aeopt.search.records import TrialRecord
 from aeopt.search.space import suggest
-from aeopt.stages.finetune import build_classifier
-from aeopt.training.engine import resolve_device, set_seed
+from aeopt.stages.finetune_fit import FinetuneSetup, finetune_folds
+from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
+from aeopt.training.data import Split, prepare, stratified_subset, to_float
+from aeopt.training.engine import NonFiniteLossError, resolve_device
 
 log = logging.getLogger(__name__)
 
+
+def _uses_pretrained(spec: ClassifierStudySpec, base: FinetuneRun) -> bool:
+    """Whether any trial can start from the pretrained autoencoder (else nothing is pretrained)."""
+    return base.finetune.init == "pretrained" or "finetune.init" in spec.space
+
+
+def _prune_on_first_fold(trial: optuna.Trial, fold: int, epoch: int, val_acc: float, val_loss: float) -> None:
+    """The per-epoch hook of the k-fold loop: fail on a diverged run; report and prune on fold 0."""
+    if not math.isfinite(val_loss):
+        raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch} of fold {fold}")
+    # Pruning watches the first fold's learning curve; later folds run to the end.
+    if fold == 0:
+        trial.report(1.0 - val_acc, epoch)
+        if trial.should_prune():
+            TrialRecord(epochs=epoch).write(trial, "epochs")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (validation accuracy {val_acc:.4f})")
+
+
 class ClassifierObjective:
-    """Objective for a classifier study: k-fold fine-tuning on one pretrained autoencoder."""
+    """Objective for a classifier study: k-fold fine-tuning on one pretrained autoencoder.
+
+    Takes the same keywords as the autoencoder study's `Objective`; a classifier trial uploads no
+    artifacts, so `upload_artifacts` is accepted and not used."""
 
     def __init__(self, spec: ClassifierStudySpec, *, data_dir: str | None = None, device: str | None = None,
                  amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True):
-        from aeopt.training.data import prepare
-
+        del upload_artifacts  # see the class docstring
         self.spec = spec
         self.device = resolve_device(device)
         self.amp = amp
         self.target_trials = target_trials
-        self.data_dir = data_dir
         base = spec.run_config({})
-        self.ae_state = self._pretrain(base)
         data = prepare(base.data, data_dir)
         # The labelled pool: the training split only (the autoencoder's train + validation parts).
-        from aeopt.training.data import Split
-
         self.pool = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
         self.classes = data.classes
+        self._train_images = data.train.x  # unlabelled images for the reconstruction term
+        self._unlabelled: torch.Tensor | None = None
+        self.ae_state = self._pretrain(base, data_dir) if _uses_pretrained(spec, base) else None
 
-    def _pretrain(self, base: FinetuneRun) -> dict[str, torch.Tensor]:
-        from aeopt.training.checkpoint import load_checkpoint
-        from aeopt.training.data import prepare, to_float
-        from aeopt.training.engine import fit
+    def _pretrain(self, base: FinetuneRun, data_dir: str | None) -> dict[str, torch.Tensor]:
+        if not self.spec.checkpoint:
+            log.info("pretraining the %s autoencoder once for this worker", base.model.kind)
+        # Pretrained even when the base says init=random: some trials (finetune.init searched) need it.
+        cfg = base.model_copy(update={"finetune": base.finetune.model_copy(update={"init": "pretrained"})})
+        model, _ = pretrained_autoencoder(cfg, device=self.device, checkpoint=self.spec.checkpoint,
+                                          data_dir=data_dir, amp=self.amp, evaluate_test=False)
+        return autoencoder_state(model)
 
-        if self.spec.checkpoint:
-            model, cfg, _ = load_checkpoint(self.spec.checkpoint, self.device)
-            if cfg.model != base.model:
-                raise ConfigError(f"checkpoint {self.spec.checkpoint}: its model differs from the spec's autoencoder")
-            return {k: v.detach().clone() for k, v in model.state_dict().items()}
-        ae_cfg = run_config(base)
-        log.info("pretraining the %s autoencoder once for this worker", ae_cfg.model.kind)
-        data = prepare(ae_cfg.data, self.data_dir)
-        model, result = fit(ae_cfg, to_float(data.train.x, self.device), to_float(data.val.x, self.device), self.device,
-                            amp=self.amp)
-        log.info("autoencoder ready: validation loss %.5g after %d epochs", result.best_val, result.epochs)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def _setup(self, cfg: FinetuneRun) -> FinetuneSetup:
+        ft = cfg.finetune
+        unlabelled = None
+        if ft.recon_weight > 0 and ft.mode == "full":
+            if self._unlabelled is None:  # moved to the device once per worker, on first use
+                self._unlabelled = to_float(self._train_images, self.device)
+            unlabelled = self._unlabelled
+        ae_state = self.ae_state if ft.init == "pretrained" else None
+        return FinetuneSetup(cfg, ae_state, len(self.classes), self.device, amp=self.amp,
+                             unlabelled=unlabelled)
+
+    def _labelled(self, cfg: FinetuneRun) -> Split:
+        if not cfg.finetune.labels:
+            return self.pool
+        return self.pool.take(stratified_subset(self.pool.y, cfg.finetune.labels, cfg.data.split_seed))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from aeopt.search.objective import check_surplus
-        from aeopt.training.data import stratified_folds, stratified_subset, to_float
-        from aeopt.training.models import build_model
-        from aeopt.training.supervised import augmentation_for, fit_classifier
-
         check_surplus(trial, self.target_trials)  # the same study-wide target rule as autoencoder studies
-        params = suggest(trial, self.spec.space)
-        cfg: FinetuneRun = self.spec.run_config(params)
-        ft = cfg.finetune
-        trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("host", socket.gethostname())
-        pool = self.pool
-        if ft.labels:
-            pool = pool.take(stratified_subset(pool.y, ft.labels, cfg.data.split_seed))
-        aug = augmentation_for(ft.augment, cfg.data.dataset, len(pool) * (self.spec.cv.folds - 1) // self.spec.cv.folds)
-        errors, epochs = [], []
-        for k, (tr, va) in enumerate(stratified_folds(pool.y, self.spec.cv.folds, self.spec.cv.seed)):
-            set_seed(cfg.seed)
-            ae = build_model(run_config(cfg)).to(self.device)
-            ae.load_state_dict(self.ae_state)
-            model = build_classifier(ae, ft, len(self.classes)).to(self.device)
-            train_xy = (to_float(pool.x[tr], self.device), pool.y[tr].to(self.device))
-            val_xy = (to_float(pool.x[va], self.device), pool.y[va].to(self.device))
-
-            def on_epoch(epoch: int, val_acc: float, val_loss: float, fold: int = k) -> None:
-                if not math.isfinite(val_loss):
-                    from aeopt.training.engine import NonFiniteLossError
-
-                    raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}")
-                # Pruning watches the first fold's learning curve; later folds run to the end.
-                if fold == 0:
-                    trial.report(1.0 - val_acc, epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch} (validation accuracy {val_acc:.4f})")
-
-            _, fit = fit_classifier(model, train_xy, val_xy, ft, self.device, seed=cfg.seed + k, augmentation=aug,
-                                    encoder_lr_scale=ft.encoder_lr_scale, amp=self.amp, on_epoch=on_epoch)
-            errors.append(1.0 - fit.best_val_acc)
-            epochs.append(fit.epochs)
-        trial.set_user_attr("fold_losses", errors)
-        trial.set_user_attr("fold_val_acc", [1.0 - e for e in errors])
-        trial.set_user_attr("cv_std", statistics.pstdev(errors))
-        trial.set_user_attr("epochs", max(epochs))
+        cfg: FinetuneRun = self.spec.run_config(suggest(trial, self.spec.space))
+        record = TrialRecord.started(self.device)
+        record.write(trial)
+        start = time.perf_counter()
+        try:
+            hook = functools.partial(_prune_on_first_fold, trial)
+            cv = self.spec.cv
+            folds = finetune_folds(self._setup(cfg), self._labelled(cfg), cv.folds, cv.seed, on_epoch=hook,
+                                   keep_models=False)
+        except TRIAL_ERRORS as exc:
+            record.fail_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            record.write(trial, "fail_reason")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        errors = [1.0 - acc for acc in folds.fold_val_acc]
+        record.fold_losses, record.fold_val_acc = errors, folds.fold_val_acc
+        record.cv_std = statistics.pstdev(errors)
+        record.epochs = max(folds.fold_epochs)
+        record.seconds = round(time.perf_counter() - start, 3)
+        record.write(trial)
         return statistics.fmean(errors)

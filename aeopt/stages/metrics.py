@@ -1,8 +1,8 @@
-"""The outputs of a classifier run (`aeopt finetune`, `aeopt baseline cnn`): one schema for writer and readers.
+"""The outputs of a classifier run (`aeopt finetune`, `aeopt baseline cnn`): one schema, writer and readers.
 
 A run folder holds `metrics.json` (a `ClassifierMetrics`) and `confusion_matrix.json` (a
-`ConfusionMatrix`); `aeopt compare` and `aeopt report --finetune` read them back with
-`read_classifier_run`, so no reader guesses key names.
+`ConfusionMatrix`), written by `write_classifier_json`; `aeopt compare` and `aeopt report --finetune`
+read them back with `read_classifier_run`, so no reader guesses key names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aeopt.errors import AeoptError
+from aeopt.files import atomic_write_text
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
@@ -66,7 +67,8 @@ class ClassifierMetrics(BaseModel):
     finetune: dict[str, Any] | None = None  # fine-tune only: its settings
     config: dict[str, Any] | None = None  # baseline only: its config
     cv: CVSummary | None = None
-    history: list[dict[str, float]] = Field(default_factory=list)
+    # One row per epoch: epoch (an int), train_loss, train_acc_augmented, val_loss, val_acc.
+    history: list[dict[str, int | float]] = Field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -91,6 +93,15 @@ class ConfusionMatrix(BaseModel):
     matrix: list[list[int]]
 
 
+def write_classifier_json(folder: str | Path, metrics: ClassifierMetrics, confusion: ConfusionMatrix) -> None:
+    """metrics.json and confusion_matrix.json of a run folder, through the schemas (unset fields left out)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in ((METRICS_FILE, metrics.model_dump(mode="json", exclude_none=True)),
+                      (CONFUSION_FILE, confusion.model_dump(mode="json"))):
+        atomic_write_text(folder / name, json.dumps(doc, indent=2) + "\n")
+
+
 @dataclass
 class ClassifierRun:
     folder: Path
@@ -108,7 +119,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def read_classifier_run(folder: str | Path) -> ClassifierRun:
-    """A folder written by `aeopt finetune --out` or `aeopt baseline cnn --out`, checked against the schema."""
+    """A folder written by `aeopt finetune --out` or `aeopt baseline cnn --out`, checked by the schemas."""
     folder = Path(folder)
     path = folder / METRICS_FILE
     if not path.is_file():
@@ -130,5 +141,6 @@ def read_classifier_run(folder: str | Path) -> ClassifierRun:
         try:
             confusion = ConfusionMatrix.model_validate(_read_json(cpath, "the confusion matrix"))
         except ValidationError as exc:
-            raise AeoptError(f"{cpath}: {exc.errors()[0]['msg']} (written by another aeopt version?)") from None
+            why = exc.errors()[0]["msg"]
+            raise AeoptError(f"{cpath}: {why} (written by another aeopt version?)") from None
     return ClassifierRun(folder, metrics, confusion)

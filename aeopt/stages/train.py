@@ -11,27 +11,36 @@ from typing import Any
 import torch
 
 from aeopt.config import RunConfig
+from aeopt.figures import reconstruction_figure, save_figure
 from aeopt.files import atomic_write_text
 from aeopt.progress import progress
 from aeopt.training.checkpoint import save_checkpoint
-from aeopt.training.data import prepare, to_float
-from aeopt.training.engine import evaluate_loss, fit, mse, noise_std, resolve_device
+from aeopt.training.data import Prepared, add_noise, prepare, to_float
+from aeopt.training.engine import FitResult, evaluate_loss, fit, mse, noise_std, resolve_device
 from aeopt.training.models import Autoencoder, count_parameters, reconstruct
 
 log = logging.getLogger(__name__)
 
 
-def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None = None, out: str | Path | None = None,
-              amp: bool = False, show_progress: bool = True) -> tuple[Autoencoder, dict[str, Any]]:
+def fit_autoencoder(cfg: RunConfig, data: Prepared, device: torch.device, *, amp: bool = False,
+                    show_progress: bool = True) -> tuple[Autoencoder, FitResult]:
+    """Train `cfg` on the run's training part with early stopping on its validation part; the test
+    split is not touched."""
+    train_x, val_x = to_float(data.train.x, device), to_float(data.val.x, device)
+    with progress(cfg.budget.max_epochs, f"train {cfg.model.kind}", enabled=show_progress) as bar:
+        return fit(cfg, train_x, val_x, device, amp=amp, progress=lambda _epoch, row: bar.update(
+            {"train": row["train_loss"], "val": row["val_loss"]}))
+
+
+def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None = None,
+              out: str | Path | None = None, amp: bool = False,
+              show_progress: bool = True) -> tuple[Autoencoder, dict[str, Any]]:
     """Train `cfg` with early stopping, evaluate on the test split once, write outputs to `out`."""
     dev = resolve_device(device)
     data = prepare(cfg.data, data_dir)
-    train_x, val_x = to_float(data.train.x, dev), to_float(data.val.x, dev)
-    with progress(cfg.budget.max_epochs, f"train {cfg.model.kind}", enabled=show_progress) as bar:
-        model, result = fit(cfg, train_x, val_x, dev, amp=amp,
-                            progress=lambda e, row: bar.update({"train": row["train_loss"], "val": row["val_loss"]}))
+    model, result = fit_autoencoder(cfg, data, dev, amp=amp, show_progress=show_progress)
     # The test split is touched here, once, after training is over.
-    test_x = to_float(data.test.x, dev)
+    train_x, test_x = to_float(data.train.x, dev), to_float(data.test.x, dev)
     metrics: dict[str, Any] = {
         "model": cfg.model.kind,
         "dataset": cfg.data.dataset,
@@ -59,17 +68,16 @@ def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None
     return model, metrics
 
 
-def write_run_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any], test_x: torch.Tensor) -> None:
-    from aeopt.figures import reconstruction_figure, save_figure
-    from aeopt.training.data import add_noise
-
+def write_run_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any],
+                      test_x: torch.Tensor) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", model, cfg, {k: v for k, v in metrics.items() if k != "history"})
     sample = test_x[:10]
     model.eval()
     with torch.no_grad():
         std = noise_std(cfg)
-        noisy = add_noise(sample, std, torch.Generator(device=sample.device).manual_seed(0)) if std > 0 else None
+        gen = torch.Generator(device=sample.device).manual_seed(0)
+        noisy = add_noise(sample, std, gen) if std > 0 else None
         recon = reconstruct(model, noisy if noisy is not None else sample)
     title = f"{cfg.model.kind}: test reconstructions (test MSE {metrics['test_mse']:.4f})"
     save_figure(reconstruction_figure(sample, recon, noisy, title), out / "reconstructions.png")

@@ -1,7 +1,7 @@
 """Supervised classification: a head on an encoder, and the training loop shared by the fine-tune
 stage and the CNN baseline.
 
-Same style as aeopt/train.py: whole float tensors on the device, random-permutation batches,
+Same style as aeopt.training.engine: whole float tensors on the device, random-permutation batches,
 augmentation done on whole batches on the device (no PIL, no per-sample transforms), an
 `on_epoch` seam for callers (a study prunes through it). Knows nothing about Optuna.
 """
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeopt.config import CNNConfig, SupervisedConfig
-from aeopt.training.engine import set_seed
+from aeopt.config import CNNConfig, FinetuneConfig, SupervisedConfig
+from aeopt.training.engine import NonFiniteLossError, set_seed
+from aeopt.training.models import Autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ OnClassifierEpoch = Callable[[int, float, float], None]
 class Classifier(nn.Module):
     """An encoder (images -> code) and a head: one hidden layer, then `n_classes` logits."""
 
-    def __init__(self, encoder: nn.Module, code_dim: int, hidden: int = 64, n_classes: int = 10, dropout: float = 0.2,
-                 normalize_code: bool = True):
+    def __init__(self, encoder: nn.Module, code_dim: int, hidden: int = 64, n_classes: int = 10,
+                 dropout: float = 0.2, normalize_code: bool = True):
         super().__init__()
         self.encoder = encoder
         # An autoencoder's code has an arbitrary scale (early in training it can vary by 1e-2
@@ -82,7 +83,7 @@ class Classifier(nn.Module):
 
 
 class BaselineCNN(nn.Module):
-    """The report's comparison model: a plain supervised CNN trained from scratch (see aeopt.stages.baseline)."""
+    """The report's comparison model: a plain supervised CNN from scratch (see aeopt.stages.baseline)."""
 
     def __init__(self, cfg: CNNConfig, n_classes: int = 10):
         super().__init__()
@@ -92,11 +93,25 @@ class BaselineCNN(nn.Module):
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fc, n_classes),
+            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.fc, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def build_classifier(ae: Autoencoder, ft: FinetuneConfig, n_classes: int) -> Classifier:
+    """A head on `ae`'s encoder, as the fine-tune settings describe it; `.encoder` returns the code
+    (the VAE's encoder returns its mean). Shares the encoder module with `ae`."""
+    clf = Classifier(ae.encoder, ae.latent_dim, ft.head_hidden, n_classes, ft.head_dropout, ft.head_norm)
+    if ft.encoder_dropout is not None:
+        for module in clf.encoder.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = ft.encoder_dropout
+    if ft.mode == "frozen":
+        clf.freeze_encoder()
+    return clf
 
 
 # ----- augmentation ------------------------------------------------------------------------------
@@ -172,7 +187,8 @@ def _optimizer(model: nn.Module, cfg: SupervisedConfig, encoder_lr_scale: float,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, probabilities: bool = False, amp: bool = False) -> Evaluation:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, probabilities: bool = False,
+             amp: bool = False) -> Evaluation:
     """Accuracy and mean cross-entropy of `model` on float images `x` and labels `y` (eval mode)."""
     model.eval()
     correct = torch.zeros((), device=x.device)
@@ -190,8 +206,63 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, probabilitie
         if probabilities:
             probs.append(logits.softmax(1).cpu())
     n = max(x.shape[0], 1)
-    return Evaluation(float(correct) / n, float(total_loss) / n, torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long),
+    predictions = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return Evaluation(float(correct) / n, float(total_loss) / n, predictions,
                       torch.cat(probs) if probabilities else None)
+
+
+class _EpochLoop:
+    """One training epoch of `fit_classifier`: random-permutation batches, augmentation and the
+    optional auxiliary loss, all drawn from one generator so a run is reproducible from its seed."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, train: tuple[torch.Tensor, torch.Tensor],
+                 cfg: SupervisedConfig, gen: torch.Generator, *, augmentation: tuple[int, bool], amp: bool,
+                 aux_loss: Callable[[torch.Generator], torch.Tensor] | None):
+        self.model, self.opt, self.gen, self.aux_loss = model, opt, gen, aux_loss
+        self.x, self.y = train
+        self.shift, self.flip = augmentation
+        self.label_smoothing = cfg.label_smoothing
+        self.device = self.x.device
+        self.use_amp = amp and self.device.type == "cuda"
+        self.n = self.x.shape[0]
+        self.batch = min(cfg.batch_size, self.n)
+        self.steps = max(math.ceil(self.n / self.batch), cfg.min_steps_per_epoch)
+        self.passes = math.ceil(self.steps * self.batch / self.n)
+
+    def _loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = self.x[idx], self.y[idx]
+        if self.shift or self.flip:
+            xb = augment(xb, self.gen, self.shift, self.flip)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            logits = self.model(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
+        if self.aux_loss is not None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                loss = loss + self.aux_loss(self.gen)
+        return loss, (logits.detach().argmax(1) == yb).sum()
+
+    def run(self) -> tuple[float, float]:
+        """(mean training loss, accuracy on the augmented batches) of one epoch."""
+        self.model.train()
+        # Several random permutations back to back when an epoch needs more than one pass.
+        order = torch.cat([torch.randperm(self.n, device=self.device, generator=self.gen)
+                           for _ in range(self.passes)])
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        for s in range(self.steps):
+            idx = order[s * self.batch : (s + 1) * self.batch]
+            if idx.numel() == 0:
+                break
+            loss, hits = self._loss(idx)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            # Accumulated on the device: an .item() per step would sync the GPU every batch.
+            total += loss.detach() * idx.numel()
+            correct += hits
+            seen += idx.numel()
+        return float(total) / seen, float(correct) / seen
 
 
 def fit_classifier(
@@ -218,59 +289,23 @@ def fit_classifier(
     optimizer; their best-epoch values are not restored (they are not part of the classifier)."""
     set_seed(seed)
     model = model.to(device)
-    x_tr, y_tr = train
-    x_va, y_va = val
     opt = _optimizer(model, cfg, encoder_lr_scale, aux_params)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs) if cfg.schedule == "cosine" else None
-    gen = torch.Generator(device=device).manual_seed(seed)
-    use_amp = amp and device.type == "cuda"
-    shift, flip = augmentation
-
-    n = x_tr.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps = max(math.ceil(n / bs), cfg.min_steps_per_epoch)
-    passes = math.ceil(steps * bs / n)
-
+    cosine = cfg.schedule == "cosine"
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs) if cosine else None
+    loop = _EpochLoop(model, opt, train, cfg, torch.Generator(device=device).manual_seed(seed),
+                      augmentation=augmentation, amp=amp, aux_loss=aux_loss)
     result = ClassifierFit()
     best_state = copy.deepcopy(model.state_dict())
     bad = 0
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        # Several random permutations back to back when an epoch needs more than one pass.
-        order = torch.cat([torch.randperm(n, device=device, generator=gen) for _ in range(passes)])
-        total = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for s in range(steps):
-            idx = order[s * bs : (s + 1) * bs]
-            if idx.numel() == 0:
-                break
-            xb, yb = x_tr[idx], y_tr[idx]
-            if shift or flip:
-                xb = augment(xb, gen, shift, flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if aux_loss is not None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = loss + aux_loss(gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Accumulated on the device: an .item() per step would sync the GPU every batch.
-            total += loss.detach() * idx.numel()
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += idx.numel()
+        train_loss, train_acc = loop.run()
         if sched is not None:
             sched.step()
-        train_loss = float(total) / seen
         if not math.isfinite(train_loss):
-            from aeopt.training.engine import NonFiniteLossError
-
             raise NonFiniteLossError(f"classifier training loss is {train_loss} (lower finetune.lr)")
-        ev = evaluate(model, x_va, y_va, amp=amp)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc_augmented": float(correct) / seen,
+        ev = evaluate(model, *val, amp=amp)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc_augmented": train_acc,
                "val_loss": ev.loss, "val_acc": ev.accuracy}
         result.history.append(row)
         result.epochs = epoch
@@ -286,7 +321,8 @@ def fit_classifier(
             bad += 1
             if cfg.patience and bad >= cfg.patience:
                 result.stopped_early = True
-                log.info("early stop at epoch %d (best %d, val acc %.4f)", epoch, result.best_epoch, result.best_val_acc)
+                log.info("early stop at epoch %d (best %d, val acc %.4f)", epoch, result.best_epoch,
+                         result.best_val_acc)
                 break
     model.load_state_dict(best_state)
     if device.type == "cuda":

@@ -14,11 +14,13 @@ import yaml
 
 from aeopt.config import StudySpec, dump_yaml, load_finetune_config, load_run_config, run_config
 from aeopt.search.space import suggest
-from aeopt.stages.finetune import finetune, labelled_split
+from aeopt.stages.classifier_run import labelled_split
+from aeopt.stages.finetune import finetune
 from aeopt.stages.train import train_run
-from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.checkpoint import load_checkpoint, load_classifier_checkpoint
 from aeopt.training.cv import cross_validate
-from aeopt.training.data import training_pool
+from aeopt.training.data import prepare, training_pool
+from aeopt.training.supervised import BaselineCNN, evaluate
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -173,11 +175,23 @@ def test_frozen_mode_leaves_the_encoder_unchanged_full_mode_trains_it(tmp_path):
     assert fm["autoencoder"]["source"] == "checkpoint" and fm["mode"] == "frozen"
     assert fm["trainable_parameters"] < fm["parameters"]
     assert any(k.startswith("head.") for k in frozen["state_dict"])
+    # classifier.pt rebuilds the network from its own config: the same test accuracy as the run's.
+    for run in ("frozen", "full"):
+        assert _reloaded_test_acc(tmp_path / run, full_cfg.data) == pytest.approx(
+            json.loads((tmp_path / run / "metrics.json").read_text())["test_acc"])
+
+
+def _reloaded_test_acc(run: Path, data_cfg) -> float:
+    model, cfg, payload = load_classifier_checkpoint(run / "classifier.pt")
+    assert payload["format"] == "aeopt.classifier/1" and len(payload["classes"]) == 10
+    assert cfg.data == data_cfg
+    test = prepare(cfg.data).test
+    return evaluate(model, test.x.float() / 255.0, test.y).accuracy
 
 
 def test_labels_n_uses_n_stratified_images(tmp_path):
     cfg = load_finetune_config(_config(tmp_path, {**TINY_FT, "labels": 100}))
-    train, val, test, classes, _ = labelled_split(cfg)
+    train, val, test, classes, _ = labelled_split(cfg.data, cfg.finetune.labels)
     assert len(train) + len(val) == 100 and len(test) == 500
     assert torch.bincount(train.y, minlength=10).tolist() == [8] * 10
     assert torch.bincount(val.y, minlength=10).tolist() == [2] * 10
@@ -187,7 +201,7 @@ def test_labels_n_uses_n_stratified_images(tmp_path):
     assert all(bytes(x.numpy()) in pool_keys for x in torch.cat([train.x, val.x]))
 
     metrics = finetune(cfg, device="cpu", out=tmp_path / "ft", show_progress=False)
-    assert metrics["labels"] == 100 and metrics["n_train"] == 80 and metrics["n_val"] == 20
+    assert metrics.labels == 100 and metrics.n_train == 80 and metrics.n_val == 20
 
     proc = run_cli("finetune", str(_config(tmp_path)), *CPU, "--labels", "10", "--out", str(tmp_path / "x"), cwd=tmp_path)
     assert proc.returncode == 2 and "at least 2 per class" in proc.stderr and "Traceback" not in proc.stderr
@@ -218,9 +232,10 @@ def test_vae_and_denoising_encoders_fine_tune(tmp_path, model, extra):
     path = tmp_path / "m.yaml"
     path.write_text(dump_yaml(raw))
     metrics = finetune(load_finetune_config(path), device="cpu", show_progress=False)
-    assert metrics["model"] == model["kind"] and 0.0 <= metrics["test_acc"] <= 1.0
-    assert metrics["test_acc"] > 0.15
-    assert metrics["epochs"] == len(metrics["history"]) == 3 + extra.get("probe_epochs", 0)
+    assert metrics.model == model["kind"] and 0.0 <= metrics.test_acc <= 1.0
+    assert metrics.test_acc > 0.15
+    assert metrics.epochs == len(metrics.history) == 3 + extra.get("probe_epochs", 0)
+    assert [row["epoch"] for row in metrics.history] == list(range(1, metrics.epochs + 1))
 
 
 def test_bad_finetune_settings_are_one_line(tmp_path):
@@ -245,6 +260,10 @@ def test_baseline_cnn_and_compare(tmp_path):
     bm = json.loads((cnn / "metrics.json").read_text())
     assert bm["task"] == "baseline" and bm["n_train"] == 480 and bm["n_val"] == 120 and bm["epochs"] == 3
     assert bm["test_acc"] > 0.2 and (cnn / "confusion_matrix.png").is_file()
+
+    model, cfg, _ = load_classifier_checkpoint(cnn / "classifier.pt")
+    assert isinstance(model, BaselineCNN) and cfg.model.c1 == 4 and cfg.train.max_epochs == 3
+    assert _reloaded_test_acc(cnn, cfg.data) == pytest.approx(bm["test_acc"])
 
     proc = run_cli("compare", str(ft), str(cnn), cwd=tmp_path)
     _ok(proc)

@@ -1,0 +1,177 @@
+"""How a fine-tune trains, once or over k folds: shared by `aeopt finetune` and the classifier study.
+
+Every run (and every fold) starts from the same autoencoder weights: a fresh copy of the network,
+the stored state loaded, a head put on its encoder. Then, in full mode, an optional linear probe
+(the head alone), then the whole network, optionally with the autoencoder's own loss on unlabelled
+images as a regularizer. Knows nothing about Optuna: a study prunes through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from aeopt.config import FinetuneRun, run_config
+from aeopt.progress import Progress, progress
+from aeopt.training.data import Split, add_noise, stratified_folds, to_float
+from aeopt.training.engine import noise_std, set_seed
+from aeopt.training.losses import reconstruction_loss
+from aeopt.training.models import Autoencoder, build_model
+from aeopt.training.supervised import (
+    Classifier,
+    ClassifierFit,
+    OnClassifierEpoch,
+    augmentation_for,
+    build_classifier,
+    fit_classifier,
+)
+
+# on_epoch(fold, epoch, validation accuracy, validation loss); fold is 0 for a single run. May raise
+# to stop the run (a study raises optuna.TrialPruned there).
+OnFoldEpoch = Callable[[int, int, float, float], None]
+XY = tuple[torch.Tensor, torch.Tensor]
+
+
+def split_xy(split: Split, device: torch.device) -> XY:
+    """(float images in [0, 1], labels) on the device."""
+    return to_float(split.x, device), split.y.to(device)
+
+
+def show_on(bar: Progress) -> Callable[[int, dict[str, float]], None]:
+    """A `progress` callback for `fit_classifier` that shows validation accuracy and loss on `bar`."""
+    return lambda _epoch, row: bar.update({"val_acc": row["val_acc"], "loss": row["train_loss"]})
+
+
+class ReconstructionTerm:
+    """The autoencoder's own loss on a random batch of unlabelled images, weighted: added to every
+    classifier step (semi-supervised fine-tuning), through the same encoder and the decoder."""
+
+    def __init__(self, model: Autoencoder, images: torch.Tensor, weight: float, batch_size: int,
+                 noise: float):
+        self.model, self.images, self.weight = model, images, weight
+        self.batch_size, self.noise = batch_size, noise
+
+    def __call__(self, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, self.images.shape[0], (self.batch_size,), device=self.images.device,
+                            generator=gen)
+        target = self.images[idx]
+        return self.weight * reconstruction_loss(self.model, add_noise(target, self.noise, gen), target)
+
+
+@dataclass(frozen=True)
+class FinetuneSetup:
+    """What every fine-tune run of one stage call (or one trial) shares."""
+
+    cfg: FinetuneRun
+    ae_state: dict[str, torch.Tensor] | None  # None: the network from random init (finetune.init = random)
+    n_classes: int
+    device: torch.device
+    amp: bool = False
+    # Float images for the reconstruction term; needed when it is on (recon_weight > 0, full mode).
+    unlabelled: torch.Tensor | None = None
+    show_progress: bool = False
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.cfg.finetune.recon_weight > 0 and self.cfg.finetune.mode == "full"
+
+    def fresh(self) -> tuple[Classifier, Autoencoder]:
+        """A new classifier on a new copy of the autoencoder (returned too: its decoder may train)."""
+        set_seed(self.cfg.seed)
+        ae = build_model(run_config(self.cfg)).to(self.device)
+        if self.ae_state is not None:
+            ae.load_state_dict(self.ae_state)
+        return build_classifier(ae, self.cfg.finetune, self.n_classes).to(self.device), ae
+
+    def aux(self, ae: Autoencoder) -> dict[str, object]:
+        """`fit_classifier`'s aux_loss / aux_params for the reconstruction term, or nothing."""
+        if not self.semi_supervised:
+            return {}
+        if self.unlabelled is None:
+            raise ValueError("finetune.recon_weight > 0 needs FinetuneSetup.unlabelled images")
+        ae.train()
+        ft = self.cfg.finetune
+        term = ReconstructionTerm(ae, self.unlabelled, ft.recon_weight, ft.batch_size,
+                                  noise_std(run_config(self.cfg)))
+        # The decoder trains too (at the encoder's rate); the encoder is the classifier's own.
+        decoder = [p for n, p in ae.named_parameters() if not n.startswith("encoder.")]
+        return {"aux_loss": term, "aux_params": decoder}
+
+
+def _after_probe(fit: ClassifierFit, probe: ClassifierFit | None) -> ClassifierFit:
+    """One record of both phases: the probe's epochs first, then the whole network's."""
+    if probe is None:
+        return fit
+    fit.history = probe.history + [{**row, "epoch": row["epoch"] + probe.epochs} for row in fit.history]
+    fit.epochs += probe.epochs
+    fit.best_epoch += probe.epochs
+    fit.seconds += probe.seconds
+    return fit
+
+
+def finetune_once(setup: FinetuneSetup, train: XY, val: XY, *, seed: int, desc: str = "finetune",
+                  on_epoch: OnClassifierEpoch | None = None) -> tuple[Classifier, ClassifierFit]:
+    """Fine-tune one classifier from the setup's autoencoder with early stopping on `val`."""
+    ft = setup.cfg.finetune
+    model, ae = setup.fresh()
+    aug = augmentation_for(ft.augment, setup.cfg.data.dataset, train[0].shape[0])
+    kw = {"seed": seed, "augmentation": aug, "amp": setup.amp}
+    probe = None
+    with progress(ft.probe_epochs + ft.max_epochs, desc, enabled=setup.show_progress) as bar:
+        if ft.probe_epochs and ft.mode == "full":
+            # Linear probe, then fine-tune (Kumar et al., "Fine-Tuning can Distort Pretrained
+            # Features and Underperform Out-of-Distribution", ICLR 2022): a trained head first,
+            # so the random head's early gradients do not scramble the pretrained encoder.
+            model.freeze_encoder()
+            probe_cfg = ft.model_copy(update={"max_epochs": ft.probe_epochs, "patience": 0})
+            model, probe = fit_classifier(model, train, val, probe_cfg, setup.device, progress=show_on(bar),
+                                          **kw)
+            model.unfreeze_encoder()
+        model, fit = fit_classifier(model, train, val, ft, setup.device, encoder_lr_scale=ft.encoder_lr_scale,
+                                    on_epoch=on_epoch, progress=show_on(bar), **kw, **setup.aux(ae))
+    return model, _after_probe(fit, probe)
+
+
+@dataclass
+class FoldsResult:
+    """The fine-tune over k stratified folds: each fold's fit (and model, when kept)."""
+
+    fits: list[ClassifierFit] = field(default_factory=list)
+    models: list[Classifier] = field(default_factory=list)
+
+    @property
+    def fold_val_acc(self) -> list[float]:
+        return [f.best_val_acc for f in self.fits]
+
+    @property
+    def fold_epochs(self) -> list[int]:
+        return [f.epochs for f in self.fits]
+
+    @property
+    def val_acc_mean(self) -> float:
+        return statistics.fmean(self.fold_val_acc)
+
+    @property
+    def val_acc_std(self) -> float:
+        return statistics.pstdev(self.fold_val_acc) if len(self.fits) > 1 else 0.0
+
+
+def finetune_folds(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, *,
+                   on_epoch: OnFoldEpoch | None = None, keep_models: bool = True,
+                   desc: str = "finetune") -> FoldsResult:
+    """Fine-tune on each of `folds` stratified folds of the labelled `pool` (fold assignment fixed
+    by `fold_seed`; fold k trains with seed `cfg.seed + k`), one fold after another."""
+    result = FoldsResult()
+    for k, (tr, va) in enumerate(stratified_folds(pool.y, folds, fold_seed)):
+        hook = functools.partial(on_epoch, k) if on_epoch is not None else None
+        train, val = split_xy(pool.take(tr), setup.device), split_xy(pool.take(va), setup.device)
+        model, fit = finetune_once(setup, train, val, seed=setup.cfg.seed + k,
+                                   desc=f"{desc} fold {k + 1}/{folds}", on_epoch=hook)
+        result.fits.append(fit)
+        if keep_models:
+            result.models.append(model)
+    return result
