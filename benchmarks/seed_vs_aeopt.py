@@ -19,20 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from aeopt.config import load_study_spec
+from aeopt.search.studies import create_study, load_study
+from aeopt.search.worker import run_worker
 
-from aeopt.config import load_study_spec  # noqa: E402
-from aeopt.search.studies import create_study, load_study  # noqa: E402
-from aeopt.search.worker import run_worker  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # for studies/*.yaml
 
 
 def _duration(t: optuna.trial.FrozenTrial) -> float:
@@ -60,11 +59,12 @@ def run_grid(url: str, common: list[str], data_dir: str | None, device: str | No
     }
 
 
-def run_aeopt(url: str, space: str, common: list[str], target: float, max_trials: int, data_dir: str | None,
-              device: str | None, max_seconds: float) -> dict:
+def run_aeopt(url: str, space: str, common: list[str], target: float, max_trials: int,
+              data_dir: str | None, device: str | None, max_seconds: float) -> dict:
     if space == "grid":
-        spec = load_study_spec(REPO / "studies" / "seed_grid.yaml", common + [
-            "sampler.name=tpe", "sampler.n_startup_trials=3", "pruner.name=hyperband", "pruner.min_resource=2"])
+        tpe_hyperband = ["sampler.name=tpe", "sampler.n_startup_trials=3", "pruner.name=hyperband",
+                         "pruner.min_resource=2"]
+        spec = load_study_spec(REPO / "studies" / "seed_grid.yaml", common + tpe_hyperband)
     else:
         spec = load_study_spec(REPO / "studies" / "conv_ae.yaml", common + ["sampler.n_startup_trials=5"])
     name = f"aeopt_{space}"
@@ -109,32 +109,38 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=12000)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--max-epochs", type=int, default=50)
-    ap.add_argument("--space", default="grid,wide", help="aeopt arms: grid (same space), wide (conv_ae.yaml's)")
+    ap.add_argument("--space", default="grid,wide",
+                    help="aeopt arms: grid (same space), wide (conv_ae.yaml's)")
     ap.add_argument("--max-trials", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=600, help="per aeopt arm")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    common = [f"data.train_subset={args.train_subset}", f"cv.folds={args.folds}", f"budget.max_epochs={args.max_epochs}"]
+    # The heartbeat options are marked experimental; `aeopt` itself silences this at its entry point.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    common = [f"data.train_subset={args.train_subset}", f"cv.folds={args.folds}",
+              f"budget.max_epochs={args.max_epochs}"]
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         grid = run_grid(url, common, args.data_dir, args.device)
         print(f"grid: best {grid['best_value']:.5f} {grid['best_params']}, {grid['epochs_to_best']} epochs / "
-              f"{grid['seconds_to_best']:.1f} s to reach it ({grid['epochs_total']} epochs, {grid['seconds_total']:.1f} s in all)")
+              f"{grid['seconds_to_best']:.1f} s to reach it ({grid['epochs_total']} epochs, "
+              f"{grid['seconds_total']:.1f} s in all)")
         arms = []
         for space in [s for s in args.space.split(",") if s]:
-            arm = run_aeopt(url, space, common, grid["best_value"], args.max_trials, args.data_dir, args.device,
-                            args.max_seconds)
+            arm = run_aeopt(url, space, common, grid["best_value"], args.max_trials, args.data_dir,
+                            args.device, args.max_seconds)
             arms.append(arm)
             if arm["reached"]:
-                print(f"aeopt ({space} space): reached {grid['best_value']:.5f} after {arm['epochs_to_target']} epochs / "
-                      f"{arm['seconds_to_target']:.1f} s ({arm['trials']} trials, {arm['pruned']} pruned) -> "
+                print(f"aeopt ({space} space): reached {grid['best_value']:.5f} after "
+                      f"{arm['epochs_to_target']} epochs / {arm['seconds_to_target']:.1f} s "
+                      f"({arm['trials']} trials, {arm['pruned']} pruned) -> "
                       f"{grid['epochs_to_best'] / arm['epochs_to_target']:.1f}x fewer epochs, "
                       f"{grid['seconds_to_best'] / arm['seconds_to_target']:.1f}x less time")
             else:
-                print(f"aeopt ({space} space): did not reach {grid['best_value']:.5f} in {arm['trials']} trials / "
-                      f"{arm['epochs_spent']} epochs (best {arm['best_value']})")
+                print(f"aeopt ({space} space): did not reach {grid['best_value']:.5f} in {arm['trials']} "
+                      f"trials / {arm['epochs_spent']} epochs (best {arm['best_value']})")
     result = {"args": vars(args), "grid": grid, "aeopt": arms}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -18,14 +18,31 @@ machine shared with other work slows both alike.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gzip
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from aeopt.config import RunConfig, load_run_config
+from aeopt.training.data import load_dataset, stratified_subset, to_float
+from aeopt.training.engine import Trainer, make_optimizer, resolve_device, set_seed
+from aeopt.training.losses import reconstruction_loss
+from aeopt.training.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]  # for configs/*.yaml
+TV_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte")
 
 
 def _sync(device: torch.device) -> None:
@@ -37,19 +54,14 @@ def _torchvision_root(folder: Path) -> Path:
     """A root that torchvision's FashionMNIST reads with download=False: <root>/FashionMNIST/raw
     holding the uncompressed training files. aeopt also reads .gz files and flat folders
     (Debian's), so anything else is unpacked once into a temporary folder."""
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if folder.name == "raw" and folder.parent.name == "FashionMNIST" and all((folder / n).is_file() for n in names):
+    in_place = folder.name == "raw" and folder.parent.name == "FashionMNIST"
+    if in_place and all((folder / n).is_file() for n in TV_FILES):
         return folder.parent.parent
-    import atexit
-    import gzip
-    import shutil
-    import tempfile
-
     root = Path(tempfile.mkdtemp(prefix="aeopt-tv-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for n in names:
+    for n in TV_FILES:
         if (folder / n).is_file():
             shutil.copyfile(folder / n, raw / n)
         else:
@@ -58,27 +70,100 @@ def _torchvision_root(folder: Path) -> Path:
     return root
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=None, help="folder with FashionMNIST/raw (default: AEOPT_DATA_DIR, cache, Debian)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with FashionMNIST/raw (default: AEOPT_DATA_DIR, cache, Debian)")
     ap.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs of each, alternating (default 2)")
-    ap.add_argument("--train-size", type=int, default=48_000, help="training images per epoch (default 48000)")
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "conv_ae.yaml"))
+    ap.add_argument("--train-size", type=int, default=48_000,
+                    help="training images per epoch (default 48000)")
+    ap.add_argument("--config", default=str(REPO / "configs" / "conv_ae.yaml"))
     ap.add_argument("--workers", type=int, default=0, help="DataLoader num_workers (default 0)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="write the results here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
 
-    from aeopt.config import load_run_config
-    from aeopt.training.data import load_dataset, stratified_subset, to_float
-    from aeopt.training.engine import Trainer, make_optimizer, resolve_device, set_seed
-    from aeopt.training.losses import reconstruction_loss
-    from aeopt.training.models import build_model
+class NaiveLoop:
+    """The loop most tutorials write: a DataLoader over PIL images, `loss.item()` per step."""
 
+    def __init__(self, cfg: RunConfig, loader: DataLoader, n: int, device: torch.device):
+        set_seed(0)
+        self.model = build_model(cfg).to(device)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.loader, self.n, self.device = loader, n, device
+
+    def epoch(self) -> float:
+        self.model.train()
+        total = 0.0
+        for xb, _ in self.loader:
+            xb = xb.to(self.device, non_blocking=True)
+            loss = reconstruction_loss(self.model, xb, xb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * xb.shape[0]
+        return total / self.n
+
+    def warm_up(self, batches: int = 4) -> None:
+        for i, (xb, _) in enumerate(self.loader):
+            reconstruction_loss(self.model, xb.to(self.device), xb.to(self.device)).backward()
+            if i == batches - 1:
+                break
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _timed(fn: Callable[[], float], device: torch.device) -> tuple[float, float, float]:
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = fn()
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0, loss
+
+
+def _pipelines_alone(loader: DataLoader, x: torch.Tensor, bs: int, device: torch.device) -> dict[str, float]:
+    """Seconds per epoch of each input pipeline without a model: what a loop pays before any compute."""
+    def loader_only() -> float:
+        for xb, _ in loader:
+            xb.to(device, non_blocking=True)
+        return float("nan")
+
+    def slices_only() -> float:
+        perm = torch.randperm(x.shape[0], device=device)
+        for start in range(0, x.shape[0], bs):
+            x[perm[start : start + bs]]
+        return float("nan")
+
+    return {"dataloader": _timed(loader_only, device)[0], "engine": _timed(slices_only, device)[0]}
+
+
+def _summary(rows: list[dict], n: int) -> dict:
+    mean = statistics.fmean(r["seconds"] for r in rows)
+    cpu = statistics.fmean(r["cpu_seconds"] for r in rows)
+    return {"seconds_per_epoch": mean, "images_per_second": n / mean, "cpu_seconds_per_epoch": cpu,
+            "epochs": rows}
+
+
+def _print_table(result: dict, epochs: int) -> None:
+    e, d, data_only = result["engine"], result["dataloader"], result["input_pipeline_seconds_per_epoch"]
+    print(f"\n{result['train_size']} images per epoch, batch {result['batch_size']}, {epochs} epochs each, "
+          f"device {result['device']} ({result['device_name']}), {result['cpu_threads']} CPU threads")
+    print("| loop | s / epoch | images / s | CPU s / epoch |\n|---|---:|---:|---:|")
+    print(f"| aeopt engine (whole on-device tensors) | {e['seconds_per_epoch']:.2f} | "
+          f"{e['images_per_second']:,.0f} | {e['cpu_seconds_per_epoch']:.2f} |")
+    print(f"| torchvision + ToTensor + DataLoader (workers {result['dataloader_workers']}) | "
+          f"{d['seconds_per_epoch']:.2f} | {d['images_per_second']:,.0f} | "
+          f"{d['cpu_seconds_per_epoch']:.2f} |")
+    print(f"input pipeline alone, s / epoch: DataLoader {data_only['dataloader']:.2f}, "
+          f"engine slices {data_only['engine']:.3f}")
+    print(f"speedup: {result['speedup']:.2f}x (by CPU time {result['speedup_cpu_time']:.2f}x); "
+          f"engine seconds per epoch over 48,000 images: {result['engine_seconds_per_48000']:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -88,9 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     ds = load_dataset("fashion_mnist", args.data_dir)
     idx = stratified_subset(ds.train.y, args.train_size, seed=0)
     n = len(idx)
-
-    tv_root = _torchvision_root(Path(ds.source))
-    tv_train = datasets.FashionMNIST(str(tv_root), train=True, download=False, transform=transforms.ToTensor())
+    tv_train = datasets.FashionMNIST(str(_torchvision_root(Path(ds.source))), train=True, download=False,
+                                     transform=transforms.ToTensor())
     loader = DataLoader(Subset(tv_train, idx.tolist()), batch_size=bs, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                         generator=torch.Generator().manual_seed(0))
@@ -99,65 +183,19 @@ def main(argv: list[str] | None = None) -> dict:
     x = to_float(ds.train.x[idx], device)
     set_seed(0)
     engine = Trainer(build_model(cfg), cfg, device, seed=0)
-
-    set_seed(0)
-    naive_model = build_model(cfg).to(device)
-    naive_opt = make_optimizer(naive_model.parameters(), cfg)
-
-    def naive_epoch() -> float:
-        naive_model.train()
-        total = 0.0
-        for xb, _ in loader:
-            xb = xb.to(device, non_blocking=True)
-            loss = reconstruction_loss(naive_model, xb, xb)
-            naive_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            naive_opt.step()
-            total += loss.item() * xb.shape[0]
-        return total / n
-
-    def timed(fn) -> tuple[float, float, float]:
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = fn()
-        _sync(device)
-        return time.perf_counter() - t0, time.process_time() - c0, loss
+    naive = NaiveLoop(cfg, loader, n, device)
 
     # Warm-up (allocator, kernels, lazy imports): a few batches of each, not timed.
     engine.train_epoch(x[: 4 * bs])
-    for i, (xb, _) in enumerate(loader):
-        reconstruction_loss(naive_model, xb.to(device), xb.to(device)).backward()
-        if i == 3:
-            break
-    naive_opt.zero_grad(set_to_none=True)
+    naive.warm_up()
 
-    rows = {"engine": [], "dataloader": []}
+    rows: dict[str, list[dict]] = {"engine": [], "dataloader": []}
     for epoch in range(1, args.epochs + 1):
-        for name, fn in (("engine", lambda: engine.train_epoch(x)), ("dataloader", naive_epoch)):
-            seconds, cpu, loss = timed(fn)
+        for name, fn in (("engine", lambda: engine.train_epoch(x)), ("dataloader", naive.epoch)):
+            seconds, cpu, loss = _timed(fn, device)
             rows[name].append({"epoch": epoch, "seconds": seconds, "cpu_seconds": cpu, "loss": loss})
-            print(f"epoch {epoch} {name:<10} {seconds:7.2f} s  {n / seconds:9.0f} img/s  (CPU time {cpu:6.2f} s)  "
-                  f"loss {loss:.4f}", file=sys.stderr)
-
-    # The input pipelines alone (no model): what each loop pays per epoch before any compute.
-    def loader_only() -> float:
-        for xb, _ in loader:
-            xb.to(device, non_blocking=True)
-        return float("nan")
-
-    def slices_only() -> float:
-        perm = torch.randperm(n, device=device)
-        for start in range(0, n, bs):
-            x[perm[start : start + bs]]
-        return float("nan")
-
-    data_only = {"dataloader": timed(loader_only)[0], "engine": timed(slices_only)[0]}
-
-    def summary(name: str) -> dict:
-        mean = statistics.fmean(r["seconds"] for r in rows[name])
-        cpu = statistics.fmean(r["cpu_seconds"] for r in rows[name])
-        return {"seconds_per_epoch": mean, "images_per_second": n / mean, "cpu_seconds_per_epoch": cpu,
-                "epochs": rows[name]}
+            print(f"epoch {epoch} {name:<10} {seconds:7.2f} s  {n / seconds:9.0f} img/s  "
+                  f"(CPU time {cpu:6.2f} s)  loss {loss:.4f}", file=sys.stderr)
 
     result = {
         "benchmark": "throughput",
@@ -170,26 +208,16 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": bs,
         "train_size": n,
         "dataloader_workers": args.workers,
-        "engine": summary("engine"),
-        "dataloader": summary("dataloader"),
+        "engine": _summary(rows["engine"], n),
+        "dataloader": _summary(rows["dataloader"], n),
+        "input_pipeline_seconds_per_epoch": _pipelines_alone(loader, x, bs, device),
     }
-    result["input_pipeline_seconds_per_epoch"] = data_only
     result["speedup"] = result["engine"]["images_per_second"] / result["dataloader"]["images_per_second"]
     # CPU time of this process: on a machine shared with other jobs, the fairer single-thread figure.
-    result["speedup_cpu_time"] = result["dataloader"]["cpu_seconds_per_epoch"] / result["engine"]["cpu_seconds_per_epoch"]
+    result["speedup_cpu_time"] = (result["dataloader"]["cpu_seconds_per_epoch"]
+                                  / result["engine"]["cpu_seconds_per_epoch"])
     result["engine_seconds_per_48000"] = 48_000 / result["engine"]["images_per_second"]
-
-    e, d = result["engine"], result["dataloader"]
-    print(f"\n{n} images per epoch, batch {bs}, {args.epochs} epochs each, device {device} ({result['device_name']}), "
-          f"{result['cpu_threads']} CPU threads")
-    print("| loop | s / epoch | images / s | CPU s / epoch |\n|---|---:|---:|---:|")
-    print(f"| aeopt engine (whole on-device tensors) | {e['seconds_per_epoch']:.2f} | {e['images_per_second']:,.0f} | "
-          f"{e['cpu_seconds_per_epoch']:.2f} |")
-    print(f"| torchvision + ToTensor + DataLoader (workers {args.workers}) | {d['seconds_per_epoch']:.2f} | "
-          f"{d['images_per_second']:,.0f} | {d['cpu_seconds_per_epoch']:.2f} |")
-    print(f"input pipeline alone, s / epoch: DataLoader {data_only['dataloader']:.2f}, engine slices {data_only['engine']:.3f}")
-    print(f"speedup: {result['speedup']:.2f}x (by CPU time {result['speedup_cpu_time']:.2f}x); "
-          f"engine seconds per epoch over 48,000 images: {result['engine_seconds_per_48000']:.2f} s")
+    _print_table(result, args.epochs)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
