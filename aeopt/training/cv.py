@@ -2,6 +2,12 @@
 
 After each epoch the mean validation loss across folds goes to `on_epoch`, so a caller can stop
 the whole run there (the Optuna objective prunes through it). Knows nothing about Optuna.
+
+Two ways to train the folds, with the same results (tests/unit/training/test_fused.py): one
+`Trainer` per fold, one after another, or all folds fused into one vmapped step per batch
+(aeopt.training.fused). Fused is the default on CUDA, where small models are bound by kernel
+launches; sequential on the CPU, where the grouped convolutions of the fused step measured slower
+(benchmarks/fused_folds.py: 0.66x on the 2-core machine, report's network, batch 256).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 from aeopt.config import RunConfig
 from aeopt.training.data import Split, stratified_folds, to_float
 from aeopt.training.engine import Trainer, set_seed
+from aeopt.training.fused import FusedFolds
+from aeopt.training.kinds import gradient_step, kind_of
 from aeopt.training.models import build_model
 
 # on_epoch(epoch, mean validation loss over folds, per-fold validation losses)
@@ -37,10 +45,57 @@ class CVResult:
     model: torch.nn.Module | None = None
     model_fold: int = 0
     sample: torch.Tensor | None = None
+    fused: bool = False  # whether the folds trained fused (one vmapped step per batch)
 
     @property
     def std(self) -> float:
         return statistics.pstdev(self.fold_losses) if len(self.fold_losses) > 1 else 0.0
+
+
+def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -> bool:
+    """Whether to fuse the folds: as asked, else on CUDA only. A kind with its own training step
+    (more than one optimizer, say) always trains its folds one after another."""
+    if kind_of(cfg).train_step is not gradient_step:
+        return False
+    return device.type == "cuda" if fused is None else fused
+
+
+class _SequentialFolds:
+    """One Trainer per fold, each over its own copy of its training images."""
+
+    def __init__(self, models: list[torch.nn.Module], cfg: RunConfig, device: torch.device, x: torch.Tensor,
+                 train_idx: list[torch.Tensor], *, amp: bool):
+        self.trainers = [Trainer(m, cfg, device, seed=cfg.seed + k, amp=amp) for k, m in enumerate(models)]
+        self.train_x = [x[idx] for idx in train_idx]
+
+    def train_epoch(self) -> None:
+        for trainer, x in zip(self.trainers, self.train_x, strict=True):
+            trainer.train_epoch(x)
+
+    def evaluate(self, fold: int, x: torch.Tensor) -> float:
+        return self.trainers[fold].evaluate(x)
+
+    def state(self, fold: int) -> dict[str, torch.Tensor]:
+        return self.trainers[fold].state()
+
+
+class _FusedFolds:
+    """The same interface over FusedFolds: every fold's batch in one step."""
+
+    def __init__(self, models: list[torch.nn.Module], cfg: RunConfig, device: torch.device, x: torch.Tensor,
+                 train_idx: list[torch.Tensor], *, amp: bool):
+        seeds = [cfg.seed + k for k in range(len(models))]
+        self.fused = FusedFolds(models, cfg, device, seeds=seeds, amp=amp)
+        self.x, self.train_idx = x, train_idx
+
+    def train_epoch(self) -> None:
+        self.fused.train_epoch(self.x, self.train_idx)
+
+    def evaluate(self, fold: int, x: torch.Tensor) -> float:
+        return self.fused.evaluate(fold, x)
+
+    def state(self, fold: int) -> dict[str, torch.Tensor]:
+        return self.fused.state(fold)
 
 
 def cross_validate(
@@ -53,49 +108,56 @@ def cross_validate(
     on_epoch: OnCVEpoch | None = None,
     amp: bool = False,
     patience: int = 0,
+    fused: bool | None = None,
 ) -> CVResult:
     """Train one model per stratified fold of `pool` (the training split only), in lockstep.
 
     `patience` > 0 stops when the mean validation loss has not improved for that many epochs
     (the report's early stopping); studies with a pruner leave it at 0 and prune instead.
+    `fused`: train the folds in one vmapped step (None: on CUDA only; see `use_fused`).
     """
     set_seed(cfg.seed)
     x_all = to_float(pool.x, device)
-    fold_data = []
-    trainers = []
+    train_idx, val_x, models = [], [], []
     for k, (tr, va) in enumerate(stratified_folds(pool.y, folds, fold_seed)):
-        tr, va = tr.to(device), va.to(device)
-        fold_data.append((x_all[tr], x_all[va]))
+        train_idx.append(tr.to(device))
+        val_x.append(x_all[va.to(device)])
         torch.manual_seed(cfg.seed + k)
-        trainers.append(Trainer(build_model(cfg), cfg, device, seed=cfg.seed + k, amp=amp))
-    del x_all
-    result_sample = fold_data[0][1][:16]
+        models.append(build_model(cfg).to(device))
+    backend = (_FusedFolds if use_fused(cfg, device, fused) else _SequentialFolds)(
+        models, cfg, device, x_all, train_idx, amp=amp)
+    result = CVResult(model=models[0], sample=val_x[0][:16], fused=isinstance(backend, _FusedFolds))
+    best_state = _run_epochs(backend, cfg, val_x, sum(idx.numel() for idx in train_idx), device, result,
+                             on_epoch=on_epoch, patience=patience)
+    if best_state is not None:
+        result.model.load_state_dict(best_state)
+    return result
 
-    result = CVResult(model=trainers[0].model, sample=result_sample)
+
+def _run_epochs(backend: _SequentialFolds | _FusedFolds, cfg: RunConfig, val_x: list[torch.Tensor],
+                n_train: int, device: torch.device, result: CVResult, *, on_epoch: OnCVEpoch | None,
+                patience: int) -> dict[str, torch.Tensor] | None:
+    """The epoch loop; fills `result` and returns fold 0's state at the best mean epoch."""
     train_time = 0.0
     start = time.perf_counter()
-    n_train = sum(tr.shape[0] for tr, _ in fold_data)
     best_state = None
     for epoch in range(1, cfg.budget.max_epochs + 1):
         t0 = time.perf_counter()
-        for trainer, (tr, _) in zip(trainers, fold_data, strict=True):
-            trainer.train_epoch(tr)
+        backend.train_epoch()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-        losses = [trainer.evaluate(va) for trainer, (_, va) in zip(trainers, fold_data, strict=True)]
+        losses = [backend.evaluate(k, x) for k, x in enumerate(val_x)]
         mean = sum(losses) / len(losses)
         result.history.append(mean)
         result.epochs = epoch
         if mean < result.value:
             result.value, result.best_epoch, result.fold_losses = mean, epoch, losses
-            best_state = trainers[0].state()
+            best_state = backend.state(0)
         result.seconds = time.perf_counter() - start
         result.images_per_second = epoch * n_train / max(train_time, 1e-9)
         if on_epoch:
             on_epoch(epoch, mean, losses)
         if patience and epoch - result.best_epoch >= patience:
             break
-    if best_state is not None:
-        result.model.load_state_dict(best_state)
-    return result
+    return best_state

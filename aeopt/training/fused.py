@@ -73,7 +73,8 @@ class StackedOptimizer:
                 self.state[name] = new_state
             else:
                 p.copy_(torch.where(mask, new_p, p))
-                self.state[name] = {key: torch.where(mask, value, self.state[name].get(key, torch.zeros_like(value)))
+                old = self.state[name]
+                self.state[name] = {key: torch.where(mask, value, old.get(key, torch.zeros_like(value)))
                                     for key, value in new_state.items()}
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, state: Tensors) -> tuple[torch.Tensor, Tensors]:
@@ -113,7 +114,8 @@ class _Bound(nn.Module):
         return getattr(object.__getattribute__(self, "_base"), name)
 
     def forward(self, *args):
-        return functional_call(object.__getattribute__(self, "_base"), object.__getattribute__(self, "_tensors"), args)
+        base = object.__getattribute__(self, "_base")
+        return functional_call(base, object.__getattribute__(self, "_tensors"), args)
 
 
 class FusedFolds:
@@ -134,18 +136,21 @@ class FusedFolds:
         self.amp = amp and device.type == "cuda"
         self._fused_loss = vmap(self._loss, in_dims=(0, 0, 0, 0), randomness="different")
 
-    def _loss(self, params: Tensors, buffers: Tensors, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, params: Tensors, buffers: Tensors, x_in: torch.Tensor,
+              target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return reconstruction_loss(_Bound(self.base, params, buffers), x_in, target)
+
+    def _fold(self, i: int) -> tuple[Tensors, Tensors]:
+        """Fold i's parameters and buffers: views into the stacked tensors (gradients flow back)."""
+        return {n: p[i] for n, p in self.params.items()}, {n: b[i] for n, b in self.buffers.items()}
 
     def _inputs(self, target: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return add_noise(target, self.noise, gen)
 
     def _step_fold(self, i: int, target: torch.Tensor) -> torch.Tensor:
         """One step of fold i alone (the tail of an epoch); the other folds are masked out."""
-        params = {n: p[i] for n, p in self.params.items()}
-        buffers = {n: b[i] for n, b in self.buffers.items()}
-        loss = self._loss(params, buffers, self._inputs(target, self.generators[i]), target)
+        loss = self._loss(*self._fold(i), self._inputs(target, self.generators[i]), target)
         self.optimizer.zero_grad()
         loss.backward()
         active = torch.zeros(self.k, dtype=torch.bool, device=self.device)
@@ -185,7 +190,7 @@ class FusedFolds:
     def evaluate(self, i: int, x: torch.Tensor, *, seed: int = 0) -> float:
         """Fold i's mean validation loss on `x` (eval mode, noise from a fixed seed, beta 1)."""
         self.base.eval()
-        model = _Bound(self.base, {n: p[i] for n, p in self.params.items()}, {n: b[i] for n, b in self.buffers.items()})
+        model = _Bound(self.base, *self._fold(i))
         g = torch.Generator(device=self.device).manual_seed(seed)
         total = 0.0
         for start in range(0, x.shape[0], EVAL_BATCH):

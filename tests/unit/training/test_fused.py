@@ -102,3 +102,23 @@ def test_stacked_optimizer_equals_torch_optim_and_masked_folds_stand_still(name)
             o.step()
     for i, p in enumerate(singles):
         assert torch.allclose(stacked["w"][i], p.detach(), atol=1e-6), (name, i)
+
+
+def test_cross_validate_fused_and_sequential_agree_and_fused_is_recorded():
+    from aeopt.training.cv import cross_validate, use_fused
+    from aeopt.training.data import Split
+
+    small = {"kind": "conv_ae", "dropout": 0.0, "c1": 4, "c2": 8, "c3": 8, "fc": 16}
+    cfg = RunConfig.model_validate({"model": small, "budget": {"batch_size": 64, "max_epochs": 2}})
+    g = torch.Generator().manual_seed(1)
+    pool = Split((torch.rand(300, 1, 28, 28, generator=g) * 255).to(torch.uint8), torch.arange(300) % 10)
+    seq = cross_validate(cfg, pool, 3, 0, CPU, fused=False)
+    fused = cross_validate(cfg, pool, 3, 0, CPU, fused=True)
+    assert (seq.fused, fused.fused) == (False, True)
+    assert fused.history == pytest.approx(seq.history, rel=2e-4)
+    assert fused.best_epoch == seq.best_epoch
+    # fold 0's model is restored to the best epoch on both paths
+    for a, b in zip(seq.model.state_dict().values(), fused.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert use_fused(cfg, CPU) is False  # CPU default: sequential (measured faster there)
+    assert use_fused(cfg, torch.device("cuda")) is True
