@@ -122,3 +122,24 @@ def test_cross_validate_fused_and_sequential_agree_and_fused_is_recorded():
         assert torch.allclose(a, b, atol=1e-4)
     assert use_fused(cfg, CPU) is False  # CPU default: sequential (measured faster there)
     assert use_fused(cfg, torch.device("cuda")) is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_suite.sh runs it)")
+@pytest.mark.parametrize("model", [{"kind": "conv_ae", "dropout": 0.0, "batch_norm": True},
+                                   {"kind": "vae", "hidden1": 64, "hidden2": 32}])
+def test_fused_folds_on_cuda_match_the_cpu_sequential_path(model):
+    cuda = torch.device("cuda")
+    cfg, sequential, _ = _pair(model, "adam", SIZES)
+    models = []
+    for k in range(len(SIZES)):
+        torch.manual_seed(k)
+        models.append(build_model(cfg))
+    fused = FusedFolds(models, cfg, cuda, seeds=list(range(len(SIZES))))
+    x, folds, val = _data(SIZES)
+    for t, f in zip(sequential, folds, strict=True):
+        t.train_epoch(x[f])
+    fused.train_epoch(x.to(cuda), folds)
+    # Other random streams on the GPU (VAE sampling) and TF32 convolutions: close, not equal.
+    tol = 5e-2 if model["kind"] == "vae" else 1e-2
+    assert [fused.evaluate(i, val.to(cuda)) for i in range(len(SIZES))] == pytest.approx(
+        [t.evaluate(val) for t in sequential], rel=tol)
