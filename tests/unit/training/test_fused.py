@@ -124,7 +124,7 @@ def test_cross_validate_fused_and_sequential_agree_and_fused_is_recorded():
     assert use_fused(cfg, torch.device("cuda")) is True
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_suite.sh runs it)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gpu_suite.sh runs it)")
 @pytest.mark.parametrize("model", [{"kind": "conv_ae", "dropout": 0.0, "batch_norm": True},
                                    {"kind": "vae", "hidden1": 64, "hidden2": 32}])
 def test_fused_folds_on_cuda_match_the_cpu_sequential_path(model):
