@@ -21,9 +21,10 @@ import optuna
 import torch
 
 from aeopt.config import ClassifierStudySpec, FinetuneRun
-from aeopt.search.objective import TRIAL_ERRORS, check_surplus
+from aeopt.search.objective import TRIAL_ERRORS, check_surplus, fail_reason
 from aeopt.search.records import TrialRecord
 from aeopt.search.space import suggest
+from aeopt.search.storage import Storage
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_folds
 from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
 from aeopt.training.data import Split, prepare, stratified_subset, to_float
@@ -52,12 +53,13 @@ def _prune_on_first_fold(trial: optuna.Trial, fold: int, epoch: int, val_acc: fl
 class ClassifierObjective:
     """Objective for a classifier study: k-fold fine-tuning on one pretrained autoencoder.
 
-    Takes the same keywords as the autoencoder study's `Objective`; a classifier trial uploads no
-    artifacts, so `upload_artifacts` is accepted and not used."""
+    Built like every task's objective (`aeopt.search.objective.ObjectiveFactory`); a classifier
+    trial uploads no artifacts, so `upload_artifacts` and `storage` are accepted and not used."""
 
     def __init__(self, spec: ClassifierStudySpec, *, data_dir: str | None = None, device: str | None = None,
-                 amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True):
-        del upload_artifacts  # see the class docstring
+                 amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True,
+                 storage: Storage | None = None):
+        del upload_artifacts, storage  # see the class docstring
         self.spec = spec
         self.device = resolve_device(device)
         self.amp = amp
@@ -99,8 +101,7 @@ class ClassifierObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         check_surplus(trial, self.target_trials)  # the same study-wide target rule as autoencoder studies
         cfg: FinetuneRun = self.spec.run_config(suggest(trial, self.spec.space))
-        record = TrialRecord.started(self.device)
-        record.write(trial)
+        TrialRecord.started(self.device).write(trial)
         start = time.perf_counter()
         try:
             hook = functools.partial(_prune_on_first_fold, trial)
@@ -108,15 +109,11 @@ class ClassifierObjective:
             folds = finetune_folds(self._setup(cfg), self._labelled(cfg), cv.folds, cv.seed, on_epoch=hook,
                                    keep_models=False)
         except TRIAL_ERRORS as exc:
-            record.fail_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            record.write(trial, "fail_reason")
+            TrialRecord(fail_reason=fail_reason(exc)).write(trial)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
         errors = [1.0 - acc for acc in folds.fold_val_acc]
-        record.fold_losses, record.fold_val_acc = errors, folds.fold_val_acc
-        record.cv_std = statistics.pstdev(errors)
-        record.epochs = max(folds.fold_epochs)
-        record.seconds = round(time.perf_counter() - start, 3)
-        record.write(trial)
+        TrialRecord(fold_losses=errors, fold_val_acc=folds.fold_val_acc, cv_std=statistics.pstdev(errors),
+                    epochs=max(folds.fold_epochs), seconds=round(time.perf_counter() - start, 3)).write(trial)
         return statistics.fmean(errors)

@@ -59,26 +59,26 @@ def labelled_split(data_cfg: DataConfig, labels: int | None, data_dir: str | Non
 
 
 @dataclass(frozen=True)
-class TestResult:
+class FinalEvaluation:
     accuracy: float
     loss: float
     matrix: list[list[int]]  # rows: true class, columns: predicted class
 
 
 def evaluate_on_test(models: list[nn.Module], test: Split, n_classes: int, device: torch.device, *,
-                     amp: bool = False) -> TestResult:
+                     amp: bool = False) -> FinalEvaluation:
     """The test split, touched once: one model's predictions, or the mean of several models'
     softmax outputs (the fold models of a k-fold fine-tune)."""
     x, y = to_float(test.x, device), test.y.to(device)
     if len(models) == 1:
         ev = evaluate(models[0], x, y, amp=amp)
-        return TestResult(ev.accuracy, ev.loss, confusion_matrix(test.y, ev.predictions, n_classes))
+        return FinalEvaluation(ev.accuracy, ev.loss, confusion_matrix(test.y, ev.predictions, n_classes))
     probs = sum(evaluate(m, x, y, probabilities=True, amp=amp).probabilities for m in models) / len(models)
     pred = probs.argmax(1)
     labels = test.y.cpu()
     accuracy = float((pred == labels).float().mean())
     loss = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-    return TestResult(accuracy, loss, confusion_matrix(labels, pred, n_classes))
+    return FinalEvaluation(accuracy, loss, confusion_matrix(labels, pred, n_classes))
 
 
 def classifier_metrics(
@@ -92,7 +92,7 @@ def classifier_metrics(
     labels: int | None,
     classifier: nn.Module,
     fit: ClassifierFit,
-    test: TestResult,
+    test: FinalEvaluation,
     train_acc: float | None,
     seconds: float,
     started: float,
@@ -131,7 +131,7 @@ def classifier_metrics(
     )
 
 
-def write_classifier_outputs(out: str | Path, metrics: ClassifierMetrics, test: TestResult,
+def write_classifier_outputs(out: str | Path, metrics: ClassifierMetrics, test: FinalEvaluation,
                              classes: list[str], model: nn.Module | None, config: ClassifierConfig,
                              data_source: str) -> None:
     """metrics.json, confusion_matrix.json / .png and, for a single model, classifier.pt in `out`."""

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import statistics
 
+import optuna
 import pytest
+import torch
 import yaml
 from tests.conftest import REPO, run_cli
 from optuna.trial import TrialState
 
-from aeopt.config import ClassifierStudySpec, load_study_spec
+from aeopt.config import ClassifierStudySpec, RunConfig, load_study_spec
 from aeopt.errors import ConfigError
+from aeopt.search.classifier_objective import ClassifierObjective
+from aeopt.search.records import TrialRecord
+from aeopt.search.storage import open_storage
 from aeopt.search.studies import load_study
+from aeopt.training.checkpoint import save_checkpoint
+from aeopt.training.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +60,18 @@ def test_classifier_study_end_to_end(tmp_path):
     (tmp_path / "ae.yaml").unlink()  # workers need only the storage: the AE config is inside the study
     r = run_cli("worker", "--study", "clf", "--storage", url, "--n-trials", "2", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    study, stored = load_study(url, "clf")
+    study, stored = load_study(open_storage(url), "clf")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 2 and isinstance(stored, ClassifierStudySpec)
     for t in done:
         accs = t.user_attrs["fold_val_acc"]
         assert len(accs) == 2 and t.value == pytest.approx(1 - sum(accs) / 2)
+        # The trial record: per-fold validation error, its spread, epochs, where it ran.
+        record = TrialRecord.of(t)
+        assert record.fold_losses == pytest.approx([1 - a for a in accs])
+        assert record.cv_std == pytest.approx(statistics.pstdev(record.fold_losses))
+        assert record.epochs == 3 and record.device == "cpu" and record.host and record.seconds > 0
+        assert record.fail_reason is None
         assert t.value < 0.9  # better than chance on 10 classes
         assert sorted(t.intermediate_values) == [1, 2, 3]
     # The export is a fine-tune config: `aeopt finetune` runs it as it is.
@@ -71,3 +85,38 @@ def test_classifier_study_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["mode"] == exported["finetune"]["mode"]
     assert 0.1 < metrics["test_acc"] <= 1.0
+
+
+def _spec(**changes) -> ClassifierStudySpec:
+    raw = {**AE, "task": "classifier", "name": "clf", "budget": {"max_epochs": 1, "batch_size": 64},
+           "finetune": {"max_epochs": 3, "patience": 0, "min_steps_per_epoch": 5, "batch_size": 64},
+           "cv": {"folds": 2}, "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
+           "space": {"finetune.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
+    return ClassifierStudySpec.model_validate({**raw, **changes})
+
+
+def test_pruning_watches_the_first_fold_only(tmp_path):
+    objective = ClassifierObjective(_spec(), device="cpu")
+    # Prunes as soon as a reported validation error is above 0: at fold 0's first epoch.
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    record = TrialRecord.of(trial)
+    assert record.epochs == 1 and record.fold_losses == [] and record.device == "cpu"
+
+
+def test_a_diverged_autoencoder_fails_the_trial_with_its_reason(tmp_path):
+    # A checkpoint of an autoencoder whose weights went NaN (a run that diverged): every classifier
+    # on it has a NaN loss, and the trial fails with the reason recorded.
+    cfg = RunConfig.model_validate(AE)
+    model = build_model(cfg)
+    with torch.no_grad():
+        next(model.encoder.parameters()).fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan.pt", model, cfg)
+    objective = ClassifierObjective(_spec(checkpoint=str(tmp_path / "nan.pt")), device="cpu")
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL
+    assert TrialRecord.of(trial).fail_reason.startswith("NonFiniteLossError: classifier training loss is nan")

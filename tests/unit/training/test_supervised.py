@@ -1,14 +1,37 @@
-"""The classifier's pieces: batch augmentation, metrics, frozen encoders, the training loop's contract."""
+"""The classifier's pieces: batch augmentation, metrics, frozen encoders, the training loop's contract,
+the fine-tune's classifier and classifier checkpoints (save / load, format tag)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeopt.config import SupervisedConfig
-from aeopt.training.supervised import Classifier, augment, augmentation_for, confusion_matrix, evaluate, fit_classifier, per_class_accuracy
+from aeopt.config import BaselineRun, FinetuneConfig, FinetuneRun, RunConfig, SupervisedConfig
+from aeopt.errors import AeoptError
+from aeopt.training.checkpoint import (
+    build_classifier_model,
+    load_checkpoint,
+    load_classifier_checkpoint,
+    save_checkpoint,
+    save_classifier_checkpoint,
+)
+from aeopt.training.engine import NonFiniteLossError
+from aeopt.training.models import build_model
+from aeopt.training.supervised import (
+    BaselineCNN,
+    Classifier,
+    augment,
+    augmentation_for,
+    build_classifier,
+    confusion_matrix,
+    evaluate,
+    fit_classifier,
+    per_class_accuracy,
+)
 
 
 def test_augment_shifts_each_image_by_its_own_offset_and_flips():
@@ -85,3 +108,119 @@ def test_fit_learns_a_separable_problem_and_restores_the_best_epoch():
     # The returned weights are the best epoch's: evaluating them gives that epoch's figures.
     ev = evaluate(model, x[300:], y[300:])
     assert ev.accuracy == pytest.approx(fit.best_val_acc) and ev.loss == pytest.approx(fit.best_val_loss, rel=1e-5)
+
+
+def test_fit_is_reproducible_from_its_seed_and_stops_on_a_non_finite_loss():
+    x, y = torch.rand(96, 1, 28, 28), torch.randint(0, 3, (96,))
+    cfg = SupervisedConfig(lr=1e-2, max_epochs=2, patience=0, batch_size=32, min_steps_per_epoch=4, augment="none")
+
+    def run(seed: int) -> list[dict[str, float]]:
+        torch.manual_seed(0)
+        clf = Classifier(_encoder(), 4, hidden=8, n_classes=3)
+        # Shifts, flips and several passes per epoch all draw from the run's generator.
+        return fit_classifier(clf, (x[:64], y[:64]), (x[64:], y[64:]), cfg, torch.device("cpu"), seed=seed,
+                              augmentation=(2, True))[1].history
+
+    assert run(1) == run(1) and run(1) != run(2)
+    clf = Classifier(_encoder(), 4, hidden=8, n_classes=3)
+    with pytest.raises(NonFiniteLossError, match="classifier training loss is nan"):
+        fit_classifier(clf, (x[:64], y[:64]), (x[64:], y[64:]), cfg, torch.device("cpu"), seed=0,
+                       aux_loss=lambda _gen: torch.tensor(float("nan")))
+
+
+def test_on_epoch_sees_every_epoch_and_may_stop_the_run():
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 3, (64,))
+    cfg = SupervisedConfig(lr=1e-2, max_epochs=5, patience=0, batch_size=32, augment="none")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(epoch: int, val_acc: float, val_loss: float) -> None:
+        seen.append((epoch, val_acc, val_loss))
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit_classifier(Classifier(_encoder(), 4, n_classes=3), (x[:48], y[:48]), (x[48:], y[48:]), cfg,
+                       torch.device("cpu"), seed=0, on_epoch=on_epoch)
+    assert [e for e, _, _ in seen] == [1, 2] and all(0 <= a <= 1 and b > 0 for _, a, b in seen)
+
+
+# ----- the classifier of a fine-tune, and classifier checkpoints -----------------------------------
+
+
+AE_MODELS = [{"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 6, "dropout": 0.3},
+             {"kind": "vae", "hidden1": 32, "hidden2": 16, "latent_dim": 3}]
+
+
+def test_build_classifier_follows_the_finetune_settings():
+    ae = build_model(RunConfig.model_validate({"model": AE_MODELS[0]}))
+    clf = build_classifier(ae, FinetuneConfig(mode="frozen", encoder_dropout=0.1, head_hidden=12), 5)
+    assert clf.encoder is ae.encoder and clf.frozen
+    assert all(not p.requires_grad for p in clf.encoder.parameters())
+    assert {m.p for m in clf.encoder.modules() if isinstance(m, nn.Dropout)} == {0.1}
+    assert clf(torch.rand(2, 1, 28, 28)).shape == (2, 5) and clf.head[1].out_features == 12
+    kept = build_classifier(build_model(RunConfig.model_validate({"model": AE_MODELS[0]})),
+                            FinetuneConfig(encoder_dropout=None), 5)
+    assert not kept.frozen and {m.p for m in kept.encoder.modules() if isinstance(m, nn.Dropout)} == {0.3}
+
+
+def _trained_a_little(model: nn.Module) -> nn.Module:
+    # Weights and batch-norm statistics away from their initial values, so a round trip is a real test.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.train()
+    model(torch.rand(16, 1, 28, 28))
+    return model.eval()
+
+
+@pytest.mark.parametrize("ae_model", AE_MODELS, ids=lambda m: m["kind"])
+def test_finetuned_classifier_checkpoint_round_trip(tmp_path, ae_model):
+    cfg = FinetuneRun.model_validate({"model": ae_model, "finetune": {"mode": "frozen", "head_hidden": 12},
+                                      "seed": 3})
+    clf = _trained_a_little(build_classifier_model(cfg, 4))
+    save_classifier_checkpoint(tmp_path / "c.pt", clf, cfg, classes=list("abcd"), metrics={"test_acc": 0.5},
+                               data_source="synthetic")
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)  # plain containers: nothing unpickled runs
+    assert payload["format"] == "aeopt.classifier/1" and payload["task"] == "finetune"
+    assert payload["classes"] == list("abcd") and payload["metrics"] == {"test_acc": 0.5}
+    model, cfg2, _ = load_classifier_checkpoint(tmp_path / "c.pt")
+    assert isinstance(model, Classifier) and cfg2 == cfg and model.frozen and not model.training
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(model(x), clf(x))
+
+
+def test_baseline_checkpoint_round_trip_and_older_files_without_class_names(tmp_path):
+    cfg = BaselineRun.model_validate({"model": {"c1": 4, "c2": 8, "fc": 16}, "train": {"lr": 0.01}})
+    cnn = _trained_a_little(build_classifier_model(cfg, 7))
+    save_classifier_checkpoint(tmp_path / "cnn.pt", cnn, cfg, classes=[str(i) for i in range(7)])
+    model, cfg2, payload = load_classifier_checkpoint(tmp_path / "cnn.pt")
+    assert isinstance(model, BaselineCNN) and cfg2 == cfg and payload["task"] == "baseline"
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(model(x), cnn(x))
+    # A file from before the class names and the task were stored: both come from the file itself.
+    old = {k: v for k, v in payload.items() if k not in ("classes", "task")}
+    torch.save(old, tmp_path / "old.pt")
+    model, cfg3, _ = load_classifier_checkpoint(tmp_path / "old.pt")
+    assert isinstance(cfg3, BaselineRun) and torch.equal(model(x), cnn(x))
+
+
+def test_classifier_loader_rejects_other_files_in_one_line(tmp_path):
+    ae_cfg = RunConfig.model_validate({"model": AE_MODELS[0]})
+    save_checkpoint(tmp_path / "ae.pt", build_model(ae_cfg), ae_cfg)
+    torch.save({"format": "aeopt.classifier/9"}, tmp_path / "future.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    cases = {"ae.pt": "an autoencoder checkpoint (aeopt.checkpoint/1), not aeopt.classifier/1",
+             "future.pt": "not an aeopt checkpoint (format aeopt.classifier/9)",
+             "junk.pt": "not a readable aeopt checkpoint", "missing.pt": "no such checkpoint"}
+    for name, expected in cases.items():
+        with pytest.raises(AeoptError, match=re.escape(expected)) as info:
+            load_classifier_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value) and "classifier.pt" in str(info.value)
+    # And the other way round: a classifier is not an autoencoder checkpoint.
+    cfg = BaselineRun()
+    save_classifier_checkpoint(tmp_path / "cnn.pt", build_classifier_model(cfg, 10), cfg, classes=list("0123456789"))
+    with pytest.raises(AeoptError, match=re.escape("a classifier checkpoint (aeopt.classifier/1), not aeopt.checkpoint/1")):
+        load_checkpoint(tmp_path / "cnn.pt")

@@ -1,0 +1,102 @@
+"""The pieces the fine-tune stage shares with the classifier study: the one pretraining path and the
+one k-fold fine-tune loop. Tiny real runs on the synthetic dataset, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aeopt.config import FinetuneRun, run_config
+from aeopt.errors import ConfigError
+from aeopt.stages.finetune_fit import FinetuneSetup, finetune_folds, finetune_once, split_xy
+from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
+from aeopt.stages.train import train_run
+from aeopt.training.data import prepare, stratified_folds, training_pool
+from aeopt.training.engine import set_seed
+from aeopt.training.models import build_model
+
+pytestmark = pytest.mark.slow
+
+CPU = torch.device("cpu")
+TINY = {
+    "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 6, "dropout": 0.0},
+    "data": {"dataset": "synthetic", "train_subset": 300},
+    "budget": {"max_epochs": 2, "batch_size": 64, "patience": 0},
+    "finetune": {"max_epochs": 2, "min_steps_per_epoch": 4, "batch_size": 64, "lr": 1e-2, "head_hidden": 16},
+    "seed": 0,
+}
+
+
+def _cfg(**finetune) -> FinetuneRun:
+    return FinetuneRun.model_validate({**TINY, "finetune": {**TINY["finetune"], **finetune}})
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_pretraining_path_for_the_stage_and_the_study(tmp_path):
+    cfg = _cfg()
+    # The stage's way (as `aeopt train` does: outputs written, test split evaluated) ...
+    staged, info = pretrained_autoencoder(cfg, device=CPU, out=tmp_path / "ae")
+    assert info["source"] == "trained" and "test_mse" in info and (tmp_path / "ae" / "checkpoint.pt").is_file()
+    # ... and a study's (test split untouched, nothing written) train the very same weights.
+    studied, info = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    assert info["source"] == "trained" and "test_mse" not in info and info["epochs"] == 2
+    assert _same(autoencoder_state(staged), autoencoder_state(studied))
+    model, _ = train_run(run_config(cfg), device="cpu", show_progress=False)
+    assert _same(autoencoder_state(model), autoencoder_state(staged))
+
+    loaded, info = pretrained_autoencoder(cfg, device=CPU, checkpoint=tmp_path / "ae" / "checkpoint.pt")
+    assert info["source"] == "checkpoint" and _same(autoencoder_state(loaded), autoencoder_state(staged))
+    other = FinetuneRun.model_validate({**TINY, "model": {"kind": "vae", "latent_dim": 3}})
+    with pytest.raises(ConfigError, match=r"its model section \(conv_ae\) differs from the config's \(vae\)"):
+        pretrained_autoencoder(other, device=CPU, checkpoint=tmp_path / "ae" / "checkpoint.pt")
+
+    fresh, info = pretrained_autoencoder(_cfg(init="random"), device=CPU, checkpoint=tmp_path / "nothing.pt")
+    set_seed(0)
+    assert info == {"source": "random init"} and _same(fresh.state_dict(), build_model(run_config(cfg)).state_dict())
+
+
+def test_every_run_starts_from_the_same_autoencoder_weights():
+    cfg = _cfg()
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    state = autoencoder_state(ae)
+    setup = FinetuneSetup(cfg, state, 10, CPU)
+    (a, _), (b, _) = setup.fresh(), setup.fresh()
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert _same(a.encoder.state_dict(), encoder) and _same(a.state_dict(), b.state_dict())
+    # No autoencoder state: the network from random init, as `finetune.init: random` describes it.
+    random_init, _ = FinetuneSetup(cfg, None, 10, CPU).fresh()
+    assert not _same(random_init.encoder.state_dict(), encoder)
+    with pytest.raises(ValueError, match="unlabelled"):
+        FinetuneSetup(_cfg(recon_weight=0.5), state, 10, CPU).aux(ae)
+
+
+def test_k_fold_loop_reports_each_fold_and_is_reproducible():
+    cfg = _cfg()
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU)
+    pool = training_pool(cfg.data)
+    seen: list[tuple[int, int]] = []
+    result = finetune_folds(setup, pool, 3, 5, on_epoch=lambda fold, epoch, acc, loss: seen.append((fold, epoch)))
+    assert seen == [(k, e) for k in range(3) for e in (1, 2)]
+    assert len(result.models) == 3 and result.fold_epochs == [2, 2, 2]
+    assert result.val_acc_mean == pytest.approx(sum(result.fold_val_acc) / 3) and result.val_acc_std >= 0
+    again = finetune_folds(setup, pool, 3, 5, keep_models=False)
+    assert again.fold_val_acc == result.fold_val_acc and again.models == []
+    # Fold 0 of the loop is exactly one fine-tune on that fold, with seed cfg.seed + 0.
+    tr, va = stratified_folds(pool.y, 3, 5)[0]
+    _, fit = finetune_once(setup, split_xy(pool.take(tr), CPU), split_xy(pool.take(va), CPU), seed=cfg.seed)
+    assert fit.best_val_acc == result.fold_val_acc[0]
+
+
+def test_probe_and_reconstruction_term_run_through_the_loop():
+    cfg = _cfg(probe_epochs=1, recon_weight=0.1)
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    data = prepare(cfg.data)
+    setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU, unlabelled=split_xy(data.train, CPU)[0])
+    model, fit = finetune_once(setup, split_xy(data.train, CPU), split_xy(data.val, CPU), seed=0)
+    # One record of both phases: the probe's epoch, then the whole network's two.
+    assert fit.epochs == 3 and [row["epoch"] for row in fit.history] == [1, 2, 3] and 1 <= fit.best_epoch <= 3
+    assert not model.frozen
