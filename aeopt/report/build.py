@@ -51,7 +51,7 @@ class Inputs:
 def _load(storage: Storage | None, name: str, option: str) -> tuple[Any, StudySpec]:
     if storage is None:
         raise ValueError(f"{option} {name} needs a storage: pass storage=open_storage(url)")
-    study, spec = load_study(storage.url, name, storage=storage.optuna)
+    study, spec = load_study(storage, name)
     require_best(study)
     return study, spec
 

@@ -131,7 +131,7 @@ def best_of_study(study: Any, spec: StudySpec, storage: Storage, bench: Workbenc
     configuration trained here by the train stage."""
     best = require_best(study)
     name = study.study_name
-    ckpt = find_best_checkpoint(study, bench.out / "checkpoints", storage.url)
+    ckpt = find_best_checkpoint(study, bench.out / "checkpoints", storage)
     if ckpt is not None:
         model, cfg, payload = load_checkpoint(ckpt, bench.device)
         log.info("best trial #%d of %s: using its checkpoint artifact", best.number, name)

@@ -1,4 +1,5 @@
-"""The report's numbers (aeopt.report.analysis) and the small helpers of the dashboard and artifacts (no training)."""
+"""The report's numbers (aeopt.report.analysis), and the small helpers of the dashboard and artifacts
+(no training)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aeopt.config import ConvAEConfig, StudySpec, VAEConfig
 from aeopt.report import analysis
 from aeopt.search.artifacts import artifact_dir, default_artifact_dir
 from aeopt.search.dashboard import is_loopback, spec_markdown
+from aeopt.search.storage import Storage
 from aeopt.training.models import VAE, ConvAutoencoder
 
 
@@ -80,7 +82,8 @@ def test_denoising_mse_scores_every_model_on_the_same_noisy_images():
     curves = analysis.denoising_mse({"a": model, "b": model}, x, stds)
     assert curves["a"] == curves["b"] and len(curves["a"]) == 4
     noisy = analysis.noisy_inputs(x, stds)
-    assert torch.equal(noisy[0], x) and float((noisy[3] - x).abs().mean()) > float((noisy[1] - x).abs().mean())
+    assert torch.equal(noisy[0], x)
+    assert float((noisy[3] - x).abs().mean()) > float((noisy[1] - x).abs().mean())
 
 
 def test_pairs_are_from_different_classes():
@@ -92,10 +95,15 @@ def test_pairs_are_from_different_classes():
 # ----- artifacts and dashboard helpers -------------------------------------------------------------
 
 
+def _storage(url: str) -> Storage:
+    # The URL is all default_artifact_dir reads; opening a SQLite URL would create the database file.
+    return Storage(optuna=None, url=url, display=url)
+
+
 def test_default_artifact_dir_is_beside_a_sqlite_file():
-    assert str(default_artifact_dir("sqlite:///studies/aeopt.db")) == "studies/artifacts"
-    assert str(default_artifact_dir("sqlite:////abs/x/y.db")) == "/abs/x/artifacts"
-    assert str(default_artifact_dir("postgresql+psycopg://u@h/db")) == "artifacts"
+    assert str(default_artifact_dir(_storage("sqlite:///studies/aeopt.db"))) == "studies/artifacts"
+    assert str(default_artifact_dir(_storage("sqlite:////abs/x/y.db"))) == "/abs/x/artifacts"
+    assert str(default_artifact_dir(_storage("postgresql+psycopg://u@h/db"))) == "artifacts"
     assert str(default_artifact_dir(None)) == "artifacts"
 
 
@@ -111,15 +119,17 @@ def test_artifact_dir_env_wins_over_the_study_attr(tmp_path, monkeypatch):
     assert artifact_dir(study) == tmp_path / "b"
 
 
-@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),
-                                       ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.org", False)])
+@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                       ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
+                                       ("192.168.1.5", False), ("example.org", False)])
 def test_loopback(host, loop):
     assert is_loopback(host) is loop
 
 
 def test_spec_note_holds_the_spec_as_yaml():
     spec = StudySpec.model_validate({"name": "n", "description": "why this study", "model": {"kind": "vae"},
-                                     "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+                                     "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2,
+                                                            "log": True}}})
     note = spec_markdown(spec)
     assert note.startswith("## n") and "why this study" in note
     block = note.split("```yaml\n", 1)[1].split("```", 1)[0]

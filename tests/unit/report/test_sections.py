@@ -35,7 +35,8 @@ def _shown(cfg: RunConfig, owner: str = "s") -> ShownModel:
 
 def test_a_trial_checkpoint_names_its_fold_and_best_epoch():
     text = artifact_source(7, {"fold": 0, "epoch": 12}, best_epoch=12)
-    assert text == "checkpoint of trial #7: fold 0's model at epoch 12, the epoch of the trial's best mean CV loss"
+    assert text == ("checkpoint of trial #7: fold 0's model at epoch 12, "
+                    "the epoch of the trial's best mean CV loss")
 
 
 def test_a_checkpoint_from_another_epoch_says_so():
@@ -75,11 +76,13 @@ def test_what_was_trained_here_is_stated_with_config_epochs_seconds_and_why():
     line = config_text(cfg)
     assert line.startswith("conv_ae(c1=4, c2=4, c3=4, fc=8, latent_dim=5,")
     assert "adam lr=0.001" in line and "up to 3 epochs, patience 2" in line and "digits" in line
-    trained = TrainedHere("no artifact", line, epochs=3, best_epoch=2, seconds=1.25, saved_as="checkpoints/s.pt")
+    trained = TrainedHere("no artifact", line, epochs=3, best_epoch=2, seconds=1.25,
+                          saved_as="checkpoints/s.pt")
     rows = dict(trained.rows("conv AE"))
     assert rows["conv AE: trained for this report because"] == "no artifact"
     assert rows["conv AE: its configuration"] == line
-    assert rows["conv AE: training"].startswith("3 epochs (weights of epoch 2") and "1.2 s" in rows["conv AE: training"]
+    training = rows["conv AE: training"]
+    assert training.startswith("3 epochs (weights of epoch 2") and "1.2 s" in training
     assert rows["conv AE: saved as"] == "checkpoints/s.pt"
 
 
@@ -109,14 +112,15 @@ def test_a_vae_without_a_denoising_study_has_no_comparison(tmp_path: Path):
 
 
 def _classifier_run(folder: Path, **overrides) -> Path:
-    metrics = {"task": "finetune", "model": "conv_ae", "mode": "full", "init": "pretrained", "dataset": "digits",
-               "labels": 100, "val_acc": 0.8, "test_acc": 0.75, "test_loss": 0.6,
+    metrics = {"task": "finetune", "model": "conv_ae", "mode": "full", "init": "pretrained",
+               "dataset": "digits", "labels": 100, "val_acc": 0.8, "test_acc": 0.75, "test_loss": 0.6,
                "per_class_acc": {"cat": 1.0, "dog": 0.5}, "epochs": 3, "best_epoch": 2, "seconds": 1.0,
                "total_seconds": 2.0, "n_train": 80, "n_val": 20, "n_test": 4, "parameters": 10,
                "trainable_parameters": 10, "device": "cpu", **overrides}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "confusion_matrix.json").write_text(json.dumps({"classes": ["cat", "dog"], "matrix": [[2, 0], [1, 1]]}))
+    confusion = {"classes": ["cat", "dog"], "matrix": [[2, 0], [1, 1]]}
+    (folder / "confusion_matrix.json").write_text(json.dumps(confusion))
     return folder
 
 
@@ -128,7 +132,8 @@ def test_the_classifier_section_draws_the_writers_matrix_and_accuracies(tmp_path
     assert [i.key for i in section.items] == ["confusion_matrix", "per_class_accuracy"]
     assert all(i.png is not None and i.png.stat().st_size > 1000 for i in section.items)
     assert numbers["test_acc"] == 0.75 and numbers["per_class_acc"] == {"cat": 1.0, "dog": 0.5}
-    assert ("run", "finetune conv_ae (full)") in section.table and ("test accuracy", "0.7500") in section.table
+    assert ("run", "finetune conv_ae (full)") in section.table
+    assert ("test accuracy", "0.7500") in section.table
 
 
 @pytest.mark.parametrize("metrics", [None, "not json", json.dumps({"accuracy": 0.9, "confusion": [[1]]})])
