@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         c = load_finetune_config(args.config, args.overrides + RECIPES[name])
         m = finetune(c, autoencoder=ae, data_dir=args.data_dir, device=args.device, amp=args.amp, show_progress=False)
-        row = {"recipe": name, "sets": RECIPES[name], "train_acc": m["train_acc"], "val_acc": m["val_acc"],
-               "test_acc": m["test_acc"], "epochs": m["epochs"], "best_epoch": m["best_epoch"], "seconds": m["seconds"]}
+        row = {"recipe": name, "sets": RECIPES[name], "train_acc": m.train_acc, "val_acc": m.val_acc,
+               "test_acc": m.test_acc, "epochs": m.epochs, "best_epoch": m.best_epoch, "seconds": m.seconds}
         rows.append(row)
         log.info("%-26s train %.4f  val %.4f  test %.4f  epochs %d (best %d)  %.1f s", name, row["train_acc"], row["val_acc"],
                  row["test_acc"], row["epochs"], row["best_epoch"], row["seconds"])

@@ -65,7 +65,7 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in m.items() if k != "history"}
     m = finetune(cfg, checkpoint=spec.get("checkpoint") if cfg.finetune.init == "pretrained" else None,
                  data_dir=spec["data_dir"], device=spec["device"], out=spec.get("out"), amp=spec["amp"], show_progress=False)
-    return _summary(m)
+    return _summary(m.model_dump(mode="json", exclude_none=True))
 
 
 class Runner:
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             # 2. Fine-tuned classifier on that encoder (all labels). Its time includes the AE's training.
             log.info("2/4 fine-tune the report AE's encoder")
-            ft = finetune(cfg, autoencoder=ae, out=out / "finetune_report", show_progress=False, **shared)
+            ft = finetune(cfg, autoencoder=ae, out=out / "finetune_report", show_progress=False,
+                          **shared).model_dump(mode="json", exclude_none=True)
             ft["total_seconds"] = round(ft["seconds"] + ae_m["seconds"], 3)
             result["finetune_report"] = _summary(ft)
             result["finetune_settings"] = ft["finetune"]
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.ft_epochs:
                 cnn_overrides.append(f"train.max_epochs={args.ft_epochs}")
             cnn = train_baseline(load_baseline_config(None, cnn_overrides), out=out / "baseline_cnn", show_progress=False,
-                                 **shared)
+                                 **shared).model_dump(mode="json", exclude_none=True)
             result["baseline_cnn"] = _summary(cnn)
             log.info("   test acc %.4f in %.1f s", cnn["test_acc"], cnn["seconds"])
 
