@@ -32,7 +32,6 @@ from aeopt.training.models import Autoencoder
 from aeopt.training.supervised import Classifier, ClassifierFit, evaluate
 
 
-
 def _starting_autoencoder(cfg: FinetuneRun, given: Autoencoder | None, *, device: torch.device,
                           out: Path | None, **kw: Any) -> tuple[Autoencoder, dict[str, Any]]:
     if given is not None and cfg.finetune.init == "pretrained":

@@ -296,7 +296,6 @@ def fit_classifier(
                       augmentation=augmentation, amp=amp, aux_loss=aux_loss)
     result = ClassifierFit()
     best_state = copy.deepcopy(model.state_dict())
-    bad = 0
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         train_loss, train_acc = loop.run()
@@ -307,28 +306,33 @@ def fit_classifier(
         ev = evaluate(model, *val, amp=amp)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc_augmented": train_acc,
                "val_loss": ev.loss, "val_acc": ev.accuracy}
-        result.history.append(row)
-        result.epochs = epoch
         if progress:
             progress(epoch, row)
         if on_epoch:
             on_epoch(epoch, ev.accuracy, ev.loss)
-        if (ev.accuracy, -ev.loss) > (result.best_val_acc, -result.best_val_loss):
-            result.best_val_acc, result.best_val_loss, result.best_epoch = ev.accuracy, ev.loss, epoch
+        if _record_epoch(result, row):
             best_state = copy.deepcopy(model.state_dict())
-            bad = 0
-        else:
-            bad += 1
-            if cfg.patience and bad >= cfg.patience:
-                result.stopped_early = True
-                log.info("early stop at epoch %d (best %d, val acc %.4f)", epoch, result.best_epoch,
-                         result.best_val_acc)
-                break
+        elif cfg.patience and epoch - result.best_epoch >= cfg.patience:
+            result.stopped_early = True
+            log.info("early stop at epoch %d (best %d, val acc %.4f)", epoch, result.best_epoch,
+                     result.best_val_acc)
+            break
     model.load_state_dict(best_state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start
     return model, result
+
+
+def _record_epoch(result: ClassifierFit, row: dict[str, float]) -> bool:
+    """Add an epoch's row; True when it is the best so far (validation accuracy, ties: lower loss)."""
+    result.history.append(row)
+    result.epochs = int(row["epoch"])
+    if (row["val_acc"], -row["val_loss"]) <= (result.best_val_acc, -result.best_val_loss):
+        return False
+    result.best_val_acc, result.best_val_loss = row["val_acc"], row["val_loss"]
+    result.best_epoch = result.epochs
+    return True
 
 
 # ----- metrics -----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import optuna
 import pytest
 import torch
 import yaml
-from tests.conftest import REPO, run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import ClassifierStudySpec, RunConfig, load_study_spec
@@ -20,6 +19,7 @@ from aeopt.search.storage import open_storage
 from aeopt.search.studies import load_study
 from aeopt.training.checkpoint import save_checkpoint
 from aeopt.training.models import build_model
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,8 @@ AE = {
 
 
 def test_spec_inlines_the_autoencoder_export(tmp_path):
-    (tmp_path / "best.yaml").write_text(yaml.safe_dump({**AE, "metrics": {"cv_mean": 0.1}, "provenance": {"study": "x"}}))
+    export = {**AE, "metrics": {"cv_mean": 0.1}, "provenance": {"study": "x"}}
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(export))
     spec = load_study_spec(REPO / "studies" / "classifier.yaml", [f"autoencoder={tmp_path / 'best.yaml'}"])
     assert isinstance(spec, ClassifierStudySpec)
     assert spec.model.c1 == 4 and spec.data.dataset == "synthetic" and spec.max_epochs == 40
@@ -58,7 +59,8 @@ def test_classifier_study_end_to_end(tmp_path):
     r = run_cli("study", "create", "clf.yaml", "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     (tmp_path / "ae.yaml").unlink()  # workers need only the storage: the AE config is inside the study
-    r = run_cli("worker", "--study", "clf", "--storage", url, "--n-trials", "2", "--device", "cpu", cwd=tmp_path)
+    r = run_cli("worker", "--study", "clf", "--storage", url, "--n-trials", "2", "--device", "cpu",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     study, stored = load_study(open_storage(url), "clf")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]

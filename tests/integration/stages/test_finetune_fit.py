@@ -39,7 +39,8 @@ def test_one_pretraining_path_for_the_stage_and_the_study(tmp_path):
     cfg = _cfg()
     # The stage's way (as `aeopt train` does: outputs written, test split evaluated) ...
     staged, info = pretrained_autoencoder(cfg, device=CPU, out=tmp_path / "ae")
-    assert info["source"] == "trained" and "test_mse" in info and (tmp_path / "ae" / "checkpoint.pt").is_file()
+    assert info["source"] == "trained" and "test_mse" in info
+    assert (tmp_path / "ae" / "checkpoint.pt").is_file()
     # ... and a study's (test split untouched, nothing written) train the very same weights.
     studied, info = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
     assert info["source"] == "trained" and "test_mse" not in info and info["epochs"] == 2
@@ -55,7 +56,8 @@ def test_one_pretraining_path_for_the_stage_and_the_study(tmp_path):
 
     fresh, info = pretrained_autoencoder(_cfg(init="random"), device=CPU, checkpoint=tmp_path / "nothing.pt")
     set_seed(0)
-    assert info == {"source": "random init"} and _same(fresh.state_dict(), build_model(run_config(cfg)).state_dict())
+    seeded = build_model(run_config(cfg))
+    assert info == {"source": "random init"} and _same(fresh.state_dict(), seeded.state_dict())
 
 
 def test_every_run_starts_from_the_same_autoencoder_weights():
@@ -79,7 +81,8 @@ def test_k_fold_loop_reports_each_fold_and_is_reproducible():
     setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU)
     pool = training_pool(cfg.data)
     seen: list[tuple[int, int]] = []
-    result = finetune_folds(setup, pool, 3, 5, on_epoch=lambda fold, epoch, acc, loss: seen.append((fold, epoch)))
+    result = finetune_folds(setup, pool, 3, 5,
+                            on_epoch=lambda fold, epoch, _acc, _loss: seen.append((fold, epoch)))
     assert seen == [(k, e) for k in range(3) for e in (1, 2)]
     assert len(result.models) == 3 and result.fold_epochs == [2, 2, 2]
     assert result.val_acc_mean == pytest.approx(sum(result.fold_val_acc) / 3) and result.val_acc_std >= 0

@@ -14,9 +14,21 @@ from torch import nn
 
 from aeopt.config import DataConfig
 from aeopt.errors import AeoptError, ConfigError
-from aeopt.stages.classifier_run import LabelledData, FinalEvaluation, classifier_metrics, evaluate_on_test, labelled_split
+from aeopt.stages.classifier_run import (
+    FinalEvaluation,
+    LabelledData,
+    classifier_metrics,
+    evaluate_on_test,
+    labelled_split,
+)
 from aeopt.stages.compare import compare_rows, format_table
-from aeopt.stages.metrics import ClassifierMetrics, ConfusionMatrix, CVSummary, read_classifier_run, write_classifier_json
+from aeopt.stages.metrics import (
+    ClassifierMetrics,
+    ConfusionMatrix,
+    CVSummary,
+    read_classifier_run,
+    write_classifier_json,
+)
 from aeopt.training.data import Split
 from aeopt.training.supervised import ClassifierFit
 
@@ -24,15 +36,17 @@ CLASSES = ["a", "b", "c"]
 
 
 def _metrics(**changes) -> ClassifierMetrics:
-    base = dict(task="finetune", model="conv_ae", mode="full", init="pretrained", dataset="synthetic", labels=100,
-                train_acc=0.9, val_acc=0.8, test_acc=0.75, test_loss=0.6, per_class_acc={"a": 1.0, "b": 0.5, "c": math.nan},
-                epochs=12, best_epoch=9, seconds=30.0, total_seconds=200.0, n_train=80, n_val=20, n_test=30,
-                parameters=1000, trainable_parameters=1000, device="cpu", history=[{"epoch": 1, "val_acc": 0.5}])
+    base = dict(task="finetune", model="conv_ae", mode="full", init="pretrained", dataset="synthetic",
+                labels=100, train_acc=0.9, val_acc=0.8, test_acc=0.75, test_loss=0.6,
+                per_class_acc={"a": 1.0, "b": 0.5, "c": math.nan}, epochs=12, best_epoch=9, seconds=30.0,
+                total_seconds=200.0, n_train=80, n_val=20, n_test=30, parameters=1000,
+                trainable_parameters=1000, device="cpu", history=[{"epoch": 1, "val_acc": 0.5}])
     return ClassifierMetrics.model_validate({**base, **changes})
 
 
 def _write(folder: Path, m: ClassifierMetrics) -> Path:
-    write_classifier_json(folder, m, ConfusionMatrix(classes=CLASSES, matrix=[[2, 0, 0], [1, 1, 0], [0, 0, 0]]))
+    confusion = ConfusionMatrix(classes=CLASSES, matrix=[[2, 0, 0], [1, 1, 0], [0, 0, 0]])
+    write_classifier_json(folder, m, confusion)
     return folder
 
 
@@ -53,7 +67,7 @@ def test_compare_rows_use_the_schema_labels_and_fold_means(tmp_path):
     ft = _write(tmp_path / "ft", _metrics(init="random"))
     cv = _write(tmp_path / "cv", _metrics(mode="frozen", train_acc=None, val_acc=0.5, cv=CVSummary(
         folds=2, val_acc_mean=0.7, val_acc_std=0.05, fold_val_acc=[0.65, 0.75], fold_epochs=[3, 4])))
-    cnn = _write(tmp_path / "cnn", _metrics(task="baseline", model="cnn", mode="scratch", init="random", seconds=30.0))
+    cnn = _write(tmp_path / "cnn", _metrics(task="baseline", model="cnn", mode="scratch", init="random"))
     rows = compare_rows([ft, cv, cnn])
     assert [r["model"] for r in rows] == ["finetune conv_ae (full, random init)", "finetune conv_ae (frozen)",
                                           "baseline cnn"]
@@ -115,9 +129,10 @@ def test_metrics_builder_counts_labels_parameters_and_time():
     net[0].weight.requires_grad_(False)
     fit = ClassifierFit(history=[{"epoch": 1, "val_acc": 0.5}], best_epoch=1, best_val_acc=0.5, epochs=1)
     started = time.perf_counter() - 2.0
-    m = classifier_metrics(task="baseline", model="cnn", mode="scratch", init="random", dataset="synthetic", data=data,
-                           labels=None, classifier=net, fit=fit, test=FinalEvaluation(0.5, 1.0, [[1, 1, 0], [0, 0, 0], [0, 0, 2]]),
-                           train_acc=0.9, seconds=1.23456, started=started, device=torch.device("cpu"), config={"seed": 0})
+    test = FinalEvaluation(0.5, 1.0, [[1, 1, 0], [0, 0, 0], [0, 0, 2]])
+    m = classifier_metrics(task="baseline", model="cnn", mode="scratch", init="random", dataset="synthetic",
+                           data=data, labels=None, classifier=net, fit=fit, test=test, train_acc=0.9,
+                           seconds=1.23456, started=started, device=torch.device("cpu"), config={"seed": 0})
     assert m.labels == 10 and (m.n_train, m.n_val, m.n_test) == (8, 2, 3)
     assert m.parameters == 4 * 3 + 3 + 3 * 3 + 3 and m.trainable_parameters == m.parameters - 12
     assert m.seconds == 1.235 and m.total_seconds >= 2.0 and m.host

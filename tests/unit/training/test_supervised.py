@@ -43,7 +43,8 @@ def test_augment_shifts_each_image_by_its_own_offset_and_flips():
     offsets = set()
     for i in range(64):
         # Every output image is a 28x28 crop of its own zero-padded input at some offset.
-        crops = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy:dy + 28, dx:dx + 28])]
+        crops = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 28, dx:dx + 28])]
         assert crops, f"image {i} is not a shifted copy"
         offsets.add(crops[0])
     assert len(offsets) > 10  # offsets differ across the batch
@@ -54,7 +55,8 @@ def test_augment_shifts_each_image_by_its_own_offset_and_flips():
     assert all(s or m for s, m in zip(same, mirrored, strict=True))
     assert 10 < sum(mirrored) < 54
     # Same seed, same batch: reproducible.
-    assert torch.equal(augment(x, torch.Generator().manual_seed(3)), augment(x, torch.Generator().manual_seed(3)))
+    assert torch.equal(augment(x, torch.Generator().manual_seed(3)),
+                       augment(x, torch.Generator().manual_seed(3)))
 
 
 def test_augmentation_settings():
@@ -100,19 +102,22 @@ def test_fit_learns_a_separable_problem_and_restores_the_best_epoch():
     for i in range(n):
         r, c = divmod(int(y[i]), 2)
         x[i, 0, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 0.8
-    cfg = SupervisedConfig(lr=1e-2, max_epochs=6, patience=0, batch_size=64, min_steps_per_epoch=5, augment="none")
+    cfg = SupervisedConfig(lr=1e-2, max_epochs=6, patience=0, batch_size=64, min_steps_per_epoch=5,
+                           augment="none")
     clf = Classifier(_encoder(), 4, hidden=16, n_classes=4)
     model, fit = fit_classifier(clf, (x[:300], y[:300]), (x[300:], y[300:]), cfg, torch.device("cpu"), seed=0)
     assert fit.epochs == 6 and len(fit.history) == 6
     assert fit.best_val_acc == max(h["val_acc"] for h in fit.history) > 0.9
     # The returned weights are the best epoch's: evaluating them gives that epoch's figures.
     ev = evaluate(model, x[300:], y[300:])
-    assert ev.accuracy == pytest.approx(fit.best_val_acc) and ev.loss == pytest.approx(fit.best_val_loss, rel=1e-5)
+    assert ev.accuracy == pytest.approx(fit.best_val_acc)
+    assert ev.loss == pytest.approx(fit.best_val_loss, rel=1e-5)
 
 
 def test_fit_is_reproducible_from_its_seed_and_stops_on_a_non_finite_loss():
     x, y = torch.rand(96, 1, 28, 28), torch.randint(0, 3, (96,))
-    cfg = SupervisedConfig(lr=1e-2, max_epochs=2, patience=0, batch_size=32, min_steps_per_epoch=4, augment="none")
+    cfg = SupervisedConfig(lr=1e-2, max_epochs=2, patience=0, batch_size=32, min_steps_per_epoch=4,
+                           augment="none")
 
     def run(seed: int) -> list[dict[str, float]]:
         torch.manual_seed(0)
@@ -221,6 +226,19 @@ def test_classifier_loader_rejects_other_files_in_one_line(tmp_path):
         assert "\n" not in str(info.value) and "classifier.pt" in str(info.value)
     # And the other way round: a classifier is not an autoencoder checkpoint.
     cfg = BaselineRun()
-    save_classifier_checkpoint(tmp_path / "cnn.pt", build_classifier_model(cfg, 10), cfg, classes=list("0123456789"))
-    with pytest.raises(AeoptError, match=re.escape("a classifier checkpoint (aeopt.classifier/1), not aeopt.checkpoint/1")):
+    save_classifier_checkpoint(tmp_path / "cnn.pt", build_classifier_model(cfg, 10), cfg,
+                               classes=list("0123456789"))
+    expected = "a classifier checkpoint (aeopt.classifier/1), not aeopt.checkpoint/1"
+    with pytest.raises(AeoptError, match=re.escape(expected)):
         load_checkpoint(tmp_path / "cnn.pt")
+
+
+def test_early_stopping_counts_epochs_since_the_best():
+    # A learning rate far below float32 resolution: the weights, hence the validation figures,
+    # never change, so epoch 1 stays the best and the run stops `patience` epochs later.
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 3, (64,))
+    cfg = SupervisedConfig(lr=1e-30, weight_decay=0.0, max_epochs=10, patience=2, batch_size=32, augment="none")
+    clf = Classifier(_encoder(), 4, hidden=8, n_classes=3, dropout=0.0, normalize_code=False)
+    _, fit = fit_classifier(clf, (x[:48], y[:48]), (x[48:], y[48:]), cfg, torch.device("cpu"), seed=0)
+    assert fit.stopped_early and fit.epochs == 3 and fit.best_epoch == 1 and len(fit.history) == 3
+    assert len({(row["val_acc"], row["val_loss"]) for row in fit.history}) == 1
