@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from aeopt.config import StudySpec  # noqa: E402
 from aeopt.search.launch import launch  # noqa: E402
-from aeopt.search.storage import open_storage, redact  # noqa: E402
+from aeopt.search.records import StudyCounts  # noqa: E402
+from aeopt.search.storage import Storage, open_storage  # noqa: E402
 from aeopt.search.studies import create_study, load_study  # noqa: E402
 
 
@@ -67,22 +68,24 @@ class TimedStorage:
         return timed
 
 
-def storage_share(url: str, s: StudySpec, trials: int, data_dir: str | None) -> dict:
+def storage_share(opened: Storage, s: StudySpec, trials: int, data_dir: str | None) -> dict:
     import optuna
 
-    from aeopt.search.objective import Objective
-    from aeopt.search.studies import build_pruner, build_sampler
+    from aeopt.search.objective import AutoencoderObjective
+    from aeopt.search.samplers import build_pruner, build_sampler
 
     name = f"share_{uuid.uuid4().hex[:6]}"
-    create_study(s, url, name)
-    storage = TimedStorage(open_storage(url).optuna)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(s), pruner=build_pruner(s))
-    objective = Objective(s, data_dir=data_dir, device="cpu", upload_artifacts=False)
+    create_study(opened, s, name)
+    storage = TimedStorage(opened.optuna)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(s),
+                              pruner=build_pruner(s))
+    objective = AutoencoderObjective(s, data_dir=data_dir, device="cpu", upload_artifacts=False)
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=trials)
     total = time.perf_counter() - t0
-    return {"trials": trials, "seconds": total, "storage_seconds": storage.seconds, "storage_calls": storage.calls,
-            "storage_share": storage.seconds / total, "storage_ms_per_trial": 1000 * storage.seconds / trials}
+    return {"trials": trials, "seconds": total, "storage_seconds": storage.seconds,
+            "storage_calls": storage.calls, "storage_share": storage.seconds / total,
+            "storage_ms_per_trial": 1000 * storage.seconds / trials}
 
 
 def main() -> None:
@@ -96,23 +99,24 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = spec(args.train_subset, args.epochs)
+    storage = open_storage(args.storage)
     rows = []
     for workers in (1, 2):
         name = f"scale{workers}_{uuid.uuid4().hex[:6]}"
-        create_study(s, args.storage, name)
+        create_study(storage, s, name)
         t0 = time.perf_counter()
-        code = launch(name, workers, storage_url=args.storage, devices="cpu", n_trials=args.trials,
-                      data_dir=args.data_dir, log_dir=Path("logs") / "worker_scaling" / name, poll_seconds=0.5)
+        code = launch(storage, name, workers, devices="cpu", n_trials=args.trials, data_dir=args.data_dir,
+                      log_dir=Path("logs") / "worker_scaling" / name, poll_seconds=0.5)
         wall = time.perf_counter() - t0
-        study, _ = load_study(args.storage, name)
-        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+        study, _ = load_study(storage, name)
+        done = StudyCounts.of(study).finished
         rows.append({"workers": workers, "exit": code, "finished": done, "seconds": wall,
                      "trials_per_hour": 3600 * done / wall})
         print(f"{workers} worker(s): {done} trials in {wall:.1f} s = {3600 * done / wall:.0f} trials/hour")
-    share = storage_share(args.storage, s, max(3, args.trials // 2), args.data_dir)
+    share = storage_share(storage, s, max(3, args.trials // 2), args.data_dir)
     print(f"storage: {share['storage_ms_per_trial']:.0f} ms per trial in {share['storage_calls']} calls, "
           f"{100 * share['storage_share']:.2f}% of trial time")
-    result = {"storage": redact(args.storage), "cpus": os.cpu_count(), "arms": rows, "storage_share": share,
+    result = {"storage": storage.display, "cpus": os.cpu_count(), "arms": rows, "storage_share": share,
               "speedup": rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]}
     print(f"2 workers / 1 worker: {result['speedup']:.2f}x")
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -34,19 +35,27 @@ def _root(
     logging.getLogger("aeopt").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def _register() -> None:
-    # Imported here so `aeopt --help` stays fast and a broken optional part cannot break the rest.
-    from aeopt.cli import train as _train
+# Command -> the aeopt.cli module that registers it. Registration is lazy, and only the invoked
+# command's module is imported: each pulls in torch, optuna-dashboard or plotly (seconds of
+# start-up between them), which `aeopt study list` should not pay for `aeopt report`'s sake.
+# `aeopt --help` (or an unknown command) imports them all, to list every command.
+COMMANDS = {
+    "train": "train", "study": "study", "worker": "worker", "launch": "launch", "storage": "storage",
+    "quickstart": "quickstart", "export": "export", "finetune": "finetune", "baseline": "baseline",
+    "compare": "baseline", "dashboard": "dashboard", "report": "report",
+}
 
-    _train.register(app)
-    for name in ("study", "worker", "launch", "storage", "quickstart", "export", "finetune", "baseline", "dashboard", "report"):
-        try:
-            module = __import__(f"aeopt.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"aeopt.cli.{name}":
-                continue
-            raise
-        module.register(app)
+
+def command_of(argv: list[str]) -> str | None:
+    """The command named in argv: the first word that is not an option (root options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _register(argv: list[str]) -> None:
+    name = command_of(argv)
+    modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"aeopt.cli.{module}").register(app)
 
 
 def _process_setup() -> None:
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
-    _register()
+    _register(argv)
     try:
         # Standalone mode: typer reports usage errors itself (exit 2) and raises SystemExit.
         app(args=argv, prog_name="aeopt")

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 DataDirOpt = Annotated[
-    Optional[str],
-    typer.Option("--data-dir", envvar="AEOPT_DATA_DIR", help="Folder with FashionMNIST/raw or MNIST/raw IDX files (for example ../shared/data)."),
+    str | None,
+    typer.Option("--data-dir", envvar="AEOPT_DATA_DIR",
+                 help="Folder with FashionMNIST/raw or MNIST/raw IDX files (for example ../shared/data)."),
 ]
 DeviceOpt = Annotated[
-    Optional[str],
-    typer.Option("--device", envvar="AEOPT_DEVICE", help="cpu, cuda or cuda:N. Default: cuda when available, else cpu."),
+    str | None,
+    typer.Option("--device", envvar="AEOPT_DEVICE",
+                 help="cpu, cuda or cuda:N. Default: cuda when available, else cpu."),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a field by dotted path, e.g. --set data.train_subset=6000 (repeatable)."),
+    list[str] | None,
+    typer.Option("--set",
+                 help="Override a field by dotted path, e.g. --set data.train_subset=6000 (repeatable)."),
 ]
-AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 mixed precision on CUDA (ignored on CPU).")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp",
+                                      help="bfloat16 mixed precision on CUDA (ignored on CPU).")]
 StorageOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--storage", envvar="AEOPT_STORAGE", help="Study storage URL. Default: sqlite:///studies/aeopt.db.",
                  show_default=False),
 ]

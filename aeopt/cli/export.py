@@ -8,14 +8,16 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import StorageOpt, StudyOpt
+from aeopt.search.export import export_study
+from aeopt.search.storage import open_storage
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o",
+                                          help="best.yaml, best.yml or best.json (format by suffix).")]
+TopOpt = Annotated[int, typer.Option("--top", min=1,
+                                     help="Export the K best trials as a list instead of the best one.")]
 
 
-def export(
-    study: StudyOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="best.yaml, best.yml or best.json (format by suffix).")],
-    storage: StorageOpt = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Export the K best trials as a list instead of the best one.")] = 1,
-) -> None:
+def export(study: StudyOpt, output: OutputOpt, storage: StorageOpt = None, top: TopOpt = 1) -> None:
     """Write the best trial's complete run config, with its CV metrics and provenance.
 
     The file is a run config: `aeopt train best.yaml` retrains exactly that configuration and
@@ -23,14 +25,13 @@ def export(
 
     Example: aeopt export --study conv_ae -o best.yaml
     """
-    from aeopt.search.export import export_study
-
-    result = export_study(storage, study, output, top)
+    result = export_study(open_storage(storage), study, output, top)
     best = result if isinstance(result, dict) else result[0]
     m, p = best["metrics"], best["provenance"]
     std = f" +- {m['cv_std']:.5g}" if m.get("cv_std") is not None else ""
     count = "" if isinstance(result, dict) else f" ({len(result)} trials, best first)"
-    typer.echo(f"wrote {output}{count}: study '{p['study']}' trial {p['trial']}, CV loss {m['cv_mean']:.5g}{std}")
+    typer.echo(f"wrote {output}{count}: study '{p['study']}' trial {p['trial']}, "
+               f"CV loss {m['cv_mean']:.5g}{std}")
     typer.echo(f"retrain it with: aeopt train {output}" if isinstance(result, dict) else
                "each entry is a run config; export with --top 1 to train one", err=True)
 

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, StorageOpt, StudyOpt
+from aeopt.search.launch import launch as run
+from aeopt.search.storage import open_storage
+
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to start.")]
+DevicesOpt = Annotated[str | None, typer.Option(
+    "--devices",
+    help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it).")]
+NTrialsOpt = Annotated[int | None, typer.Option("--n-trials", min=1,
+                                                help="Study-wide target of finished trials.")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", min=1,
+                                                  help="Workers stop starting trials after S seconds.")]
+LogDirOpt = Annotated[str | None, typer.Option("--log-dir", help="Worker logs (default logs/STUDY/).")]
 
 
 def launch(
     study: StudyOpt,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to start.")] = 2,
-    devices: Annotated[Optional[str], typer.Option("--devices", help="Comma-separated, round-robin: cpu or "
-                                                   "cuda:0,cuda:1 (repeat a GPU to put several workers on it).")] = None,
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="Study-wide target of finished trials.")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Workers stop starting trials after S seconds.")] = None,
+    workers: WorkersOpt = 2,
+    devices: DevicesOpt = None,
+    n_trials: NTrialsOpt = None,
+    timeout: TimeoutOpt = None,
     storage: StorageOpt = None,
     data_dir: DataDirOpt = None,
-    log_dir: Annotated[Optional[str], typer.Option("--log-dir", help="Worker logs (default logs/STUDY/).")] = None,
+    log_dir: LogDirOpt = None,
     amp: AmpOpt = False,
 ) -> None:
     """Start several workers on this machine and show the study's progress live.
@@ -28,9 +39,7 @@ def launch(
 
     Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100
     """
-    from aeopt.search.launch import launch as run
-
-    code = run(study, workers, storage_url=storage, devices=devices, n_trials=n_trials, timeout=timeout,
+    code = run(open_storage(storage), study, workers, devices=devices, n_trials=n_trials, timeout=timeout,
                data_dir=data_dir, log_dir=log_dir, amp=amp)
     raise typer.Exit(code)
 

@@ -6,17 +6,20 @@ import logging
 from typing import Annotated
 
 import typer
+from optuna.storages import run_grpc_proxy_server
 
 from aeopt.cli.common import StorageOpt
+from aeopt.search.storage import open_storage
 
 storage_app = typer.Typer(help="Storage helpers.", no_args_is_help=True)
+HostOpt = Annotated[str, typer.Option("--host", help="Address to bind; other machines need a reachable one.")]
 log = logging.getLogger("aeopt")
 
 
 @storage_app.command("proxy")
 def proxy(
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; other machines need a reachable one.")] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 13000,
 ) -> None:
     """Serve the storage over gRPC so hundreds of workers share a few database connections.
@@ -26,17 +29,13 @@ def proxy(
 
     Example: aeopt storage proxy --storage postgresql://user@db/aeopt --host 0.0.0.0
     """
-    from optuna.storages import run_grpc_proxy_server
-
-    from aeopt.search.storage import open_storage, redact, resolve_url
-
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the gRPC proxy has no authentication; anyone who reaches this port can "
                     "read and change every study", host)
-    backend = open_storage(storage).optuna
-    log.info("gRPC storage proxy for %s on %s:%d (workers: --storage grpc://%s:%d)", redact(resolve_url(storage)), host,
+    backend = open_storage(storage)
+    log.info("gRPC storage proxy for %s on %s:%d (workers: --storage grpc://%s:%d)", backend.display, host,
              port, host, port)
-    run_grpc_proxy_server(backend, host=host, port=port)
+    run_grpc_proxy_server(backend.optuna, host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:

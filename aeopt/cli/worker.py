@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, StorageOpt, StudyOpt
+from aeopt.search.storage import open_storage
+from aeopt.search.worker import run_worker
+
+NTrialsOpt = Annotated[int | None, typer.Option(
+    "--n-trials", min=1,
+    help="Study-wide target of finished trials (complete + pruned); all workers together stop there.")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", min=1,
+                                                  help="Stop starting trials after S seconds.")]
+WorkerIndexOpt = Annotated[int, typer.Option("--worker-index", min=0, envvar="AEOPT_WORKER_INDEX",
+                                             help="Offsets the sampler seed so workers differ.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")]
 
 
 def worker(
     study: StudyOpt,
     storage: StorageOpt = None,
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="Study-wide target of finished trials "
-                                                    "(complete + pruned); all workers together stop there.")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop starting trials after S seconds.")] = None,
+    n_trials: NTrialsOpt = None,
+    timeout: TimeoutOpt = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
-    worker_index: Annotated[int, typer.Option("--worker-index", min=0, envvar="AEOPT_WORKER_INDEX",
-                                              help="Offsets the sampler seed so workers differ.")] = 0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch.")] = None,
+    worker_index: WorkerIndexOpt = 0,
+    threads: ThreadsOpt = None,
     amp: AmpOpt = False,
 ) -> None:
     """Load the study and its spec from the storage and run trials.
 
     Example: aeopt worker --study conv_ae --n-trials 50 --device cuda:0
     """
-    from aeopt.search.worker import run_worker
-
-    summary = run_worker(study, storage, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
-                         worker_index=worker_index, threads=threads, amp=amp)
-    done = ", ".join(f"{k.lower()} {v}" for k, v in summary.trials.items()) or "no trials"
-    typer.echo(f"worker {worker_index} finished: {done}; {summary.stopped_because}")
+    summary = run_worker(open_storage(storage), study, n_trials=n_trials, timeout=timeout, device=device,
+                         data_dir=data_dir, worker_index=worker_index, threads=threads, amp=amp)
+    typer.echo(f"worker {worker_index} finished: {summary.counts.text()}; {summary.stopped_because}")
 
 
 def register(app: typer.Typer) -> None:

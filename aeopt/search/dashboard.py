@@ -19,16 +19,15 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from aeopt.config import StudySpec, dump_yaml
+from aeopt.config import SearchSpec, dump_yaml
 from aeopt.errors import AeoptError
-from aeopt.search.artifacts import ATTR as ARTIFACTS_ATTR
-from aeopt.search.artifacts import ENV as ARTIFACTS_ENV
-from aeopt.search.artifacts import default_artifact_dir
+from aeopt.search.storage import Storage
+from aeopt.search.studies import ARTIFACTS_ATTR, ARTIFACTS_ENV, default_artifact_dir
 
 log = logging.getLogger(__name__)
 
-PUBLIC_WARNING = ("the dashboard has no authentication and anyone who can reach {host}:{port} can read and delete "
-                  "studies; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
+PUBLIC_WARNING = ("the dashboard has no authentication and anyone who can reach {host}:{port} can read and "
+                  "delete studies; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
 
 
 def is_loopback(host: str) -> bool:
@@ -43,9 +42,9 @@ def is_loopback(host: str) -> bool:
 # ----- the study note ----------------------------------------------------------------------------
 
 
-def spec_markdown(spec: StudySpec | dict[str, Any], name: str | None = None) -> str:
+def spec_markdown(spec: SearchSpec | dict[str, Any], name: str | None = None) -> str:
     """The spec as a markdown note: a title, the description, and the spec as YAML."""
-    data = spec.model_dump(mode="json") if isinstance(spec, StudySpec) else dict(spec)
+    data = spec.model_dump(mode="json") if isinstance(spec, SearchSpec) else dict(spec)
     title = name or data.get("name") or "study"
     kind = (data.get("model") or {}).get("kind", "?")
     description = (data.get("description") or "").strip()
@@ -56,11 +55,18 @@ def spec_markdown(spec: StudySpec | dict[str, Any], name: str | None = None) -> 
     return "\n".join(parts)
 
 
-def write_study_note(study: optuna.Study, spec: StudySpec | dict[str, Any]) -> None:
-    """Show the study's spec as its note in optuna-dashboard."""
-    from optuna_dashboard import save_note
+def write_study_note(study: optuna.Study, spec: SearchSpec | dict[str, Any]) -> None:
+    """Show the study's spec as its note in optuna-dashboard. Never raises: the note is a
+    convenience, and a study that was created must not be reported as failed for it."""
+    # Imported here: optuna-dashboard costs a second at start-up, and `aeopt study` commands need it
+    # only for this call.
+    from optuna_dashboard import save_note  # noqa: PLC0415
 
-    save_note(study, spec_markdown(spec, study.study_name))
+    try:
+        save_note(study, spec_markdown(spec, study.study_name))
+    except Exception as exc:
+        log.warning("could not write study %s's dashboard note: %s: %s", study.study_name, type(exc).__name__,
+                    exc)
 
 
 # ----- the artifact store ------------------------------------------------------------------------
@@ -99,14 +105,14 @@ class FolderArtifactStore:
         raise ArtifactNotFound(f"artifact {artifact_id} not found")
 
 
-def artifact_folders(storage: optuna.storages.BaseStorage, storage_url: str | None, artifacts: str | Path | None) -> list[Path]:
+def artifact_folders(storage: Storage, artifacts: str | Path | None = None) -> list[Path]:
     """--artifacts, else AEOPT_ARTIFACTS, else every study's own folder plus the storage's default."""
     if artifacts:
         return [Path(artifacts).expanduser()]
     if os.environ.get(ARTIFACTS_ENV):
         return [Path(os.environ[ARTIFACTS_ENV]).expanduser()]
-    folders = [default_artifact_dir(storage_url)]
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    folders = [default_artifact_dir(storage)]
+    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
         attr = summary.user_attrs.get(ARTIFACTS_ATTR)
         if attr:
             folders.insert(0, Path(str(attr)).expanduser())
@@ -130,34 +136,32 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("dashboard %s - %s", self.address_string(), format % args)
 
 
-def make_app(storage_url: str | None = None, artifacts: str | Path | None = None):
+def make_app(storage: Storage, artifacts: str | Path | None = None) -> tuple[Any, list[Path]]:
     """The dashboard's WSGI app on the storage, with the artifact store; also returns the folders."""
-    from optuna_dashboard import wsgi
+    # Imported here, like save_note above: only `aeopt dashboard` serves.
+    from optuna_dashboard import wsgi  # noqa: PLC0415
 
-    from aeopt.search.storage import open_storage, resolve_url
-
-    storage = open_storage(storage_url).optuna
-    folders = artifact_folders(storage, resolve_url(storage_url), artifacts)
-    return wsgi(storage, artifact_store=FolderArtifactStore(folders)), folders
+    folders = artifact_folders(storage, artifacts)
+    return wsgi(storage.optuna, artifact_store=FolderArtifactStore(folders)), folders
 
 
-def serve(storage_url: str | None = None, host: str = "127.0.0.1", port: int = 8080, artifacts: str | Path | None = None) -> None:
+def serve(storage: Storage, host: str = "127.0.0.1", port: int = 8080,
+          artifacts: str | Path | None = None) -> None:
     """Serve optuna-dashboard until interrupted."""
-    from aeopt.search.storage import redact, resolve_url
-
     if not is_loopback(host):
         log.warning("warning: %s", PUBLIC_WARNING.format(host=host, port=port))
-    app, folders = make_app(storage_url, artifacts)
+    app, folders = make_app(storage, artifacts)
     server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
     try:
         server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
     except socket.gaierror as exc:
         raise AeoptError(f"--host {host}: {exc.strerror or exc}; pass an address such as 127.0.0.1") from None
     except OSError as exc:
-        raise AeoptError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+        reason = exc.strerror or exc
+        raise AeoptError(f"cannot listen on {host}:{port}: {reason}; pick another --port") from None
     shown = f"[{host}]" if ":" in host else host
     log.info("optuna-dashboard for %s on http://%s:%d/ (artifacts: %s); Ctrl-C stops it",
-             redact(resolve_url(storage_url)), shown, server.server_port, ", ".join(map(str, folders)))
+             storage.display, shown, server.server_port, ", ".join(map(str, folders)))
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -9,47 +9,47 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from aeopt.config import StudySpec, dump_yaml
+from aeopt.config import SearchSpec, dump_yaml
 from aeopt.errors import AeoptError, StudyError
 from aeopt.files import atomic_write_text, versions
+from aeopt.search.records import StudyCounts, TrialRecord
+from aeopt.search.storage import Storage
+from aeopt.search.studies import load_study
 
 FORMAT = "aeopt.export/1"
 
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials, best first (lowest mean CV loss; ties: the earlier trial)."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = [t for t in complete if t.value is not None]
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
     return sorted(trials, key=lambda t: (sign * t.value, t.number))
 
 
 def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    folds = [float(v) for v in attrs.get("fold_losses", [])]
-    std = attrs.get("cv_std")
-    if std is None and len(folds) > 1:
-        std = statistics.pstdev(folds)
+    record = TrialRecord.of(trial)
     out: dict[str, Any] = {
         "objective": "mean cross-validated validation loss",
         "cv_mean": float(trial.value),
-        "cv_std": float(std) if std is not None else None,
-        "fold_losses": folds,
-        "epochs": attrs.get("epochs"),
-        "best_epoch": attrs.get("best_epoch"),
-        "seconds": attrs.get("seconds"),
-        "images_per_second": attrs.get("images_per_second"),
+        "cv_std": record.cv_std,
+        "fold_losses": [float(v) for v in record.fold_losses],
+        "epochs": record.epochs,
+        "best_epoch": record.best_epoch,
+        "seconds": record.seconds,
+        "images_per_second": record.images_per_second,
     }
     return {k: v for k, v in out.items() if v is not None}
 
 
-def export_entry(study: optuna.Study, spec: StudySpec, trial: FrozenTrial, rank: int, n_complete: int,
+def export_entry(study: optuna.Study, spec: SearchSpec, trial: FrozenTrial, rank: int, n_complete: int,
                  exported_at: str) -> dict[str, Any]:
     run = spec.run_config(trial.params)
     provenance = {
@@ -62,25 +62,29 @@ def export_entry(study: optuna.Study, spec: StudySpec, trial: FrozenTrial, rank:
         "sampler": {"name": spec.sampler.name, "seed": spec.sampler.seed},
         "pruner": spec.pruner.name,
         "cv": {"folds": spec.cv.folds, "seed": spec.cv.seed},
-        "dataset": {"name": run.data.dataset, "train_subset": run.data.train_subset, "split_seed": run.data.split_seed},
+        "dataset": {"name": run.data.dataset, "train_subset": run.data.train_subset,
+                    "split_seed": run.data.split_seed},
         "seed": run.seed,
-        "trial_finished": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
-        "device": trial.user_attrs.get("device"),
+        "trial_finished": (trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete
+                           else None),
+        "device": TrialRecord.of(trial).device,
         "versions": versions(),
         "exported_at": exported_at,
     }
     return {**run.model_dump(mode="json"), "metrics": trial_metrics(trial), "provenance": provenance}
 
 
-def export_best(study: optuna.Study, spec: StudySpec, top_k: int = 1) -> dict[str, Any] | list[dict[str, Any]]:
+Export = dict[str, Any] | list[dict[str, Any]]
+
+
+def export_best(study: optuna.Study, spec: SearchSpec, top_k: int = 1) -> Export:
     """The best trial as a run config with metrics and provenance; with top_k > 1, a list of the
     top_k best (fewer if the study has fewer complete trials)."""
     if top_k < 1:
         raise AeoptError(f"--top {top_k}: must be at least 1")
     ranked = ranked_trials(study)
     if not ranked:
-        states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
-        counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "no trials"
+        counts = StudyCounts.of(study).text()
         raise StudyError(f"study '{study.study_name}' has no complete trial ({counts}); "
                          f"run `aeopt worker --study {study.study_name}` until one completes")
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -101,8 +105,6 @@ def render(export: dict[str, Any] | list[dict[str, Any]], path: str | Path) -> s
 
 
 def yaml_list(entries: list[dict[str, Any]]) -> str:
-    import yaml
-
     return yaml.safe_dump(entries, sort_keys=False, default_flow_style=False)
 
 
@@ -114,12 +116,10 @@ def write_export(export: dict[str, Any] | list[dict[str, Any]], path: str | Path
     return path
 
 
-def export_study(storage_url: str | None, name: str, path: str | Path, top_k: int = 1) -> dict[str, Any] | list[dict[str, Any]]:
+def export_study(storage: Storage, name: str, path: str | Path, top_k: int = 1) -> Export:
     """Load the study from its storage, export its best trial(s) to `path`; returns the export."""
-    from aeopt.search.studies import load_study
-
     render({}, path)  # fail on a bad suffix before touching the storage
-    study, spec = load_study(storage_url, name)
+    study, spec = load_study(storage, name)
     export = export_best(study, spec, top_k)
     write_export(export, path)
     return export

@@ -13,16 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
 from aeopt.errors import AeoptError
 from aeopt.progress import interactive, progress
-from aeopt.search.storage import kind, resolve_url
+from aeopt.search.records import StudyCounts, best_value_text
+from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study
 
 log = logging.getLogger(__name__)
@@ -40,15 +39,34 @@ def parse_devices(devices: str | None) -> list[str]:
     items = [d.strip() for d in (devices or "cpu").split(",") if d.strip()]
     for d in items:
         if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-            raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, comma-separated")
+            raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, "
+                             "comma-separated")
     return items or ["cpu"]
 
 
+def worker_command(study_name: str, index: int, device: str, *, threads: int, n_trials: int | None,
+                   timeout: float | None, data_dir: str | None, amp: bool) -> list[str]:
+    """The argv of one worker process. It names no storage: that travels in the environment."""
+    cmd = [sys.executable, "-m", "aeopt", "worker", "--study", study_name, "--worker-index", str(index),
+           "--device", device]
+    if device == "cpu":
+        cmd += ["--threads", str(threads)]
+    if n_trials:
+        cmd += ["--n-trials", str(n_trials)]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    if amp:
+        cmd.append("--amp")
+    return cmd
+
+
 def launch(
+    storage: Storage,
     study_name: str,
     workers: int,
     *,
-    storage_url: str | None = None,
     devices: str | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
@@ -60,40 +78,33 @@ def launch(
     """Start `workers` worker processes (devices round-robin), show progress, return an exit code."""
     if workers < 1:
         raise AeoptError("--workers must be at least 1")
-    url = resolve_url(storage_url)
-    study, spec = load_study(url, study_name)  # fail here, once, rather than in every worker
-    if kind(url) in ("sqlite", "journal") and workers > 4:
+    study, _ = load_study(storage, study_name)  # fail here, once, rather than in every worker
+    if storage.single_machine and workers > 4:
         log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
-                    "use PostgreSQL for more", workers, url.split(":", 1)[0])
+                    "use PostgreSQL for more", workers, storage.kind)
     device_list = parse_devices(devices)
     assigned = [device_list[i % len(device_list)] for i in range(workers)]
-    cpu_workers = sum(1 for d in assigned if d == "cpu")
-    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    threads = max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
     log_dir = Path(log_dir or Path("logs") / study_name)
     log_dir.mkdir(parents=True, exist_ok=True)
-
+    # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
+    env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
     procs: list[WorkerProcess] = []
     for i, dev in enumerate(assigned):
-        cmd = [sys.executable, "-m", "aeopt", "worker", "--study", study_name, "--worker-index", str(i), "--device", dev]
-        if dev == "cpu":
-            cmd += ["--threads", str(threads)]
-        if n_trials:
-            cmd += ["--n-trials", str(n_trials)]
-        if timeout:
-            cmd += ["--timeout", str(timeout)]
-        if data_dir:
-            cmd += ["--data-dir", str(data_dir)]
-        if amp:
-            cmd.append("--amp")
-        # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
-        env = {**os.environ, "AEOPT_STORAGE": url, "PYTHONUNBUFFERED": "1"}
+        cmd = worker_command(study_name, i, dev, threads=threads, n_trials=n_trials, timeout=timeout,
+                             data_dir=data_dir, amp=amp)
         path = log_dir / f"worker-{i}.log"
         with open(path, "w") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         procs.append(WorkerProcess(i, dev, path, proc))
     log.info("launched %d workers (%s); logs in %s/", workers, ", ".join(assigned), log_dir)
+    return _supervise(study, procs, n_trials, poll_seconds)
 
-    stopping = {"signal": None}
+
+def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | None,
+               poll_seconds: float) -> int:
+    """Watch the workers until they exit, forwarding Ctrl-C / SIGTERM; the launch's exit code."""
+    stopping: dict[str, int | None] = {"signal": None}
 
     def forward(signum, frame):  # noqa: ARG001
         stopping["signal"] = signum
@@ -112,35 +123,26 @@ def launch(
     failed = [w for w in procs if w.proc.returncode not in (0, None)]
     for w in failed:
         tail = w.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        log.error("worker %d (%s) exited with code %s; last lines of %s:\n  %s", w.index, w.device, w.proc.returncode,
-                  w.log_path, "\n  ".join(tail))
-    print(_status_line(study), file=sys.stderr)
+        log.error("worker %d (%s) exited with code %s; last lines of %s:\n  %s", w.index, w.device,
+                  w.proc.returncode, w.log_path, "\n  ".join(tail))
+    log.info(status_line(study))
     if stopping["signal"] is not None:
         return 130
     return 1 if failed else 0
 
 
-def _counts(study: optuna.Study) -> Counter:
-    return Counter(t.state for t in study.get_trials(deepcopy=False))
-
-
-def _status_line(study: optuna.Study) -> str:
-    c = _counts(study)
-    try:
-        best = f"{study.best_value:.5g} (trial {study.best_trial.number})"
-    except ValueError:
-        best = "-"
-    return (f"study {study.study_name}: complete {c[TrialState.COMPLETE]}, pruned {c[TrialState.PRUNED]}, "
-            f"failed {c[TrialState.FAIL]}, running {c[TrialState.RUNNING]}; best {best}")
+def status_line(study: optuna.Study) -> str:
+    c = StudyCounts.of(study)
+    return (f"study {study.study_name}: complete {c.complete}, pruned {c.pruned}, failed {c.failed}, "
+            f"running {c.running}; best {best_value_text(study)}")
 
 
 def _watch(study, procs, n_trials, poll_seconds, stopping) -> None:
     with progress(n_trials, f"study {study.study_name}", unit="trial") as bar:
         last_line, last_done = "", 0
         while any(w.proc.poll() is None for w in procs):
-            c = _counts(study)
-            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-            line = _status_line(study)
+            done = StudyCounts.of(study).finished
+            line = status_line(study)
             if bar.bar is not None:
                 bar.bar.set_postfix_str(line.split(": ", 1)[1], refresh=False)
                 bar.bar.update(done - last_done)

@@ -1,26 +1,62 @@
-"""Objective(spec)(trial): suggest -> RunConfig -> cross-validation -> report / prune.
+"""What a worker runs: an objective per study task, behind one protocol.
 
-Pruning replaces early stopping: after every epoch the mean validation loss across folds is
-reported, and the pruner decides whether the trial goes on.
+A study's `task` (in its spec) names its objective in `aeopt.search.tasks.TASKS`:
+"autoencoder" cross-validates reconstruction (`AutoencoderObjective`, here), "classifier"
+cross-validates fine-tuning (`aeopt.search.classifier_objective.ClassifierObjective`). A worker
+builds the objective once (it loads the data, and may pretrain), then calls it once per trial.
+
+An objective:
+- suggests its parameters with `aeopt.search.space.suggest(trial, spec.space)`;
+- reports one value per epoch (`trial.report`) and raises `optuna.TrialPruned` when the pruner
+  says so; the trial's value is a mean cross-validated loss over the training split only;
+- fails a trial it cannot finish with one of `TRIAL_ERRORS` (the worker goes on to the next),
+  after writing the reason as `TrialRecord(fail_reason=...)`;
+- writes what it measured with `TrialRecord.write`, never with bare `set_user_attr`;
+- calls `check_surplus` first, so that workers racing for the last trial do not pass the target.
+
+Pruning replaces early stopping in autoencoder studies: after every epoch the mean validation
+loss across folds is reported, and the pruner decides whether the trial goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import socket
+from typing import Protocol
 
 import optuna
 import torch
 
-from aeopt.config import StudySpec
+from aeopt.config import RunConfig, SearchSpec, StudySpec
+from aeopt.search.artifacts import upload_trial_artifacts
+from aeopt.search.records import StudyCounts, TrialRecord, best_trial
 from aeopt.search.space import suggest
-from aeopt.search.studies import FINISHED
-from aeopt.training.cv import cross_validate
+from aeopt.search.storage import Storage
+from aeopt.training.cv import CVResult, cross_validate
 from aeopt.training.data import training_pool
 from aeopt.training.engine import NonFiniteLossError, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    """What a worker needs from an objective: the device it trains on (for its log line) and a
+    call per trial that returns the trial's value or raises `optuna.TrialPruned` / a TRIAL_ERROR."""
+
+    device: torch.device
+
+    def __call__(self, trial: optuna.Trial) -> float: ...
+
+
+class ObjectiveFactory(Protocol):
+    """How a worker builds an objective for a spec: every task's objective class has this signature.
+
+    `target_trials` is the study-wide target (for `check_surplus`); `storage` is the study's storage,
+    where trial artifacts are recorded (None, or `upload_artifacts=False`: no uploads)."""
+
+    def __call__(self, spec: SearchSpec, *, data_dir: str | None = None, device: str | None = None,
+                 amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True,
+                 storage: Storage | None = None) -> Objective: ...
 
 
 class SurplusTrialError(RuntimeError):
@@ -39,49 +75,41 @@ def check_surplus(trial: optuna.Trial, target: int | None) -> None:
     """Fail a trial that two workers' simultaneous asks pushed over the study-wide target."""
     if not target:
         return
-    ahead = 0
-    for t in trial.study.get_trials(deepcopy=False):
-        if t.number < trial.number and (t.state in FINISHED or t.state == optuna.trial.TrialState.RUNNING):
-            ahead += 1
-    if ahead >= target:
+    ahead = StudyCounts.of([t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number])
+    if ahead.finished + ahead.running >= target:
         raise SurplusTrialError(f"the study already has {target} trials finished or running")
 
 
-def make_objective(spec, **kwargs):
-    """The objective for a spec: autoencoder studies cross-validate reconstruction; classifier
-    studies cross-validate fine-tuning on a pretrained encoder."""
-    if getattr(spec, "task", "autoencoder") == "classifier":
-        from aeopt.search.classifier_objective import ClassifierObjective
-
-        return ClassifierObjective(spec, **kwargs)
-    return Objective(spec, **kwargs)
+def fail_reason(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
 
 
-class Objective:
-    def __init__(self, spec: StudySpec, *, data_dir: str | None = None, device: str | None = None, amp: bool = False,
-                 target_trials: int | None = None, upload_artifacts: bool = True):
+class AutoencoderObjective:
+    """Objective of an autoencoder study: k-fold cross-validated reconstruction loss."""
+
+    def __init__(self, spec: StudySpec, *, data_dir: str | None = None, device: str | None = None,
+                 amp: bool = False, target_trials: int | None = None, upload_artifacts: bool = True,
+                 storage: Storage | None = None):
         self.spec = spec
         self.device = resolve_device(device)
         self.amp = amp
         self.target_trials = target_trials
-        self.upload_artifacts = upload_artifacts
+        self.storage = storage if upload_artifacts else None
         # Loaded once per worker: the training split (or its subset); the test split never enters a study.
         self.pool = training_pool(spec.data, data_dir=data_dir)
 
     def __call__(self, trial: optuna.Trial) -> float:
         check_surplus(trial, self.target_trials)
-        params = suggest(trial, self.spec.space)
-        cfg = self.spec.run_config(params)
-        trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("host", socket.gethostname())
+        cfg = self.spec.run_config(suggest(trial, self.spec.space))
+        TrialRecord.started(self.device).write(trial)
 
         def on_epoch(epoch: int, mean: float, losses: list[float]) -> None:
             if not math.isfinite(mean):
                 raise NonFiniteLossError(f"validation loss is {mean} at epoch {epoch}")
             trial.report(mean, epoch)
             if trial.should_prune():
-                trial.set_user_attr("epochs", epoch)
-                trial.set_user_attr("fold_losses", losses)
+                TrialRecord(epochs=epoch, fold_losses=losses).write(trial)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean validation loss {mean:.5g})")
 
         try:
@@ -90,28 +118,21 @@ class Objective:
                                     # With no pruner, the report's early stopping decides when to stop.
                                     patience=cfg.budget.patience if self.spec.pruner.name == "none" else 0)
         except TRIAL_ERRORS as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            trial.set_user_attr("fail_reason", reason)
+            TrialRecord(fail_reason=fail_reason(exc)).write(trial)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
-        trial.set_user_attr("fold_losses", result.fold_losses)
-        trial.set_user_attr("cv_std", result.std)
-        trial.set_user_attr("epochs", result.epochs)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("seconds", round(result.seconds, 3))
-        trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
-        if self.upload_artifacts:
-            self._upload(trial, cfg, result)
+        TrialRecord(fold_losses=result.fold_losses, cv_std=result.std, epochs=result.epochs,
+                    best_epoch=result.best_epoch, seconds=round(result.seconds, 3),
+                    images_per_second=round(result.images_per_second, 1)).write(trial)
+        if self.storage is not None:
+            self._upload(trial, cfg, result, self.storage)
         return result.value
 
-    def _upload(self, trial: optuna.Trial, cfg, result) -> None:
-        try:
-            from aeopt.search.artifacts import upload_trial_artifacts
-        except ImportError:
-            return
-        try:
-            best = trial.study.best_value
-        except ValueError:
-            best = math.inf
-        upload_trial_artifacts(trial.study, trial, result.model, cfg, result.sample, result.value < best)
+    @staticmethod
+    def _upload(trial: optuna.Trial, cfg: RunConfig, result: CVResult, storage: Storage) -> None:
+        # Before returning: Optuna refuses artifacts on a finished trial. The checkpoint only for
+        # a trial that beats every complete one so far (the report reads the best trial's).
+        best = best_trial(trial.study)
+        is_best = best is None or best.value is None or result.value < best.value
+        upload_trial_artifacts(trial, storage, cfg, result, is_best=is_best)

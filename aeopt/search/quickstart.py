@@ -7,15 +7,23 @@ are on disk, or on scikit-learn's bundled digits when they are not, in a few min
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
-from aeopt.config import StudySpec
-from aeopt.errors import DataNotFoundError
-from aeopt.search.storage import redact, resolve_url
-from aeopt.search.studies import create_study, load_study
+from aeopt.config import SearchSpec, StudySpec
+from aeopt.errors import AeoptError, DataNotFoundError
+from aeopt.search.dashboard import write_study_note
+from aeopt.search.export import export_best, write_export
+from aeopt.search.launch import launch
+from aeopt.search.records import StudyCounts, TrialRecord
+from aeopt.search.storage import Storage
+from aeopt.search.studies import create_study, default_artifact_dir, load_study
+from aeopt.search.worker import run_worker
+from aeopt.training.data import load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,8 @@ def quickstart_spec(dataset: str, train_subset: int | None, max_epochs: int) -> 
     return StudySpec.model_validate({
         "name": "quickstart",
         "description": "aeopt quickstart: conv autoencoder, small search",
-        "model": {"kind": "conv_ae", "c1": 16, "c2": 32, "c3": 32, "fc": 32, "latent_dim": 10, "dropout": 0.2},
+        "model": {"kind": "conv_ae", "c1": 16, "c2": 32, "c3": 32, "fc": 32, "latent_dim": 10,
+                  "dropout": 0.2},
         "data": {"dataset": dataset, "train_subset": train_subset},
         "budget": {"max_epochs": max_epochs, "batch_size": 128, "patience": 8},
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-5},
@@ -43,8 +52,6 @@ def quickstart_spec(dataset: str, train_subset: int | None, max_epochs: int) -> 
 
 
 def pick_dataset(data_dir: str | None) -> str:
-    from aeopt.training.data import load_dataset
-
     try:
         load_dataset("fashion_mnist", data_dir, download=False)
         return "fashion_mnist"
@@ -54,56 +61,57 @@ def pick_dataset(data_dir: str | None) -> str:
         return "digits"
 
 
-def run_quickstart(*, storage_url: str | None = None, study_name: str = "quickstart", n_trials: int = 12,
-                   train_subset: int = 6000, max_epochs: int = 10, workers: int = 1, data_dir: str | None = None,
-                   device: str | None = None, out: str | Path = "quickstart") -> dict[str, Any]:
-    from aeopt.search.export import export_best, write_export
-    from aeopt.search.launch import launch
-    from aeopt.search.worker import run_worker
+@dataclass
+class QuickstartResult:
+    study: optuna.Study
+    spec: SearchSpec
+    best_path: Path
 
+
+def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials: int = 12,
+                   train_subset: int = 6000, max_epochs: int = 10, workers: int = 1,
+                   data_dir: str | None = None, device: str | None = None,
+                   out: str | Path = "quickstart") -> QuickstartResult:
+    """Create (or continue) the quickstart study, run it to `n_trials`, export the best config."""
     dataset = pick_dataset(data_dir)
-    spec = quickstart_spec(dataset, train_subset if dataset in ("fashion_mnist", "mnist") else None, max_epochs)
-    artifacts = None
-    try:
-        from aeopt.search.artifacts import default_artifact_dir
-
-        artifacts = str(default_artifact_dir(resolve_url(storage_url)))
-    except ImportError:
-        pass
-    create_study(spec, storage_url, study_name, skip_if_exists=True, artifacts=artifacts)
-    log.info("study '%s' in %s: %d trials of a conv autoencoder on %s, %d-fold CV, TPE + Hyperband", study_name,
-             redact(resolve_url(storage_url)), n_trials, dataset, spec.cv.folds)
+    subset = train_subset if dataset in ("fashion_mnist", "mnist") else None
+    spec = quickstart_spec(dataset, subset, max_epochs)
+    study = create_study(storage, spec, study_name, skip_if_exists=True,
+                         artifacts=str(default_artifact_dir(storage)))
+    write_study_note(study, spec)
+    log.info("study '%s' in %s: %d trials of a conv autoencoder on %s, %d-fold CV, TPE + Hyperband",
+             study_name, storage.display, n_trials, dataset, spec.cv.folds)
     if workers > 1:
-        code = launch(study_name, workers, storage_url=storage_url, devices=device, n_trials=n_trials, data_dir=data_dir)
+        code = launch(storage, study_name, workers, devices=device, n_trials=n_trials, data_dir=data_dir)
         if code:
-            from aeopt.errors import AeoptError
-
             raise AeoptError(f"a quickstart worker failed (exit {code}); see logs/{study_name}/")
     else:
-        run_worker(study_name, storage_url, n_trials=n_trials, device=device, data_dir=data_dir)
-    study, spec = load_study(storage_url, study_name)
-    out = Path(out)
-    best_path = out / "best.yaml"
+        run_worker(storage, study_name, n_trials=n_trials, device=device, data_dir=data_dir)
+    study, spec = load_study(storage, study_name)
+    best_path = Path(out) / "best.yaml"
     write_export(export_best(study, spec), best_path)
-    return {"study": study, "spec": spec, "best_path": best_path}
+    return QuickstartResult(study, spec, best_path)
 
 
-def summary_table(study, top: int = 8) -> str:
+def summary_table(study: optuna.Study, top: int = 8) -> str:
+    """The counts, then the best complete trials with their CV loss, epochs and parameters."""
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    c = StudyCounts.of(trials)
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     keys = list(done[0].params) if done else []
     short = [k.split(".")[-1] for k in keys]
-    lines = [f"{len(trials)} trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-             f"{counts[TrialState.FAIL]} failed",
-             "", f"{'trial':>5}  {'CV loss':>9}  {'+-':>7}  {'epochs':>6}  " + "  ".join(f"{k:>10}" for k in short)]
+    header = f"{'trial':>5}  {'CV loss':>9}  {'+-':>7}  {'epochs':>6}  "
+    header += "  ".join(f"{k:>10}" for k in short)
+    lines = [f"{len(trials)} trials: {c.complete} complete, {c.pruned} pruned, {c.failed} failed", "", header]
     for t in done[:top]:
+        record = TrialRecord.of(t)
         vals = "  ".join(f"{_fmt(t.params[k]):>10}" for k in keys)
-        lines.append(f"{t.number:>5}  {t.value:>9.5f}  {t.user_attrs.get('cv_std', 0):>7.5f}  "
-                     f"{t.user_attrs.get('epochs', 0):>6}  {vals}")
+        std, epochs = record.cv_std or 0, record.epochs or 0
+        lines.append(f"{t.number:>5}  {t.value:>9.5f}  {std:>7.5f}  {epochs:>6}  {vals}")
     pruned_epochs = [t.last_step for t in trials if t.state == TrialState.PRUNED and t.last_step]
     if pruned_epochs:
-        lines.append(f"pruned trials stopped after {sum(pruned_epochs) / len(pruned_epochs):.1f} epochs on average")
+        mean = sum(pruned_epochs) / len(pruned_epochs)
+        lines.append(f"pruned trials stopped after {mean:.1f} epochs on average")
     return "\n".join(lines)
 
 

@@ -90,8 +90,8 @@ class StudyCounts:
         return self.complete + self.pruned + self.failed + self.running + self.waiting
 
     def as_dict(self) -> dict[str, int]:
-        return {"complete": self.complete, "pruned": self.pruned, "failed": self.failed, "running": self.running,
-                "waiting": self.waiting}
+        return {"complete": self.complete, "pruned": self.pruned, "failed": self.failed,
+                "running": self.running, "waiting": self.waiting}
 
     def text(self) -> str:
         """'3 complete, 2 pruned, 1 failed' (states with no trial left out), or 'no trials'."""
@@ -107,9 +107,13 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+def value_text(trial: FrozenTrial | None, digits: int = 5) -> str:
+    """A trial's value for a status line ('0.01234 (trial 7)'), or '-' when there is none."""
+    if trial is None or trial.value is None or not math.isfinite(trial.value):
+        return "-"
+    return f"{trial.value:.{digits}g} (trial {trial.number})"
+
+
 def best_value_text(study: optuna.Study, digits: int = 5) -> str:
     """The best value for a status line ('0.01234 (trial 7)'), or '-' when there is none yet."""
-    best = best_trial(study)
-    if best is None or best.value is None or not math.isfinite(best.value):
-        return "-"
-    return f"{best.value:.{digits}g} (trial {best.number})"
+    return value_text(best_trial(study), digits)

@@ -24,7 +24,8 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
 
 def grid(spec: StudySpec) -> dict[str, list[Any]]:
     """The finite search space for the grid sampler."""
-    return {path: p.values() for path, p in spec.space.items() if isinstance(p, (IntParam, FloatParam, CategoricalParam))}
+    searched = (IntParam, FloatParam, CategoricalParam)
+    return {path: p.values() for path, p in spec.space.items() if isinstance(p, searched)}
 
 
 def grid_size(spec: StudySpec) -> int:

@@ -8,7 +8,8 @@ password masked, for every log line, error and page. Supported URLs, each set up
 - postgresql://...       (or postgresql+psycopg://) many workers on many machines: small pre-pinged
                          pools, heartbeats, and the trial of a crashed worker is failed and re-run
 - mysql+pymysql://...    any other SQLAlchemy URL goes to the same RDB storage
-- journal:///path.log    (relative; //// for absolute) Optuna's journal file: several processes on one machine, no server
+- journal:///path.log    (relative; //// for absolute) Optuna's journal file: several processes on one
+                         machine, no server
 - redis://host:port/db   Optuna's journal on Redis
 - grpc://host:port       a gRPC storage proxy (`aeopt storage proxy`) in front of any of the above,
                          for hundreds of workers that should not each hold database connections
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 
 from aeopt.errors import StorageError
 
@@ -143,15 +145,11 @@ def open_storage(url: str | None = None) -> Storage:
 def _open(url: str) -> BaseStorage:
     try:
         if url.startswith("journal://"):
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
             # Like SQLite URLs: journal:///rel/path.log is relative, journal:////abs/path.log absolute.
             path = Path(url[len("journal:///"):] if url.startswith("journal:///") else url[len("journal://"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("redis://"):
-            from optuna.storages.journal import JournalRedisBackend, JournalStorage
-
             return JournalStorage(JournalRedisBackend(url))
         if url.startswith("grpc://"):
             host, _, port = url[len("grpc://"):].rstrip("/").partition(":")
@@ -160,10 +158,12 @@ def _open(url: str) -> BaseStorage:
     except StorageError:
         raise
     except ModuleNotFoundError as exc:
-        raise StorageError(f"storage {redact(url)} needs the Python package '{exc.name}'; pip install it") from None
+        raise StorageError(f"storage {redact(url)} needs the Python package '{exc.name}'; "
+                           "pip install it") from None
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         reason = reason.replace(url, redact(url))
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}; check the URL and that the server is running") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {reason}; check the URL and that the server "
+                           "is running") from None
 
 

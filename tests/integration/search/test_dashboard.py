@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from optuna.artifacts import get_all_artifact_meta
 
 from aeopt.config import StudySpec
 from aeopt.search.artifacts import find_best_checkpoint, upload_trial_artifacts
+from aeopt.search.dashboard import write_study_note
+from aeopt.search.storage import open_storage
 from aeopt.search.studies import create_study
 from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.cv import CVResult
 from aeopt.training.data import load_dataset
 from aeopt.training.models import build_model
 
@@ -44,24 +48,34 @@ def study_with_artifacts(tmp_path, monkeypatch):
     """A study made by aeopt in SQLite with one finished trial that uploaded its artifacts."""
     monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
     url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = open_storage(url)
     artifacts = tmp_path / "artifacts"
     spec = _spec()
-    study = create_study(spec, url, artifacts=str(artifacts))
+    study = create_study(storage, spec, artifacts=str(artifacts))
+    write_study_note(study, spec)
     trial = study.ask()
     lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
     cfg = spec.run_config({"optim.lr": lr})
     torch.manual_seed(0)
     model = build_model(cfg)
-    val = load_dataset("synthetic").test.x[:16]
-    upload_trial_artifacts(study, trial, model, cfg, val, is_best=True)
+    result = _result(model, load_dataset("synthetic").test.x[:16], value=0.05, fold=1, epoch=2)
+    upload_trial_artifacts(trial, storage, cfg, result, is_best=True)
     study.tell(trial, 0.05)
     return url, artifacts, study, model
+
+
+def _result(model: torch.nn.Module, sample: torch.Tensor, *, value: float, fold: int = 0,
+            epoch: int = 1) -> CVResult:
+    """What cross_validate returns, for a model built here: one fold's model at `epoch`."""
+    return CVResult(value=value, best_epoch=epoch, fold_losses=[value - 0.01, value + 0.01], epochs=epoch + 1,
+                    model=model, model_fold=fold, sample=sample)
 
 
 def _start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str, int]:
     """Start `aeopt dashboard ... --port 0` and wait for the line that names its URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", *args, "--port", "0"], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", *args, "--port", "0"], cwd=cwd,
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + 60
@@ -149,11 +163,14 @@ def test_dashboard_warns_when_not_bound_to_localhost(study_with_artifacts, tmp_p
 
 
 def test_best_checkpoint_round_trips(study_with_artifacts, tmp_path):
-    _, _, study, model = study_with_artifacts
-    path = find_best_checkpoint(study, tmp_path / "best")
+    url, _, study, model = study_with_artifacts
+    path = find_best_checkpoint(study, tmp_path / "best", open_storage(url))
     assert path is not None and path.name == "checkpoint_trial0.pt"
     loaded, cfg, payload = load_checkpoint(path)
     assert cfg.model.kind == "denoising_ae" and payload["trial"] == 0 and payload["study"] == "dash"
+    # It says which fold's model it holds and at which epoch, and the losses that describe it.
+    assert payload["fold"] == 1 and payload["epoch"] == 2
+    assert payload["metrics"] == {"cv_mean": 0.05, "fold_loss": pytest.approx(0.06)}
     x = torch.rand(4, 1, 28, 28)
     model.eval()
     loaded.eval()
@@ -163,20 +180,21 @@ def test_best_checkpoint_round_trips(study_with_artifacts, tmp_path):
 def test_upload_never_raises_and_skips_without_folder(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
     spec = _spec("conv_ae")
-    study = create_study(spec, f"sqlite:///{tmp_path / 's.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = create_study(storage, spec)
     trial = study.ask()
     cfg = spec.run_config({})
-    model = build_model(cfg)
-    upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
-    assert study._storage.get_trial_system_attrs(trial._trial_id) == {}  # no folder: nothing uploaded
+    result = _result(build_model(cfg), torch.rand(4, 1, 28, 28), value=0.1)
+    upload_trial_artifacts(trial, storage, cfg, result, is_best=True)
+    assert get_all_artifact_meta(trial) == []  # no folder: nothing uploaded
     # A folder that cannot be created (a file is in the way): a warning, not an exception.
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("AEOPT_ARTIFACTS", str(blocker / "sub"))
     with caplog.at_level("WARNING", logger="aeopt.search.artifacts"):
-        upload_trial_artifacts(study, trial, model, cfg, torch.rand(4, 1, 28, 28), is_best=True)
+        upload_trial_artifacts(trial, storage, cfg, result, is_best=True)
     assert "could not upload trial 0's artifacts" in caplog.text
-    assert find_best_checkpoint(study) is None  # no finished trial yet
+    assert find_best_checkpoint(study, None, storage) is None  # no finished trial yet
 
 
 def test_best_checkpoint_found_beside_the_database_from_another_directory(tmp_path, monkeypatch):
@@ -184,16 +202,17 @@ def test_best_checkpoint_found_beside_the_database_from_another_directory(tmp_pa
     from elsewhere still finds the checkpoint beside the SQLite file."""
     monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
     monkeypatch.chdir(tmp_path)
-    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
     spec = _spec("conv_ae")
-    study = create_study(spec, url, artifacts="artifacts")
+    study = create_study(storage, spec, artifacts="artifacts")
     trial = study.ask()
     cfg = spec.run_config({"optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)})
-    upload_trial_artifacts(study, trial, build_model(cfg), cfg, torch.rand(4, 1, 28, 28), is_best=True)
+    result = _result(build_model(cfg), torch.rand(4, 1, 28, 28), value=0.1)
+    upload_trial_artifacts(trial, storage, cfg, result, is_best=True)
     study.tell(trial, 0.1)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert find_best_checkpoint(study, elsewhere / "a") is None  # "artifacts" is not here
-    path = find_best_checkpoint(study, elsewhere / "b", storage_url=url)
+    # "artifacts" (relative) is not here; the folder beside the SQLite file is.
+    path = find_best_checkpoint(study, elsewhere / "b", storage)
     assert path is not None and load_checkpoint(path)[1] == cfg

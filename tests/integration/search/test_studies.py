@@ -13,13 +13,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from tests.conftest import run_cli
 from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
-from aeopt.search.objective import Objective
+from aeopt.search.objective import AutoencoderObjective
+from aeopt.search.storage import open_storage
 from aeopt.search.studies import SPEC_ATTR, create_study, load_study
 from aeopt.search.worker import run_worker
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +58,8 @@ def finished(study) -> list:
 
 def test_objective_through_ask_tell(tmp_path):
     spec = StudySpec.model_validate(tiny_spec("asktell"))
-    study = create_study(spec, f"sqlite:///{tmp_path}/s.db", "asktell")
-    objective = Objective(spec, device="cpu", upload_artifacts=False)
+    study = create_study(open_storage(f"sqlite:///{tmp_path}/s.db"), spec, "asktell")
+    objective = AutoencoderObjective(spec, device="cpu", upload_artifacts=False)
     trial = study.ask()
     value = objective(trial)
     study.tell(trial, value)
@@ -78,12 +79,12 @@ def test_pruning_prunes_a_bad_configuration(tmp_path):
         "prune", budget={"max_epochs": 6, "batch_size": 64},
         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
         space={"optim.lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}}))
-    url = f"sqlite:///{tmp_path}/s.db"
-    study = create_study(spec, url, "prune")
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = create_study(storage, spec, "prune")
     study.enqueue_trial({"optim.lr": 1e-2})  # learns
     study.enqueue_trial({"optim.lr": 1e-7})  # barely moves: should be cut early
-    run_worker("prune", url, n_trials=2, device="cpu", show_progress=False)
-    study, _ = load_study(url, "prune")
+    run_worker(storage, "prune", n_trials=2, device="cpu", show_progress=False)
+    study, _ = load_study(storage, "prune")
     good, bad = study.trials
     assert good.state == TrialState.COMPLETE
     assert bad.state == TrialState.PRUNED
@@ -95,12 +96,12 @@ def test_nan_trial_fails_and_worker_goes_on(tmp_path):
         "nan", model={"kind": "vae", "hidden1": 16, "hidden2": 8, "latent_dim": 2},
         optim={"name": "sgd", "lr": 1.0, "momentum": 0.0},
         space={"optim.lr": {"type": "categorical", "choices": [10.0, 0.001]}}))
-    url = f"sqlite:///{tmp_path}/s.db"
-    study = create_study(spec, url, "nan")
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = create_study(storage, spec, "nan")
     study.enqueue_trial({"optim.lr": 10.0})  # diverges to NaN
     study.enqueue_trial({"optim.lr": 0.001})
-    run_worker("nan", url, n_trials=1, device="cpu", show_progress=False)
-    study, _ = load_study(url, "nan")
+    run_worker(storage, "nan", n_trials=1, device="cpu", show_progress=False)
+    study, _ = load_study(storage, "nan")
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
     assert "NonFiniteLossError" in study.trials[0].user_attrs["fail_reason"]
@@ -113,16 +114,18 @@ def test_sqlite_end_to_end_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path)
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("worker", "--study", "e2e", "--storage", url, "--n-trials", "3", "--device", "cpu", cwd=tmp_path)
+    r = run_cli("worker", "--study", "e2e", "--storage", url, "--n-trials", "3", "--device", "cpu",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    study, spec = load_study(url, "e2e")
+    study, spec = load_study(open_storage(url), "e2e")
     assert len(finished(study)) == 3 and len(study.trials) == 3
     assert study.user_attrs[SPEC_ATTR]["data"]["dataset"] == "synthetic"
     # A second run with the same target adds nothing.
     r = run_cli("worker", "--study", "e2e", "--storage", url, "--n-trials", "3", cwd=tmp_path)
-    assert r.returncode == 0 and len(load_study(url, "e2e")[0].trials) == 3
+    assert r.returncode == 0 and len(load_study(open_storage(url), "e2e")[0].trials) == 3
+    assert "worker 0 finished: no trials; the study holds 3 finished trials" in r.stdout
     r = run_cli("study", "show", "e2e", "--storage", url, cwd=tmp_path)
-    assert "complete 3" in r.stdout and "optim.lr" in r.stdout
+    assert "trials: 3 complete" in r.stdout and "optim.lr" in r.stdout
     r = run_cli("study", "list", "--storage", url, cwd=tmp_path)
     assert "e2e" in r.stdout
     r = run_cli("study", "delete", "e2e", "--storage", url, "--yes", cwd=tmp_path)
@@ -142,9 +145,10 @@ def test_journal_storage_two_workers(tmp_path):
     spec_path = write_spec(tmp_path, tiny_spec("journal"))
     url = f"journal:///{tmp_path}/journal.log"
     assert run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path).returncode == 0
-    r = run_cli("launch", "--study", "journal", "--storage", url, "--workers", "2", "--n-trials", "4", cwd=tmp_path)
+    r = run_cli("launch", "--study", "journal", "--storage", url, "--workers", "2", "--n-trials", "4",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    study, _ = load_study(url, "journal")
+    study, _ = load_study(open_storage(url), "journal")
     assert len(finished(study)) >= 4  # journal storage has no heartbeat to arbitrate the last trial
 
 
@@ -153,10 +157,10 @@ def test_postgres_two_concurrent_workers_finish_exactly_n(tmp_path, pg_url):
     name = f"pg_{os.getpid()}_{int(time.time())}"
     spec_path = write_spec(tmp_path, tiny_spec(name))
     assert run_cli("study", "create", str(spec_path), "--storage", pg_url, cwd=tmp_path).returncode == 0
-    r = run_cli("launch", "--study", name, "--storage", pg_url, "--workers", "2", "--n-trials", "6", "--devices", "cpu",
-                cwd=tmp_path)
+    r = run_cli("launch", "--study", name, "--storage", pg_url, "--workers", "2", "--n-trials", "6",
+                "--devices", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    study, _ = load_study(pg_url, name)
+    study, _ = load_study(open_storage(pg_url), name)
     fin = finished(study)
     assert len(fin) == 6
     # Both workers really ran trials (the log of each names trials it finished).
@@ -170,13 +174,15 @@ def test_postgres_two_concurrent_workers_finish_exactly_n(tmp_path, pg_url):
 def test_killed_worker_trial_fails_by_heartbeat_and_is_rerun(tmp_path, pg_url):
     name = f"kill_{os.getpid()}_{int(time.time())}"
     # Long enough (about 100 ms an epoch) to be killed in the middle, short enough to rerun.
-    spec = tiny_spec(name, budget={"max_epochs": 25, "batch_size": 32}, data={"dataset": "synthetic", "train_subset": 400})
+    spec = tiny_spec(name, budget={"max_epochs": 25, "batch_size": 32},
+                     data={"dataset": "synthetic", "train_subset": 400})
     spec_path = write_spec(tmp_path, spec)
     env = {**os.environ, "AEOPT_HEARTBEAT_INTERVAL": "1", "AEOPT_GRACE_PERIOD": "3", "AEOPT_STORAGE": pg_url}
     assert run_cli("study", "create", str(spec_path), cwd=tmp_path, env=env).returncode == 0
 
-    victim = subprocess.Popen([sys.executable, "-m", "aeopt", "worker", "--study", name, "--n-trials", "2", "--device",
-                               "cpu"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen([sys.executable, "-m", "aeopt", "worker", "--study", name, "--n-trials", "2",
+                               "--device", "cpu"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     storage = optuna.storages.RDBStorage(pg_url)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -192,7 +198,8 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_rerun(tmp_path, pg_url):
     killed = optuna.load_study(study_name=name, storage=storage).trials[0]
     assert killed.state == TrialState.RUNNING  # nobody told the storage
 
-    r = run_cli("worker", "--study", name, "--n-trials", "2", "--device", "cpu", cwd=tmp_path, env=env, timeout=300)
+    r = run_cli("worker", "--study", name, "--n-trials", "2", "--device", "cpu", cwd=tmp_path, env=env,
+                timeout=300)
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name=name, storage=storage)
     states = [t.state for t in study.trials]
@@ -215,7 +222,8 @@ def test_grpc_storage_proxy(tmp_path):
     backend = f"sqlite:///{tmp_path}/behind_proxy.db"
     spec_path = write_spec(tmp_path, tiny_spec("proxied"))
     assert run_cli("study", "create", str(spec_path), "--storage", backend, cwd=tmp_path).returncode == 0
-    proxy = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--storage", backend, "--port", str(port)],
+    proxy = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--storage", backend,
+                              "--port", str(port)],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -224,11 +232,13 @@ def test_grpc_storage_proxy(tmp_path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.3)
-        r = run_cli("worker", "--study", "proxied", "--storage", f"grpc://127.0.0.1:{port}", "--n-trials", "2",
+        r = run_cli("worker", "--study", "proxied", "--storage", f"grpc://127.0.0.1:{port}",
+                    "--n-trials", "2",
                     "--device", "cpu", cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
-    study, _ = load_study(backend, "proxied")  # the trials landed in the database behind the proxy
+    # The trials landed in the database behind the proxy.
+    study, _ = load_study(open_storage(backend), "proxied")
     assert len(finished(study)) == 2

@@ -40,17 +40,21 @@ DISTS = {
 }
 
 
-def _study(values: list[tuple[float | None, TrialState]], name: str = "unit") -> tuple[optuna.Study, StudySpec]:
+def _study(values: list[tuple[float | None, TrialState]],
+           name: str = "unit") -> tuple[optuna.Study, StudySpec]:
     spec = StudySpec.model_validate(SPEC)
     study = optuna.create_study(study_name=name, direction="minimize")
     study.set_user_attr("aeopt:spec", spec.model_dump(mode="json"))
     for i, (value, state) in enumerate(values):
         folds = [value + 0.001 * k for k in range(3)] if value is not None else []
-        attrs = {"fold_losses": folds, "epochs": 5 + i, "best_epoch": 4 + i, "seconds": 1.5, "device": "cpu", "host": "h"}
+        attrs = {"fold_losses": folds, "epochs": 5 + i, "best_epoch": 4 + i, "seconds": 1.5, "device": "cpu",
+                 "host": "h"}
         if folds:
             attrs["cv_std"] = statistics.pstdev(folds)
-        params = {"model.c1": 8 + i, "optim.lr": 1e-3 * (i + 1), "model.activation": "gelu" if i % 2 else "relu"}
-        study.add_trial(create_trial(state=state, value=value if state == TrialState.COMPLETE else None, params=params,
+        params = {"model.c1": 8 + i, "optim.lr": 1e-3 * (i + 1),
+                  "model.activation": "gelu" if i % 2 else "relu"}
+        study.add_trial(create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                                     params=params,
                                      distributions=DISTS, user_attrs=attrs,
                                      intermediate_values={1: value} if value is not None else {}))
     return study, spec
