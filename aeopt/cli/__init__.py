@@ -51,11 +51,16 @@ def command_of(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+_registered: set[str] = set()  # main() may run more than once in a process (tests): register once
+
+
 def _register(argv: list[str]) -> None:
     name = command_of(argv)
     modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
     for module in modules:
-        importlib.import_module(f"aeopt.cli.{module}").register(app)
+        if module not in _registered:
+            importlib.import_module(f"aeopt.cli.{module}").register(app)
+            _registered.add(module)
 
 
 def _process_setup() -> None:

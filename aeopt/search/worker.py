@@ -166,7 +166,7 @@ class _TrialLines:
         if self.bar.bar is None:  # not a terminal: one plain line per trial
             log.info("[%d finished by this worker] %s (best %s)", self.summary.counts.finished, line, best)
             return
-        self.bar.update({"best": best}, n=int(trial.state in (TrialState.COMPLETE, TrialState.PRUNED)))
+        self.bar.update({"best": best}, n=StudyCounts.of([trial]).finished)
         self.bar.write(line)
 
 

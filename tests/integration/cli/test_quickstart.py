@@ -1,0 +1,46 @@
+"""`aeopt quickstart` end to end on scikit-learn's bundled digits (no Fashion-MNIST on disk)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from aeopt.config import load_run_config
+from aeopt.search.records import StudyCounts
+from aeopt.search.storage import open_storage
+from aeopt.search.studies import load_study
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_on_digits_two_trials(tmp_path):
+    url = f"sqlite:///{tmp_path}/qs.db"
+    # No data folder: the quickstart falls back to the bundled digits (the cache is a temp folder).
+    env = {k: v for k, v in os.environ.items() if k != "AEOPT_DATA_DIR"}
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    r = run_cli("quickstart", "--n-trials", "2", "--max-epochs", "2", "--storage", url,
+                "--data-dir", str(empty), "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path,
+                env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "bundled digits" in r.stderr
+
+    study, spec = load_study(open_storage(url), "quickstart")
+    assert spec.data.dataset == "digits"
+    counts = StudyCounts.of(study)
+    assert counts.finished == 2 and counts.failed == 0 and counts.total == 2
+
+    best = tmp_path / "qs" / "best.yaml"
+    cfg = load_run_config(best)
+    assert cfg.data.dataset == "digits" and cfg.budget.max_epochs == 2
+    assert cfg == spec.run_config(study.best_trial.params)
+
+    # The summary the README shows, and where to go next.
+    assert r.stdout.startswith(f"2 trials: {counts.complete} complete, {counts.pruned} pruned, 0 failed\n")
+    assert f"best config: {best}  (retrain it: aeopt train {best} --data-dir {empty})" in r.stdout
+    assert "dashboard:   aeopt dashboard --storage URL" in r.stdout
+    assert f"storage:     {url}" in r.stdout
+    # The study keeps its artifacts beside the database; the best trial uploaded its checkpoint.
+    assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").iterdir())

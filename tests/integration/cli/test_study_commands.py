@@ -1,0 +1,76 @@
+"""`aeopt study create | list | show | delete` and `aeopt export` on a real SQLite storage."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import yaml
+from optuna_dashboard import get_note
+
+from aeopt.search.storage import open_storage
+from aeopt.search.studies import load_study
+from tests.conftest import run_cli
+
+SPEC = {
+    "name": "cli",
+    "description": "a study made by the CLI test",
+    "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
+    "data": {"dataset": "synthetic", "train_subset": 300},
+    "budget": {"max_epochs": 1, "batch_size": 64},
+    "cv": {"folds": 2},
+    "sampler": {"name": "random", "seed": 0},
+    "pruner": {"name": "none"},
+    "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+}
+
+
+def _add_trials(url: str) -> None:
+    """Finished trials written through Optuna alone: these commands only read them."""
+    study, _ = load_study(open_storage(url), "cli")
+    lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+    for value, state in [(0.05, "COMPLETE"), (0.03, "COMPLETE"), (None, "PRUNED"), (None, "FAIL")]:
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state], value=value, params={"optim.lr": 3e-3},
+            distributions={"optim.lr": lr}, intermediate_values={1: 0.9} if state == "PRUNED" else {},
+            user_attrs={"fold_losses": [value, value + 0.002], "cv_std": 0.001, "epochs": 1} if value
+            else {}))
+
+
+def test_study_commands(tmp_path):
+    spec = tmp_path / "cli.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{tmp_path}/s.db"
+    r = run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"study 'cli' ready in {url}",
+                                     "run workers with: aeopt worker --study cli --n-trials 50 --storage URL"]
+    study, _ = load_study(open_storage(url), "cli")
+    note = get_note(study)
+    assert "a study made by the CLI test" in note and "```yaml" in note  # the spec, as the dashboard's note
+    assert study.user_attrs["aeopt:artifacts"] == f"{tmp_path}/artifacts"  # beside the database
+
+    _add_trials(url)
+    r = run_cli("study", "list", "--storage", url, cwd=tmp_path)
+    header, row = r.stdout.splitlines()
+    assert header.split() == ["study", "model", "complete", "pruned", "failed", "running", "best"]
+    assert row.split() == ["cli", "conv_ae", "2", "1", "1", "0", "0.03", "(trial", "1)"]
+    listed = json.loads(run_cli("study", "list", "--storage", url, "--json", cwd=tmp_path).stdout)
+    assert listed[0]["counts"] == {"complete": 2, "pruned": 1, "failed": 1, "running": 0, "waiting": 0}
+    assert listed[0]["best_trial"] == 1 and listed[0]["n_trials"] == 4
+
+    r = run_cli("study", "show", "cli", "--storage", url, cwd=tmp_path)
+    assert r.stdout.splitlines() == [
+        "study cli: conv_ae on synthetic, 2-fold CV, sampler random, pruner none",
+        "trials: 2 complete, 1 pruned, 1 failed",
+        "best: trial 1, mean CV loss 0.03 +- 0.001",
+        "  optim.lr = 0.003",
+    ]
+
+    r = run_cli("export", "--study", "cli", "--storage", url, "-o", "best.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "wrote best.yaml: study 'cli' trial 1, CV loss 0.03 +- 0.001"
+
+    r = run_cli("study", "delete", "cli", "--storage", url, "--yes", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "deleted study 'cli'"
+    assert run_cli("study", "list", "--storage", url, cwd=tmp_path).stdout.startswith("no studies yet")
