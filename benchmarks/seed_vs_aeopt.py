@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from aeopt.config import load_study_spec
+from aeopt.search.storage import open_storage
 from aeopt.search.studies import create_study, load_study
 from aeopt.search.worker import run_worker
 
@@ -40,11 +41,12 @@ def _duration(t: optuna.trial.FrozenTrial) -> float:
 
 def run_grid(url: str, common: list[str], data_dir: str | None, device: str | None) -> dict:
     spec = load_study_spec(REPO / "studies" / "seed_grid.yaml", common)
-    create_study(spec, url, "grid")
+    storage = open_storage(url)
+    create_study(storage, spec, "grid")
     t0 = time.perf_counter()
-    run_worker("grid", url, device=device, data_dir=data_dir, show_progress=False)
+    run_worker(storage, "grid", device=device, data_dir=data_dir, show_progress=False)
     wall = time.perf_counter() - t0
-    study, _ = load_study(url, "grid")
+    study, _ = load_study(storage, "grid")
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
     best = min(trials, key=lambda t: t.value)
     upto = [t for t in trials if t.number <= best.number]
@@ -68,14 +70,15 @@ def run_aeopt(url: str, space: str, common: list[str], target: float, max_trials
     else:
         spec = load_study_spec(REPO / "studies" / "conv_ae.yaml", common + ["sampler.n_startup_trials=5"])
     name = f"aeopt_{space}"
-    create_study(spec, url, name)
+    storage = open_storage(url)
+    create_study(storage, spec, name)
     epochs = 0
     seconds = 0.0
     reached = None
     start = time.perf_counter()
     for n in range(1, max_trials + 1):
-        run_worker(name, url, n_trials=n, device=device, data_dir=data_dir, show_progress=False)
-        study, _ = load_study(url, name)
+        run_worker(storage, name, n_trials=n, device=device, data_dir=data_dir, show_progress=False)
+        study, _ = load_study(storage, name)
         t = study.trials[-1]
         steps = sorted(t.intermediate_values)
         hit = next((s for s in steps if t.intermediate_values[s] <= target), None)
@@ -88,7 +91,7 @@ def run_aeopt(url: str, space: str, common: list[str], target: float, max_trials
         seconds += _duration(t)
         if time.perf_counter() - start > max_seconds:
             break
-    study, _ = load_study(url, name)
+    study, _ = load_study(storage, name)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     return {
         "space": space,
