@@ -20,7 +20,6 @@ loss across folds is reported, and the pruner decides whether the trial goes on.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Protocol
 
@@ -35,8 +34,6 @@ from aeopt.search.storage import Storage
 from aeopt.training.cv import CVResult, cross_validate
 from aeopt.training.data import training_pool
 from aeopt.training.engine import NonFiniteLossError, resolve_device
-
-log = logging.getLogger(__name__)
 
 
 class Objective(Protocol):

@@ -17,7 +17,6 @@ password masked, for every log line, error and page. Supported URLs, each set up
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 
 from aeopt.errors import StorageError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///studies/aeopt.db"
 

@@ -7,7 +7,6 @@ Every function takes the `Storage` the CLI opened once; messages name it by `sto
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,6 @@ from aeopt.errors import ConfigError, StudyError
 from aeopt.search.records import StudyCounts, TrialRecord, best_trial, value_text
 from aeopt.search.samplers import build_sampler
 from aeopt.search.storage import Storage
-
-log = logging.getLogger(__name__)
 
 SPEC_ATTR = "aeopt:spec"
 ARTIFACTS_ATTR = "aeopt:artifacts"
