@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tqdm import tqdm
+
 log = logging.getLogger("aeopt")
 
 
@@ -18,8 +20,6 @@ class _TqdmHandler(logging.Handler):
     """Writes log records above the bar instead of through it (a plain write would tear it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         try:
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:
@@ -33,8 +33,6 @@ class Progress:
         self.desc, self.total, self.n = desc, total, 0
         self.bar = None
         if enabled and interactive():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
             self._swapped = []
             for h in list(log.handlers):

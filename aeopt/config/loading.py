@@ -12,6 +12,10 @@ from pydantic import BaseModel, ValidationError
 from aeopt.errors import ConfigError
 
 
+# Discriminator tags pydantic puts in error locations (model.conv_ae.c1): not part of the YAML path.
+_TAGS = ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical")
+
+
 def _split_key(d: dict[str, Any], dotted: str) -> tuple[str, str | None]:
     """First key of `dotted` in `d`, preferring the longest match (space keys contain dots)."""
     parts = dotted.split(".")
@@ -74,13 +78,14 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         # Drop discriminator tags (model.conv_ae.c1 -> model.c1) so paths match the YAML.
-        loc = [str(p) for p in err["loc"] if p not in ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical")]
+        loc = [str(p) for p in err["loc"] if p not in _TAGS]
         field = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
             got = err["input"].get(tag) if isinstance(err.get("input"), dict) else err.get("input")
-            lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {err.get('ctx', {}).get('expected_tags')}")
+            expected = err.get("ctx", {}).get("expected_tags")
+            lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {expected}")
         elif err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{field}'")
         elif err["type"] == "missing":
@@ -95,7 +100,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
     if not isinstance(d, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (model, data, budget, optim), got {type(d).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, budget, optim), "
+                          f"got {type(d).__name__}")
     try:
         return schema.model_validate(d)
     except ValidationError as exc:
@@ -105,7 +111,8 @@ def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: no such file; pass the path of a YAML config (for example configs/conv_ae.yaml)")
+        raise ConfigError(f"{p}: no such file; pass the path of a YAML config "
+                          "(for example configs/conv_ae.yaml)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -118,7 +125,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"{p}: the file is empty; start from configs/conv_ae.yaml")
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (model, data, budget, optim), got {type(data).__name__}")
+        raise ConfigError(f"{p}: expected a mapping of sections (model, data, budget, optim), "
+                          f"got {type(data).__name__}")
     return data
 
 

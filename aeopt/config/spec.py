@@ -116,7 +116,8 @@ class SearchSpec(Strict):
         base = self.base_dict()
         for path, param in self.space.items():
             if path.split(".")[0] not in schema.model_fields:
-                raise ValueError(f"space key '{path}' is not a run config field ({', '.join(schema.model_fields)})")
+                known = ", ".join(schema.model_fields)
+                raise ValueError(f"space key '{path}' is not a run config field ({known})")
             probes = param.values() if isinstance(param, (IntParam, CategoricalParam)) else (
                 [param.low, param.high] if isinstance(param, FloatParam) else [param])
             for value in probes[:1] + probes[-1:] if not isinstance(param, CategoricalParam) else probes:
@@ -126,11 +127,13 @@ class SearchSpec(Strict):
                     schema.model_validate(trial_dict)
                 except (ConfigError, ValidationError) as exc:
                     first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-                    raise ValueError(f"space key '{path}' with value {value!r} gives an invalid run: {first}") from None
+                    raise ValueError(f"space key '{path}' with value {value!r} gives an invalid run: "
+                                     f"{first}") from None
         if self.sampler.name == "grid":
             for path, param in self.space.items():
                 if isinstance(param, FloatParam) and param.step is None:
-                    raise ValueError(f"grid sampler needs a finite space: give '{path}' a step or make it categorical")
+                    raise ValueError(f"grid sampler needs a finite space: give '{path}' a step "
+                                     "or make it categorical")
         return self
 
     def base_dict(self) -> dict[str, Any]:
@@ -139,7 +142,8 @@ class SearchSpec(Strict):
     def run_config(self, params: dict[str, Any]) -> Any:
         """The run config of one trial: the spec's base values with the trial's params applied."""
         d = self.base_dict()
-        fixed = {k: v for k, v in self.space.items() if not isinstance(v, (IntParam, FloatParam, CategoricalParam))}
+        searched = (IntParam, FloatParam, CategoricalParam)
+        fixed = {k: v for k, v in self.space.items() if not isinstance(v, searched)}
         for path, value in {**fixed, **params}.items():
             set_path(d, path, value)
         return type(self).run_schema.model_validate(d)
