@@ -11,7 +11,6 @@ from pydantic import BaseModel, ValidationError
 
 from aeopt.errors import ConfigError
 
-
 # Discriminator tags pydantic puts in error locations (model.conv_ae.c1): not part of the YAML path.
 _TAGS = ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical")
 
