@@ -11,8 +11,14 @@ from pydantic import BaseModel, ValidationError
 
 from aeopt.errors import ConfigError
 
-# Discriminator tags pydantic puts in error locations (model.conv_ae.c1): not part of the YAML path.
-_TAGS = ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical")
+# Discriminator tags pydantic puts in error locations (model.conv_ae.c1, space.x.searched.int.low):
+# not part of the YAML path.
+_TAGS = ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical", "searched", "fixed")
+# Sections keyed by dotted run-config paths (space: {model.c1: ...}): `--set space.model.c1.high=32`
+# names the entry 'model.c1', and a new entry's key is the whole rest of the path.
+_DOTTED_SECTIONS = ("space",)
+# The fields of a searched space entry: `--set space.X.high=...` edits an entry, it cannot add one.
+_PARAM_FIELDS = ("type", "low", "high", "step", "log", "choices")
 
 
 def _split_key(d: dict[str, Any], dotted: str) -> tuple[str, str | None]:
@@ -57,16 +63,43 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _set_dotted_entry(section: dict[str, Any], name: str, rest: str, value: Any) -> None:
+    """`--set NAME.REST=VALUE` in a section whose keys are dotted paths (the study spec's space)."""
+    entry, tail = _split_key(section, rest)
+    if entry in section:
+        if tail is None:
+            section[entry] = value
+        elif isinstance(section[entry], dict):
+            set_path(section[entry], tail, value)
+        else:
+            raise ConfigError(f"{name}.{entry} is the fixed value {section[entry]!r}; replace it whole, "
+                              f"for example --set {name}.{entry}='{{type: int, low: 8, high: 32}}'")
+        return
+    head, _, last = rest.rpartition(".")
+    if head and last in _PARAM_FIELDS:
+        raise ConfigError(f"{name}.{head} is not in the {name} yet; add it whole, for example "
+                          f"--set {name}.{head}='{{type: int, low: 8, high: 32}}'")
+    section[rest] = value
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
     """Apply `--set key=value` items to a raw config dict; keys must name fields of `schema`."""
     d = copy.deepcopy(d)
     for item in overrides:
         key, value = parse_override(item)
-        top = key.split(".")[0]
+        top, _, rest = key.partition(".")
         if top not in schema.model_fields:
             raise ConfigError(f"--set {key}: unknown key '{top}' (known: {', '.join(schema.model_fields)})")
         try:
-            set_path(d, key, value)
+            if top in _DOTTED_SECTIONS and rest:
+                section = d.get(top)
+                if section is None:
+                    section = d[top] = {}
+                if not isinstance(section, dict):
+                    raise ConfigError(f"'{top}' is not a mapping")
+                _set_dotted_entry(section, top, rest, value)
+            else:
+                set_path(d, key, value)
         except ConfigError as exc:
             raise ConfigError(f"--set {key}: {exc}") from None
     return d
@@ -80,13 +113,19 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         loc = [str(p) for p in err["loc"] if p not in _TAGS]
         field = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_invalid":
+        if not loc and isinstance(err.get("input"), dict):
+            # A check across sections names its own field (space.model.c1: ...).
+            lines.append(f"{source}: {msg}")
+        elif err["type"] == "union_tag_invalid":
             tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
             got = err["input"].get(tag) if isinstance(err.get("input"), dict) else err.get("input")
             expected = err.get("ctx", {}).get("expected_tags")
             lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {expected}")
         elif err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{field}'")
+        elif err["type"] == "union_tag_not_found":
+            tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
+            lines.append(f"{source}: {field}.{tag} is required")
         elif err["type"] == "missing":
             lines.append(f"{source}: {field} is required")
         elif isinstance(err.get("input"), dict):

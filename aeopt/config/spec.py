@@ -11,7 +11,16 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from aeopt.config.base import Strict
 from aeopt.config.loading import apply_overrides, parse_override, read_yaml, set_path, validate
@@ -63,13 +72,80 @@ class FloatParam(Strict):
 
 class CategoricalParam(Strict):
     type: Literal["categorical"]
-    choices: list[Any] = Field(min_length=1)
+    choices: list[Any]
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        if not self.choices:
+            raise ValueError("choices must not be empty")
+        return self
 
     def values(self) -> list[Any]:
         return list(self.choices)
 
 
-ParamSpec = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]
+PARAM_TYPES = ("int", "float", "categorical")
+
+
+def _require_type(value: Any) -> Any:
+    if isinstance(value, dict) and "type" not in value:
+        raise ValueError(f"type is required: one of {', '.join(PARAM_TYPES)}")
+    return value
+
+
+ParamSpec = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type"),
+                      BeforeValidator(_require_type)]
+
+
+def _fixed_value(value: Any) -> Any:
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError("neither a fixed value (a number, string, boolean or null) nor a searched one "
+                         f"(a mapping with type: {', '.join(PARAM_TYPES)})")
+    return value
+
+
+def _entry_kind(value: Any) -> str:
+    return "searched" if isinstance(value, (dict, BaseModel)) else "fixed"
+
+
+# A space entry is a searched parameter (a mapping, told apart by its `type`) or a fixed value.
+# The choice is made up front, by shape: a plain union would try every member on a bad mapping and
+# report the last one's complaint ("space.optim.lr.bool: Input should be a valid boolean") instead
+# of the real problem ("low (0.1) must be <= high (0.01)").
+SpaceEntry = Annotated[
+    Union[Annotated[ParamSpec, Tag("searched")], Annotated[Any, AfterValidator(_fixed_value), Tag("fixed")]],
+    Discriminator(_entry_kind),
+]
+
+
+def _probes(param: Any) -> list[Any]:
+    """The values of a space entry a run must accept: every choice, a range's ends, a fixed value."""
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, IntParam):  # the last point on the step grid, without listing the grid
+        return [param.low, param.low + (param.high - param.low) // param.step * param.step]
+    if isinstance(param, FloatParam):
+        return [param.low, param.high]
+    return [param]
+
+
+# A grid is listed point by point (Optuna's GridSampler): a bigger one is a typo, not a study.
+MAX_GRID_POINTS = 1_000_000
+
+
+def _check_grid(space: dict[str, Any]) -> None:
+    points = 1
+    for path, param in space.items():
+        if isinstance(param, FloatParam) and param.step is None:
+            raise ValueError(f"space.{path}: the grid sampler needs a finite space: give it a "
+                             "step or make it categorical")
+        if isinstance(param, (IntParam, FloatParam)):
+            points *= int((param.high - param.low) / (param.step or 1) + 1e-9) + 1
+        elif isinstance(param, CategoricalParam):
+            points *= len(param.choices)
+        if points > MAX_GRID_POINTS:
+            raise ValueError(f"space.{path}: the grid passes {MAX_GRID_POINTS:,} points; "
+                             "use larger steps, fewer choices or another sampler")
 
 
 class CVConfig(Strict):
@@ -108,32 +184,30 @@ class SearchSpec(Strict):
     cv: CVConfig = Field(default_factory=CVConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
-    space: dict[str, Union[ParamSpec, int, float, str, bool, None]] = Field(default_factory=dict)
+    space: dict[str, SpaceEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _space_paths_are_run_fields(self) -> SearchSpec:
         schema = type(self).run_schema
         base = self.base_dict()
         for path, param in self.space.items():
-            if path.split(".")[0] not in schema.model_fields:
+            section = path.split(".")[0]
+            if section not in schema.model_fields:
                 known = ", ".join(schema.model_fields)
-                raise ValueError(f"space key '{path}' is not a run config field ({known})")
-            probes = param.values() if isinstance(param, (IntParam, CategoricalParam)) else (
-                [param.low, param.high] if isinstance(param, FloatParam) else [param])
-            for value in probes[:1] + probes[-1:] if not isinstance(param, CategoricalParam) else probes:
+                raise ValueError(f"space.{path}: '{section}' is not a run config section ({known})")
+            for value in _probes(param):
                 trial_dict = copy.deepcopy(base)
                 try:
                     set_path(trial_dict, path, value)
                     schema.model_validate(trial_dict)
                 except (ConfigError, ValidationError) as exc:
+                    if isinstance(exc, ValidationError) and exc.errors()[0]["type"] == "extra_forbidden":
+                        raise ValueError(f"space.{path}: not a field of the run config") from None
                     first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-                    raise ValueError(f"space key '{path}' with value {value!r} gives an invalid run: "
+                    raise ValueError(f"space.{path}: the value {value!r} gives an invalid run: "
                                      f"{first}") from None
         if self.sampler.name == "grid":
-            for path, param in self.space.items():
-                if isinstance(param, FloatParam) and param.step is None:
-                    raise ValueError(f"grid sampler needs a finite space: give '{path}' a step "
-                                     "or make it categorical")
+            _check_grid(self.space)
         return self
 
     def base_dict(self) -> dict[str, Any]:
