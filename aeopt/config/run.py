@@ -34,6 +34,12 @@ class OptimConfig(Strict):
     lr: float = Field(1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-5, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    # The learning rate over the run (aeopt.training.schedules), planned over budget.max_epochs:
+    # constant (the report's), cosine (after `warmup_epochs` of linear warm-up) or onecycle (up to
+    # lr over the first `pct_start` of the run, then down by 2.5e5).
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
 
 
 class RunConfig(Strict):

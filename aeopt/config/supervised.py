@@ -29,8 +29,12 @@ class SupervisedConfig(Strict):
     # An epoch is at least this many batches, so a 100-label run gets as many optimizer steps per
     # epoch as a small dataset needs (one pass over 80 images would be one step).
     min_steps_per_epoch: int = Field(50, ge=1)
-    # Cosine decay of the learning rate over max_epochs (Loshchilov & Hutter, SGDR, 2017), or none.
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # The learning rate over max_epochs (aeopt.training.schedules): cosine decay (Loshchilov &
+    # Hutter, SGDR, 2017), constant, or onecycle; `warmup_epochs` of linear warm-up first
+    # (cosine, constant); `pct_start`: onecycle's rising part.
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
     # auto: horizontal flips for Fashion-MNIST (clothes are mirror symmetric), nothing for digits
     # (a flipped digit is another digit); with fewer than 5,000 labelled training images, random
     # shifts (+-2 px) too. Shifts slow a small network down when labels are plenty.

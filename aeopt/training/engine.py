@@ -23,6 +23,7 @@ from aeopt.training.data import add_noise
 from aeopt.training.kinds import Autoencoder, kind_of
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import build_model, reconstruct
+from aeopt.training.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ class Trainer:
         self.amp = amp and device.type == "cuda"
         self.kind = kind_of(self.model)
         self.noise = noise_std(cfg)
+        self.schedule: StepSchedule | None = None  # planned at the first epoch, when the size is known
+
+    def _set_lr(self) -> None:
+        """The scheduled learning rate for the step about to be taken."""
+        lr = self.cfg.optim.lr * self.schedule.next()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -94,10 +102,16 @@ class Trainer:
         """One pass over `x` in a random order; returns the mean training loss."""
         self.model.train()
         n, bs = x.shape[0], self.cfg.budget.batch_size
+        if self.schedule is None:
+            o = self.cfg.optim
+            self.schedule = StepSchedule(o.schedule, math.ceil(n / bs), self.cfg.budget.max_epochs,
+                                         warmup_epochs=o.warmup_epochs, pct_start=o.pct_start)
         perm = torch.randperm(n, device=self.device, generator=self.generator)
         total = torch.zeros((), device=self.device)
         for start in range(0, n, bs):
             target = x[perm[start : start + bs]]
+            if not self.schedule.constant:
+                self._set_lr()
             loss = self.kind.step(self, add_noise(target, self.noise, self.generator), target)
             # Accumulate on the device: a .item() per step would sync the GPU every batch.
             total += loss * target.shape[0]

@@ -31,6 +31,7 @@ from aeopt.config import OptimConfig, RunConfig
 from aeopt.training.data import add_noise
 from aeopt.training.engine import EVAL_BATCH, NonFiniteLossError, noise_std
 from aeopt.training.losses import reconstruction_loss
+from aeopt.training.schedules import StepSchedule
 
 Tensors = dict[str, torch.Tensor]
 
@@ -51,6 +52,8 @@ class StackedOptimizer:
         device = next(iter(params.values())).device
         self.steps = torch.zeros(k, device=device)
         self.state: dict[str, Tensors] = {name: {} for name in params}
+        # Per-fold multipliers of cfg.lr for the next step (a schedule); None: the plain lr.
+        self.lr_scale: torch.Tensor | None = None
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -79,18 +82,20 @@ class StackedOptimizer:
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, state: Tensors) -> tuple[torch.Tensor, Tensors]:
         cfg = self.cfg
-        t = self.steps.view(-1, *([1] * (p.dim() - 1)))
+        shape = (-1, *([1] * (p.dim() - 1)))
+        t = self.steps.view(shape)
+        lr = cfg.lr if self.lr_scale is None else cfg.lr * self.lr_scale.view(shape)
         if cfg.name == "sgd":
             g = g + cfg.weight_decay * p if cfg.weight_decay else g
             if not cfg.momentum:
-                return p - cfg.lr * g, state
+                return p - lr * g, state
             buf = state.get("momentum")
             # torch.optim.SGD starts the buffer at the first gradient, not at zero.
             buf = g.clone() if buf is None else torch.where(t <= 1, g, cfg.momentum * buf + g)
-            return p - cfg.lr * (g + cfg.momentum * buf), {"momentum": buf}
+            return p - lr * (g + cfg.momentum * buf), {"momentum": buf}
         b1, b2 = self.betas
         if cfg.name == "adamw":
-            p = p * (1 - cfg.lr * cfg.weight_decay)
+            p = p * (1 - lr * cfg.weight_decay)
         elif cfg.weight_decay:
             g = g + cfg.weight_decay * p
         m = state.get("m", torch.zeros_like(p)).lerp(g, 1 - b1)
@@ -98,7 +103,7 @@ class StackedOptimizer:
         bias1 = 1 - b1 ** t
         bias2 = 1 - b2 ** t
         denom = v.sqrt() / bias2.sqrt() + self.eps
-        return p - (cfg.lr / bias1) * m / denom, {"m": m, "v": v}
+        return p - (lr / bias1) * m / denom, {"m": m, "v": v}
 
 
 class _Bound(nn.Module):
@@ -134,12 +139,29 @@ class FusedFolds:
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.noise = noise_std(cfg)
         self.amp = amp and device.type == "cuda"
+        self.schedules: list[StepSchedule] | None = None  # per fold, planned at the first epoch
         self._fused_loss = vmap(self._loss, in_dims=(0, 0, 0, 0), randomness="different")
 
     def _loss(self, params: Tensors, buffers: Tensors, x_in: torch.Tensor,
               target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return reconstruction_loss(_Bound(self.base, params, buffers), x_in, target)
+
+    def _plan(self, steps_per_epoch: int) -> StepSchedule:
+        o = self.cfg.optim
+        return StepSchedule(o.schedule, steps_per_epoch, self.cfg.budget.max_epochs,
+                            warmup_epochs=o.warmup_epochs, pct_start=o.pct_start)
+
+    def _schedule_step(self, fold: int | None = None) -> None:
+        """Set each fold's learning-rate multiplier for the coming step (only `fold`'s, for a tail step).
+        The factors are computed on the host: reading step counts back from the device would sync it."""
+        if self.schedules[0].constant:
+            return
+        factors = [1.0] * self.k
+        for i, schedule in enumerate(self.schedules):
+            if fold is None or i == fold:
+                factors[i] = schedule.next()
+        self.optimizer.lr_scale = torch.tensor(factors, device=self.device)
 
     def _fold(self, i: int) -> tuple[Tensors, Tensors]:
         """Fold i's parameters and buffers: views into the stacked tensors (gradients flow back)."""
@@ -153,6 +175,7 @@ class FusedFolds:
         loss = self._loss(*self._fold(i), self._inputs(target, self.generators[i]), target)
         self.optimizer.zero_grad()
         loss.backward()
+        self._schedule_step(i)
         active = torch.zeros(self.k, dtype=torch.bool, device=self.device)
         active[i] = True
         self.optimizer.step(active)
@@ -164,6 +187,8 @@ class FusedFolds:
         bs = self.cfg.budget.batch_size
         perms = [idx.to(self.device)[torch.randperm(idx.numel(), device=self.device, generator=g)]
                  for idx, g in zip(folds, self.generators, strict=True)]
+        if self.schedules is None:
+            self.schedules = [self._plan(math.ceil(p.numel() / bs)) for p in perms]
         full = min(p.numel() for p in perms) // bs
         totals = torch.zeros(self.k, device=self.device)
         for s in range(full):
@@ -174,6 +199,7 @@ class FusedFolds:
             losses = self._fused_loss(self.params, self.buffers, x_in, target)
             self.optimizer.zero_grad()
             losses.sum().backward()
+            self._schedule_step()
             self.optimizer.step()
             totals += losses.detach() * bs
         for i, p in enumerate(perms):

@@ -22,6 +22,7 @@ from torch import nn
 from aeopt.config import CNNConfig, FinetuneConfig, SupervisedConfig
 from aeopt.training.engine import NonFiniteLossError, set_seed
 from aeopt.training.models import Autoencoder
+from aeopt.training.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class _EpochLoop:
                  cfg: SupervisedConfig, gen: torch.Generator, *, augmentation: tuple[int, bool], amp: bool,
                  aux_loss: Callable[[torch.Generator], torch.Tensor] | None):
         self.model, self.opt, self.gen, self.aux_loss = model, opt, gen, aux_loss
+        self.base_lrs = [group["lr"] for group in opt.param_groups]
         self.x, self.y = train
         self.shift, self.flip = augmentation
         self.label_smoothing = cfg.label_smoothing
@@ -228,6 +230,15 @@ class _EpochLoop:
         self.batch = min(cfg.batch_size, self.n)
         self.steps = max(math.ceil(self.n / self.batch), cfg.min_steps_per_epoch)
         self.passes = math.ceil(self.steps * self.batch / self.n)
+        # Planned over max_epochs, stepped per batch (aeopt.training.schedules).
+        self.schedule = StepSchedule(cfg.schedule, self.steps, cfg.max_epochs,
+                                     warmup_epochs=cfg.warmup_epochs,
+                                     pct_start=cfg.pct_start)
+
+    def _set_lr(self) -> None:
+        factor = self.schedule.next()
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def _loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = self.x[idx], self.y[idx]
@@ -257,6 +268,8 @@ class _EpochLoop:
             loss, hits = self._loss(idx)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if not self.schedule.constant:
+                self._set_lr()
             self.opt.step()
             # Accumulated on the device: an .item() per step would sync the GPU every batch.
             total += loss.detach() * idx.numel()
@@ -290,8 +303,6 @@ def fit_classifier(
     set_seed(seed)
     model = model.to(device)
     opt = _optimizer(model, cfg, encoder_lr_scale, aux_params)
-    cosine = cfg.schedule == "cosine"
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs) if cosine else None
     loop = _EpochLoop(model, opt, train, cfg, torch.Generator(device=device).manual_seed(seed),
                       augmentation=augmentation, amp=amp, aux_loss=aux_loss)
     result = ClassifierFit()
@@ -299,8 +310,6 @@ def fit_classifier(
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         train_loss, train_acc = loop.run()
-        if sched is not None:
-            sched.step()
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"classifier training loss is {train_loss} (lower finetune.lr)")
         ev = evaluate(model, *val, amp=amp)
