@@ -24,9 +24,10 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 
 from aeopt.errors import StorageError
+from aeopt.search.heartbeat import HeartbeatJournalStorage, heartbeat_enabled
 
 DEFAULT_URL = "sqlite:///studies/aeopt.db"
 
@@ -99,6 +100,15 @@ def _rdb(url: str) -> BaseStorage:
     )
 
 
+def _journal(backend: BaseJournalBackend) -> BaseStorage:
+    # Journal storages get the same heartbeats as RDB ones, through aeopt's lease (search/heartbeat.py).
+    interval, grace = _heartbeat_settings()
+    return HeartbeatJournalStorage(
+        backend, heartbeat_interval=interval, grace_period=grace,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+    )
+
+
 def normalize(url: str) -> str:
     # psycopg (3) is the driver we ship; plain postgresql:// would ask SQLAlchemy for psycopg2.
     for prefix in ("postgresql://", "postgres://"):
@@ -126,8 +136,8 @@ class Storage:
 
     @property
     def heartbeat(self) -> bool:
-        """Whether a dead worker's trial is detected (RDB storages record heartbeats)."""
-        return isinstance(self.optuna, optuna.storages.RDBStorage)
+        """Whether a dead worker's trial is detected, failed and re-run (RDB and journal storages)."""
+        return heartbeat_enabled(self.optuna)
 
     def __str__(self) -> str:
         return self.display
@@ -145,9 +155,9 @@ def _open(url: str) -> BaseStorage:
             # Like SQLite URLs: journal:///rel/path.log is relative, journal:////abs/path.log absolute.
             path = Path(url[len("journal:///"):] if url.startswith("journal:///") else url[len("journal://"):])
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return _journal(JournalFileBackend(str(path)))
         if url.startswith("redis://"):
-            return JournalStorage(JournalRedisBackend(url))
+            return _journal(JournalRedisBackend(url))
         if url.startswith("grpc://"):
             host, _, port = url[len("grpc://"):].rstrip("/").partition(":")
             return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port or 13000))

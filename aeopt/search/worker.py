@@ -2,12 +2,19 @@
 
 `n_trials` is a study-wide target: the worker stops once the study holds that many finished
 (complete or pruned) trials, so several workers together finish exactly N, not N each.
+
+A worker never loops on failures: it stops with `TooManyFailuresError` (the CLI: one line, exit 2)
+after `max_consecutive_failures` failed trials in a row of its own, or before starting a trial in a
+study that holds more failed trials than its failure budget. Every trial it fails carries a
+`fail_reason`; a dead worker's trials are failed ("worker lost") and re-queued by the next worker,
+which looks for them when it starts and before each trial (`aeopt.search.heartbeat`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -18,8 +25,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.config import SearchSpec
+from aeopt.errors import AeoptError, ConfigError
 from aeopt.progress import Progress, progress
-from aeopt.search.objective import TRIAL_ERRORS
+from aeopt.search.heartbeat import FAIL_REASON, fail_stale_trials
+from aeopt.search.objective import TRIAL_ERRORS, SurplusTrialError, fail_reason
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
 from aeopt.search.samplers import build_pruner, build_sampler
 from aeopt.search.space import grid_size
@@ -28,6 +37,47 @@ from aeopt.search.studies import load_study
 from aeopt.search.tasks import make_objective
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+
+
+class TooManyFailuresError(AeoptError):
+    """Trials keep failing: this worker's last K in a row, or more than the study's failure budget."""
+
+
+@dataclass(frozen=True)
+class FailureLimits:
+    """When a worker gives up on failing trials (None: no limit of that kind).
+
+    `consecutive`: this worker's own failed trials in a row. `study`: the failed trials the whole
+    study may hold before no worker starts another (default: max(10, 2 x the target), where the
+    target is `n_trials`, or the finished trials so far when there is none)."""
+
+    consecutive: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    study: int | None = None
+
+    @classmethod
+    def from_env(cls, consecutive: int | None = None, study: int | None = None) -> FailureLimits:
+        """Arguments first, then AEOPT_MAX_CONSECUTIVE_FAILURES / AEOPT_MAX_FAILED_TRIALS, then defaults."""
+        consecutive = (consecutive or _env_int("AEOPT_MAX_CONSECUTIVE_FAILURES")
+                       or DEFAULT_MAX_CONSECUTIVE_FAILURES)
+        return cls(consecutive=consecutive, study=study or _env_int("AEOPT_MAX_FAILED_TRIALS"))
+
+    def study_budget(self, target: int | None, finished: int) -> int:
+        return self.study or max(10, 2 * (target or finished))
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to 1 or more") from None
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r} must be 1 or more")
+    return value
 
 
 class Step(enum.Enum):
@@ -71,8 +121,16 @@ class WorkerSummary:
         return StudyCounts.of(self.trials)
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGINT: stop the current trial (FAIL, "stopped by signal N") and the worker."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise StopSignal(signum)
 
 
 def _stop_on_sigterm() -> None:
@@ -80,6 +138,7 @@ def _stop_on_sigterm() -> None:
     # and stops the worker cleanly, like Ctrl-C.
     try:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     except ValueError:  # not the main thread (tests calling run_worker from a thread)
         pass
 
@@ -104,12 +163,20 @@ def run_worker(
     amp: bool = False,
     poll_seconds: float = 2.0,
     show_progress: bool = True,
+    max_consecutive_failures: int | None = None,
+    max_failed_trials: int | None = None,
 ) -> WorkerSummary:
-    """Run trials of the study until the study-wide target, the timeout, or the grid's end."""
+    """Run trials of the study until the study-wide target, the timeout, or the grid's end.
+
+    Raises `TooManyFailuresError` when trials keep failing (see `FailureLimits`; None here: the
+    env vars, else the defaults)."""
     if threads:
         torch.set_num_threads(threads)
     _stop_on_sigterm()
+    limits = FailureLimits.from_env(max_consecutive_failures, max_failed_trials)
     study, spec = load_study(storage, study_name)
+    # A dead worker's trial first: failed and re-queued before this worker asks for anything.
+    fail_stale_trials(study)
     study.sampler = build_sampler(spec, worker_index)
     study.pruner = build_pruner(spec)
     target = study_target(spec, n_trials)
@@ -121,31 +188,106 @@ def run_worker(
     with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
         summary.stopped_because = run_trials(study, objective, target=target, heartbeat=storage.heartbeat,
                                              timeout=timeout, poll_seconds=poll_seconds,
-                                             callbacks=[_TrialLines(summary, bar)])
+                                             callbacks=[_TrialLines(summary, bar)], limits=limits)
     log.info("worker %d done: %s (%s)", worker_index, summary.counts.text(), summary.stopped_because)
     return summary
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int | None,
                heartbeat: bool, timeout: float | None = None, poll_seconds: float = 2.0,
-               callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None) -> str:
-    """Trials one at a time, asking `next_step` before each; returns why it stopped."""
+               callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
+               limits: FailureLimits | None = None) -> str:
+    """Trials one at a time, asking `next_step` before each; returns why it stopped.
+
+    Raises `TooManyFailuresError` past `limits` (None: no limits)."""
+    limits = limits or FailureLimits(consecutive=None)
+    streak = _FailureStreak()
     deadline = time.monotonic() + timeout if timeout else None
     while True:
         if deadline and time.monotonic() >= deadline:
             return "timeout"
         if heartbeat:
-            optuna.storages.fail_stale_trials(study)
-        decision = next_step(StudyCounts.of(study), target, heartbeat)
+            fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        decision = next_step(StudyCounts.of(trials), target, heartbeat)
         if decision.step is Step.STOP:
             return decision.reason
         if decision.step is Step.WAIT:
             time.sleep(poll_seconds)
             continue
+        _check_study_budget(study.study_name, trials, limits, target)
         remaining = deadline - time.monotonic() if deadline else None
-        study.optimize(objective, n_trials=1, timeout=remaining, catch=TRIAL_ERRORS, callbacks=callbacks)
+        study.optimize(_Recorded(objective), n_trials=1, timeout=remaining, catch=TRIAL_ERRORS,
+                       callbacks=[streak, *(callbacks or [])])
+        if limits.consecutive and streak.count >= limits.consecutive:
+            raise TooManyFailuresError(
+                f"{streak.count} trials in a row failed in this worker, the last: {streak.last_reason}; "
+                "fix the spec or the data (AEOPT_MAX_CONSECUTIVE_FAILURES sets the limit)")
         if _grid_exhausted(study):
             return "the sampler has no more points"
+
+
+def _is_surplus(trial: FrozenTrial) -> bool:
+    # A surplus trial failed on purpose (two workers raced for the last one): not a failing study.
+    return (TrialRecord.of(trial).fail_reason or "").startswith(SurplusTrialError.__name__)
+
+
+def _check_study_budget(name: str, trials: list[FrozenTrial], limits: FailureLimits,
+                        target: int | None) -> None:
+    failed = [t for t in trials if t.state == TrialState.FAIL and not _is_surplus(t)]
+    budget = limits.study_budget(target, StudyCounts.of(trials).finished)
+    if len(failed) > budget:
+        last = TrialRecord.of(max(failed, key=lambda t: t.number)).fail_reason or "no reason recorded"
+        raise TooManyFailuresError(
+            f"study '{name}' holds {len(failed)} failed trials (more than {budget}), the last: {last}; "
+            "fix the spec or the data (AEOPT_MAX_FAILED_TRIALS sets the limit)")
+
+
+class _FailureStreak:
+    """Optuna callback: this worker's failed trials in a row, and the last one's reason."""
+
+    def __init__(self) -> None:
+        self.count, self.last_reason = 0, ""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:  # noqa: ARG002
+        if trial.state != TrialState.FAIL:
+            self.count = 0
+        elif not _is_surplus(trial):
+            self.count += 1
+            self.last_reason = TrialRecord.of(trial).fail_reason or "no reason recorded"
+
+
+class _Recorded:
+    """The objective, with a `fail_reason` on every trial it fails: a signal, or an error the
+    objective did not record itself (objectives record their TRIAL_ERRORS with what they know)."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], float]):
+        self.objective = objective
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if trial.user_attrs.get(FAIL_REASON):
+            # A re-queued trial carries its failed predecessor's attrs: the reason is not this run's.
+            # Cleared directly: TrialRecord.write stores set fields only, and None reads as unset.
+            trial.set_user_attr(FAIL_REASON, None)
+        try:
+            return self.objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt as exc:
+            _record_reason(trial, f"stopped by signal {getattr(exc, 'signum', signal.SIGINT.value)}")
+            raise
+        except Exception as exc:
+            _record_reason(trial, fail_reason(exc))
+            raise
+
+
+def _record_reason(trial: optuna.Trial, reason: str) -> None:
+    try:
+        if not trial.user_attrs.get(FAIL_REASON):  # the objective's own reason says more
+            TrialRecord(fail_reason=reason).write(trial)
+    except Exception as exc:  # the storage may be what failed: the original error matters more
+        log.warning("trial %d: could not record why it failed (%s): %s", trial.number, reason,
+                    fail_reason(exc))
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:

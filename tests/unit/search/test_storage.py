@@ -69,4 +69,4 @@ def test_default_is_aeopt_storage_then_the_embedded_sqlite(tmp_path, monkeypatch
     assert (tmp_path / "studies").is_dir()
     monkeypatch.setenv("AEOPT_STORAGE", f"journal:///{tmp_path}/j.log")
     storage = open_storage()
-    assert storage.kind == "journal" and storage.single_machine and not storage.heartbeat
+    assert storage.kind == "journal" and storage.single_machine and storage.heartbeat
