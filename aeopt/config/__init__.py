@@ -14,7 +14,15 @@ from aeopt.config.loading import (
     set_path,
     validate,
 )
-from aeopt.config.models import MODEL_KINDS, MODEL_SCHEMAS, Activation, ConvAEConfig, ModelConfig, VAEConfig
+from aeopt.config.models import (
+    MODEL_KINDS,
+    MODEL_SCHEMAS,
+    AAEConfig,
+    Activation,
+    ConvAEConfig,
+    ModelConfig,
+    VAEConfig,
+)
 from aeopt.config.run import BudgetConfig, DataConfig, OptimConfig, RunConfig, load_run_config
 from aeopt.config.spec import (
     CategoricalParam,
@@ -41,6 +49,7 @@ from aeopt.config.supervised import (
 )
 
 __all__ = [
+    "AAEConfig",
     "MODEL_KINDS", "MODEL_SCHEMAS", "Activation", "BaselineRun", "BudgetConfig", "CNNConfig", "CVConfig",
     "CategoricalParam", "ClassifierStudySpec", "ConvAEConfig", "DataConfig", "FinetuneConfig", "FinetuneRun",
     "FloatParam", "IntParam", "ModelConfig", "OptimConfig", "PrunerConfig", "RunConfig", "SamplerConfig",

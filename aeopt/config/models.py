@@ -52,8 +52,30 @@ class VAEConfig(Strict):
     beta: float = Field(1.0, ge=0.0, le=100.0)
 
 
+class AAEConfig(Strict):
+    """An adversarial autoencoder (Makhzani et al., "Adversarial Autoencoders", ICLR 2016): the conv
+    AE's encoder and decoder, and a discriminator that pushes the codes towards a prior."""
+
+    kind: Literal["aae"] = "aae"
+    c1: int = Field(16, ge=1, le=512)
+    c2: int = Field(32, ge=1, le=512)
+    c3: int = Field(32, ge=1, le=512)
+    fc: int = Field(64, ge=1, le=4096)
+    latent_dim: int = Field(10, ge=2, le=1024)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Activation = "relu"
+    batch_norm: bool = False
+    # The distribution the codes are pushed towards: N(0, I), or a mixture of 10 Gaussians whose
+    # means sit on a circle in the first two code dimensions (Makhzani et al.'s 2-D mixture).
+    prior: Literal["gaussian", "mixture10"] = "gaussian"
+    disc_hidden: int = Field(256, ge=4, le=8192)  # two hidden layers of this width
+    disc_lr: float = Field(2e-4, gt=0.0, le=1.0)  # the discriminator's and the encoder's adversarial steps
+    # Weight of the encoder's adversarial loss against the reconstruction's.
+    adv_weight: float = Field(0.05, ge=0.0, le=100.0)
+
+
 # A new kind's schema joins this union; the `kind` field picks the schema.
-ModelConfig = Annotated[ConvAEConfig | VAEConfig, Field(discriminator="kind")]
+ModelConfig = Annotated[ConvAEConfig | VAEConfig | AAEConfig, Field(discriminator="kind")]
 MODEL_SCHEMAS: tuple[type[Strict], ...] = get_args(get_args(ModelConfig)[0])
 # Every `model.kind` value a config may name, in schema order.
 MODEL_KINDS: tuple[str, ...] = tuple(

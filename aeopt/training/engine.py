@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,7 @@ class Trainer:
         self.kind = kind_of(self.model)
         self.noise = noise_std(cfg)
         self.schedule: StepSchedule | None = None  # planned at the first epoch, when the size is known
+        self.kind_state: dict[str, Any] = {}  # the kind's own training state (StepContext.kind_state)
 
     def _set_lr(self) -> None:
         """The scheduled learning rate for the step about to be taken."""

@@ -22,11 +22,11 @@ from typing import Any
 
 from aeopt.config import RunConfig
 from aeopt.errors import AeoptError
-from aeopt.training.kinds import conv, vae
+from aeopt.training.kinds import aae, conv, vae
 from aeopt.training.kinds.base import Autoencoder, Kind, StepContext, gradient_step
 
 # One tuple of kinds per module; a new module's KINDS joins here.
-KINDS: dict[str, Kind] = {kind.name: kind for family in (conv.KINDS, vae.KINDS) for kind in family}
+KINDS: dict[str, Kind] = {kind.name: kind for family in (conv.KINDS, vae.KINDS, aae.KINDS) for kind in family}
 
 
 def kind_of(obj: Any) -> Kind:

@@ -49,6 +49,8 @@ class StepContext(Protocol):
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the run's random stream (batches, noise, prior samples)
+    kind_state: dict[str, Any]  # a kind's own training state across steps (extra optimizers, say)
 
     def autocast(self) -> AbstractContextManager[Any]: ...
 

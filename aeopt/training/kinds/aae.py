@@ -1,0 +1,122 @@
+"""The adversarial autoencoder kind, `aae` (Makhzani et al., "Adversarial Autoencoders", ICLR 2016).
+
+The conv AE's encoder and decoder, plus a discriminator on the code. Each batch takes three steps,
+each with its own optimizer:
+1. reconstruction: encoder and decoder minimize the pixel MSE (the trainer's optimizer, with the
+   run's `optim` settings);
+2. discriminator: tell prior samples (label 1) from codes of the batch (label 0);
+3. generator: the encoder makes its codes pass as prior samples, weighted by `adv_weight`.
+The two adversarial optimizers are Adam with beta1 = 0.5 at `disc_lr` (the usual GAN setting).
+
+The validation loss, which studies minimize, is the reconstruction MSE alone; `prior_mmd` says how
+far the codes are from the prior, so that a search cannot win by turning the adversarial term off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aeopt.config import AAEConfig, ConvAEConfig
+from aeopt.training.kinds.base import Autoencoder, Kind, StepContext
+from aeopt.training.kinds.conv import ConvAutoencoder, pixel_mse
+
+MIXTURE_COMPONENTS = 10
+MIXTURE_RADIUS = 4.0  # distance of the mixture's means from the origin
+MIXTURE_STD = 0.5  # the components' std in the two dimensions the means spread over
+
+
+class AdversarialAutoencoder(Autoencoder):
+    def __init__(self, cfg: AAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        conv_fields = {k: v for k, v in cfg.model_dump().items() if k in ConvAEConfig.model_fields}
+        conv = ConvAutoencoder(ConvAEConfig.model_validate({**conv_fields, "kind": "conv_ae"}))
+        self.encoder, self.decoder = conv.encoder, conv.decoder
+        h = cfg.disc_hidden
+        self.discriminator = nn.Sequential(nn.Linear(cfg.latent_dim, h), nn.LeakyReLU(0.2),
+                                           nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def sample_prior(cfg: AAEConfig, n: int, *, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """n codes from the model's prior, [n, latent_dim]."""
+    z = torch.randn(n, cfg.latent_dim, device=device, generator=generator)
+    if cfg.prior == "gaussian":
+        return z
+    component = torch.randint(0, MIXTURE_COMPONENTS, (n,), device=device, generator=generator)
+    angle = component.float() * (2 * math.pi / MIXTURE_COMPONENTS)
+    z[:, 0] = MIXTURE_RADIUS * torch.cos(angle) + MIXTURE_STD * z[:, 0]
+    z[:, 1] = MIXTURE_RADIUS * torch.sin(angle) + MIXTURE_STD * z[:, 1]
+    return z
+
+
+def prior_mmd(codes: torch.Tensor, prior: torch.Tensor) -> float:
+    """Squared maximum mean discrepancy between codes and prior samples (Gretton et al., JMLR 2012),
+    with a sum of Gaussian kernels over several bandwidths (robust to the codes' scale); 0 when the
+    two samples come from one distribution, larger the further apart they are."""
+    x, y = codes.float(), prior.float().to(codes.device)
+    scale = torch.cat([x, y]).var(0).sum().clamp_min(1e-6)
+    total = torch.zeros((), device=x.device)
+    for bandwidth in (0.2, 0.5, 1.0, 2.0, 5.0):
+        gamma = 1.0 / (2 * bandwidth * scale)
+        kxx = torch.exp(-gamma * torch.cdist(x, x).pow(2)).mean()
+        kyy = torch.exp(-gamma * torch.cdist(y, y).pow(2)).mean()
+        kxy = torch.exp(-gamma * torch.cdist(x, y).pow(2)).mean()
+        total = total + kxx + kyy - 2 * kxy
+    return float(total)
+
+
+def _adversarial_optimizers(model: AdversarialAutoencoder) -> tuple[torch.optim.Optimizer, ...]:
+    lr = model.cfg.disc_lr
+    return (torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999)),
+            torch.optim.Adam(model.encoder.parameters(), lr=lr, betas=(0.5, 0.999)))
+
+
+def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Reconstruction, discriminator and generator steps on one batch; returns the reconstruction loss."""
+    model: AdversarialAutoencoder = ctx.model
+    if "aae_optimizers" not in ctx.kind_state:
+        ctx.kind_state["aae_optimizers"] = _adversarial_optimizers(model)
+    disc_opt, gen_opt = ctx.kind_state["aae_optimizers"]
+    with ctx.autocast():
+        recon = kind.loss(model, x_in, target)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    recon.backward()
+    ctx.optimizer.step()
+
+    real = sample_prior(model.cfg, x_in.shape[0], device=x_in.device, generator=ctx.generator)
+    with ctx.autocast():
+        fake = model.encoder(x_in).detach()
+        logits = model.discriminator(torch.cat([real, fake])).float().squeeze(1)
+    labels = torch.cat([torch.ones(real.shape[0]), torch.zeros(fake.shape[0])]).to(x_in.device)
+    disc_opt.zero_grad(set_to_none=True)
+    F.binary_cross_entropy_with_logits(logits, labels).backward()
+    disc_opt.step()
+
+    with ctx.autocast():
+        fooled = model.discriminator(model.encoder(x_in)).float().squeeze(1)
+    gen_loss = model.cfg.adv_weight * F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+    gen_opt.zero_grad(set_to_none=True)
+    model.discriminator.requires_grad_(False)  # the generator step moves the encoder only
+    gen_loss.backward()
+    model.discriminator.requires_grad_(True)
+    gen_opt.step()
+    return recon.detach()
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+KINDS = (Kind("aae", AAEConfig, build=AdversarialAutoencoder, loss=pixel_mse, reconstruct=_forward,
+              train_step=adversarial_step),)

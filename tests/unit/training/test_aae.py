@@ -1,0 +1,72 @@
+"""The adversarial autoencoder: its prior, its three steps, and codes that follow the prior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aeopt.config import AAEConfig, RunConfig
+from aeopt.training.data import prepare, to_float
+from aeopt.training.engine import Trainer, fit
+from aeopt.training.kinds.aae import MIXTURE_RADIUS, prior_mmd, sample_prior
+from aeopt.training.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def test_mixture_prior_has_ten_components_on_a_circle():
+    cfg = AAEConfig(latent_dim=4, prior="mixture10")
+    z = sample_prior(cfg, 5000, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (5000, 4)
+    radius = z[:, :2].norm(dim=1)
+    assert radius.mean().item() == pytest.approx(MIXTURE_RADIUS, rel=0.05)
+    angles = torch.atan2(z[:, 1], z[:, 0]) % (2 * math.pi)
+    sector = torch.round(angles / (2 * math.pi / 10)).long() % 10
+    counts = torch.bincount(sector, minlength=10)
+    assert (counts > 350).all() and (counts < 650).all()  # ten components, equally likely
+    assert z[:, 2:].std().item() == pytest.approx(1.0, rel=0.05)  # the other dimensions: N(0, 1)
+
+
+def test_mmd_tells_the_prior_from_something_else():
+    cfg = AAEConfig(latent_dim=3)
+    g = torch.Generator().manual_seed(0)
+    a, b = sample_prior(cfg, 400, generator=g), sample_prior(cfg, 400, generator=g)
+    shifted = sample_prior(cfg, 400, generator=g) * 0.3 + 2.0
+    assert prior_mmd(a, b) < 0.05 < prior_mmd(shifted, b)
+
+
+def _run(adv_weight: float) -> tuple[float, float]:
+    cfg = RunConfig.model_validate({
+        "model": {"kind": "aae", "c1": 8, "c2": 16, "c3": 16, "fc": 32, "latent_dim": 4, "disc_hidden": 32,
+                  "adv_weight": adv_weight, "disc_lr": 1e-3},
+        "data": {"dataset": "digits"}, "budget": {"max_epochs": 12, "batch_size": 64, "patience": 0},
+        "optim": {"lr": 3e-3}})
+    data = prepare(cfg.data)
+    model, result = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
+    model.eval()
+    with torch.no_grad():
+        codes = model.encode(to_float(data.val.x, CPU))
+    prior = sample_prior(cfg.model, codes.shape[0], generator=torch.Generator().manual_seed(1))
+    return result.best_val, prior_mmd(codes, prior)
+
+
+@pytest.mark.slow
+def test_the_adversarial_term_pulls_the_codes_to_the_prior_and_it_still_reconstructs():
+    plain_mse, plain_mmd = _run(0.0)
+    adv_mse, adv_mmd = _run(1.0)
+    assert adv_mmd < 0.5 * plain_mmd, (adv_mmd, plain_mmd)
+    assert adv_mse < 0.08  # digits' pixel variance is about 0.1: it learned to reconstruct
+    assert plain_mse < 0.08
+
+
+def test_one_step_moves_all_three_parts():
+    tiny = {"kind": "aae", "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 3, "disc_hidden": 8}
+    cfg = RunConfig.model_validate({"model": tiny, "budget": {"batch_size": 8}})
+    trainer = Trainer(build_model(cfg), cfg, CPU, seed=0)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train_epoch(torch.rand(16, 1, 28, 28))
+    moved = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"encoder", "decoder", "discriminator"}
+    assert len(trainer.kind_state["aae_optimizers"]) == 2  # its own optimizers, kept across steps
