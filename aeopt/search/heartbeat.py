@@ -89,7 +89,11 @@ def grace_seconds(storage: BaseStorage) -> int | None:
     """The storage's grace period in seconds (Optuna's RDB default: twice the interval), or None."""
     if not is_heartbeat_enabled(storage):
         return None
-    grace = getattr(storage, "grace_period", None)
+    # A study wraps an RDBStorage in Optuna's _CachedStorage, which forwards the heartbeat calls
+    # but not the grace period: read it from the wrapped storage.
+    inner = getattr(storage, "_backend", None)
+    inner = inner if isinstance(inner, BaseHeartbeat) else storage
+    grace = getattr(inner, "grace_period", None)
     return int(grace) if grace is not None else 2 * int(storage.get_heartbeat_interval())
 
 

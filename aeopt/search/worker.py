@@ -203,6 +203,19 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     limits = limits or FailureLimits(consecutive=None)
     streak = _FailureStreak()
     deadline = time.monotonic() + timeout if timeout else None
+    quiet = _NoTrialTracebacks()
+    logging.getLogger(_OPTUNA_TRIAL_LOGGER).addFilter(quiet)
+    try:
+        return _trial_loop(study, objective, target, heartbeat, deadline, poll_seconds,
+                           [streak, *(callbacks or [])], limits, streak)
+    finally:
+        logging.getLogger(_OPTUNA_TRIAL_LOGGER).removeFilter(quiet)
+
+
+def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int | None,
+                heartbeat: bool, deadline: float | None, poll_seconds: float,
+                callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], limits: FailureLimits,
+                streak: _FailureStreak) -> str:
     while True:
         if deadline and time.monotonic() >= deadline:
             return "timeout"
@@ -218,13 +231,26 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         _check_study_budget(study.study_name, trials, limits, target)
         remaining = deadline - time.monotonic() if deadline else None
         study.optimize(_Recorded(objective), n_trials=1, timeout=remaining, catch=TRIAL_ERRORS,
-                       callbacks=[streak, *(callbacks or [])])
+                       callbacks=callbacks)
         if limits.consecutive and streak.count >= limits.consecutive:
             raise TooManyFailuresError(
                 f"{streak.count} trials in a row failed in this worker, the last: {streak.last_reason}; "
                 "fix the spec or the data (AEOPT_MAX_CONSECUTIVE_FAILURES sets the limit)")
         if _grid_exhausted(study):
             return "the sampler has no more points"
+
+
+_OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"  # where Optuna logs "Trial N failed ..."
+
+
+class _NoTrialTracebacks(logging.Filter):
+    """Optuna logs a failed trial with the traceback of its error: a NaN, an OOM or a stop signal is
+    an expected outcome, already one line with its `fail_reason`; the line stays, the traceback goes.
+    An error that stops the worker still propagates, with its traceback, from `study.optimize`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 def _is_surplus(trial: FrozenTrial) -> bool:

@@ -81,3 +81,11 @@ def test_interval_and_grace_must_be_positive(tmp_path, interval, grace):
     with pytest.raises(ValueError):
         HeartbeatJournalStorage(JournalFileBackend(str(tmp_path / "j.log")), heartbeat_interval=interval,
                                 grace_period=grace)
+
+
+def test_the_grace_period_of_an_rdb_study_is_the_storages(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEOPT_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("AEOPT_GRACE_PERIOD", "3")
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage.optuna, study_name="s")
+    assert storage.heartbeat and grace_seconds(study._storage) == 3  # through Optuna's cache wrapper
