@@ -13,12 +13,19 @@ password masked, for every log line, error and page. Supported URLs, each set up
 - redis://host:port/db   Optuna's journal on Redis
 - grpc://host:port       a gRPC storage proxy (`aeopt storage proxy`) in front of any of the above,
                          for hundreds of workers that should not each hold database connections
+
+Every storage comes wrapped in `aeopt.search.retry.RetryingStorage`: a database restart or a cut link
+is waited out (up to AEOPT_OUTAGE_SECONDS, default 180) instead of killing the worker.
+`open_storage(url, create=False)`, for commands that only read an existing study, refuses an SQLite
+or journal file that does not exist instead of creating it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +35,9 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, Jour
 
 from aeopt.errors import StorageError
 from aeopt.search.heartbeat import HeartbeatJournalStorage, heartbeat_enabled
+from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///studies/aeopt.db"
 
@@ -76,13 +86,24 @@ def _heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
+def _file_path(url: str) -> Path | None:
+    """The file an SQLite or journal URL names (None for in-memory SQLite and server URLs)."""
+    if url.startswith("journal://"):
+        # Like SQLite URLs: journal:///rel/path.log is relative, journal:////abs/path.log absolute.
+        return Path(url[len("journal:///"):] if url.startswith("journal:///") else url[len("journal://"):])
+    if kind(url) == "sqlite":
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        return Path(path).expanduser() if path and path != ":memory:" else None
+    return None
+
+
 def _rdb(url: str) -> BaseStorage:
     interval, grace = _heartbeat_settings()
     engine_kwargs: dict = {}
     if kind(url) == "sqlite":
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = _file_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # Wait up to a minute for another process's write lock instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
@@ -91,13 +112,17 @@ def _rdb(url: str) -> BaseStorage:
         engine_kwargs.update(pool_size=2, max_overflow=3, pool_pre_ping=True, pool_recycle=1800)
         if kind(url) == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "aeopt"}
-    return optuna.storages.RDBStorage(
+    rdb = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=interval,
         grace_period=grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
     )
+    # What optuna.create_study / load_study would wrap an RDBStorage in themselves (they leave other
+    # storages, such as the retrying wrapper, as they are): the cache of finished trials that keeps
+    # a sampler's every ask from reading the whole study again.
+    return optuna.storages._CachedStorage(rdb)
 
 
 def _journal(backend: BaseJournalBackend) -> BaseStorage:
@@ -143,17 +168,54 @@ class Storage:
         return self.display
 
 
-def open_storage(url: str | None = None) -> Storage:
-    """Open the storage at `url` (else AEOPT_STORAGE, else the embedded SQLite default)."""
+def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
+    """Open the storage at `url` (else AEOPT_STORAGE, else the embedded SQLite default).
+
+    `create=False` is for commands that read an existing study: an SQLite or journal file that does
+    not exist is an error, and nothing is created. Storage calls ride out outages (search/retry.py)."""
     url = normalize(resolve_url(url))
-    return Storage(_open(url), url, redact(url))
+    display = redact(url)
+    path = _file_path(url)
+    if not create and path is not None and not path.is_file():
+        raise StorageError(f"no study storage at {display}: create a study first with "
+                           "`aeopt study create SPEC.yaml`")
+    policy = RetryPolicy(window=outage_seconds())
+    inner = _open_waiting(url, policy)
+    # An RDB storage connected when it was built: it has been reached, a later refusal is an outage.
+    reached = kind(url) not in ("redis", "grpc")
+    return Storage(RetryingStorage(inner, display=display, policy=policy, reached=reached), url, display)
+
+
+def _open_waiting(url: str, policy: RetryPolicy) -> BaseStorage:
+    """`_open`, waiting out a server that says it is restarting (an RDB storage connects at once)."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return _open(url)
+        except _Transient as exc:
+            left = started + policy.window - time.monotonic()
+            if left <= 0:
+                raise exc.storage_error from None
+            if attempt == 0:
+                log.warning("storage %s unreachable (%s); retrying for up to %g s", redact(url),
+                            reason(exc.cause), policy.window)
+            time.sleep(min(policy.delay(attempt), left))
+            attempt += 1
+
+
+class _Transient(Exception):
+    def __init__(self, cause: BaseException, storage_error: StorageError):
+        super().__init__(str(storage_error))
+        self.cause = cause
+        self.storage_error = storage_error
 
 
 def _open(url: str) -> BaseStorage:
     try:
+        path = _file_path(url)
         if url.startswith("journal://"):
-            # Like SQLite URLs: journal:///rel/path.log is relative, journal:////abs/path.log absolute.
-            path = Path(url[len("journal:///"):] if url.startswith("journal:///") else url[len("journal://"):])
+            assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
             return _journal(JournalFileBackend(str(path)))
         if url.startswith("redis://"):
@@ -168,9 +230,10 @@ def _open(url: str) -> BaseStorage:
         raise StorageError(f"storage {redact(url)} needs the Python package '{exc.name}'; "
                            "pip install it") from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        reason = reason.replace(url, redact(url))
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}; check the URL and that the server "
-                           "is running") from None
-
-
+        reason_ = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason_ = reason_.replace(url, redact(url))
+        error = StorageError(f"cannot open storage {redact(url)}: {reason_}; check the URL and that the "
+                             "server is running")
+        if is_restarting(exc):
+            raise _Transient(exc, error) from None
+        raise error from None

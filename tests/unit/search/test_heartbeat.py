@@ -26,7 +26,7 @@ def test_journal_storages_have_heartbeats(tmp_path, monkeypatch):
     monkeypatch.setenv("AEOPT_HEARTBEAT_INTERVAL", "2")
     monkeypatch.setenv("AEOPT_GRACE_PERIOD", "7")
     storage = open_storage(f"journal:///{tmp_path}/j.log")
-    assert storage.heartbeat and isinstance(storage.optuna, HeartbeatJournalStorage)
+    assert storage.heartbeat and isinstance(storage.optuna.inner, HeartbeatJournalStorage)
     assert storage.optuna.get_heartbeat_interval() == 2 and grace_seconds(storage.optuna) == 7
     assert storage.optuna.get_heartbeat_stale_trial_callback() is not None
     assert grace_seconds(optuna.storages.InMemoryStorage()) is None

@@ -40,7 +40,7 @@ def test_urls_without_a_password_are_unchanged(url):
 
 def test_open_storage_keeps_the_url_private_and_shows_it_masked(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/a@b.db")
-    assert isinstance(storage.optuna, optuna.storages.RDBStorage)
+    assert isinstance(storage.optuna.inner._backend, optuna.storages.RDBStorage)
     assert storage.kind == "sqlite" and storage.single_machine and storage.heartbeat
     assert storage.display == storage.url == f"sqlite:///{tmp_path}/a@b.db"
     assert "url" not in repr(storage)  # the raw URL is left out of repr (it may hold a password)
