@@ -23,11 +23,13 @@ RECIPES = {
     "lr1e-3_shift_flip": ["finetune.lr=1e-3", "finetune.augment=shift_flip", _KEEP],
     "lr1e-3_none": ["finetune.lr=1e-3", "finetune.augment=none", _KEEP],
     "lr3e-3_none": ["finetune.lr=3e-3", "finetune.augment=none", _KEEP],
-    "lr3e-3_none_no_dropout": ["finetune.lr=3e-3", "finetune.augment=none", "finetune.encoder_dropout=0",
-                               "finetune.head_dropout=0"],
+    "lr3e-3_none_no_dropout": ["finetune.lr=3e-3", "finetune.augment=none",
+                               "finetune.encoder_dropout=0", "finetune.head_dropout=0"],
     "lr3e-3_flip": ["finetune.lr=3e-3", "finetune.augment=flip", _KEEP],
-    "lr3e-3_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=flip", "finetune.encoder_dropout=0"],
-    "lr3e-3_shift_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=shift_flip", "finetune.encoder_dropout=0"],
+    "lr3e-3_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=flip",
+                                       "finetune.encoder_dropout=0"],
+    "lr3e-3_shift_flip_no_encoder_dropout": ["finetune.lr=3e-3", "finetune.augment=shift_flip",
+                                             "finetune.encoder_dropout=0"],
 }
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default=None)
     ap.add_argument("--config", default=str(REPO / "configs" / "conv_ae.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from: " + ", ".join(RECIPES))
+    ap.add_argument("--recipes", default=",".join(RECIPES),
+                    help="comma-separated names from: " + ", ".join(RECIPES))
     ap.add_argument("--deadline", type=float, default=None, help="start no recipe after this many seconds")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--json", default=None)
@@ -53,24 +56,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     cfg = load_finetune_config(args.config, args.overrides)
-    ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=args.device, amp=args.amp, show_progress=False)
-    log.info("autoencoder: test MSE %.5f, %d epochs, %.1f s", ae_m["test_mse"], ae_m["epochs"], ae_m["seconds"])
+    ae, ae_m = train_run(run_config(cfg), data_dir=args.data_dir, device=args.device, amp=args.amp,
+                         show_progress=False)
+    log.info("autoencoder: test MSE %.5f, %d epochs, %.1f s", ae_m["test_mse"], ae_m["epochs"],
+             ae_m["seconds"])
     rows = []
     for name in [n.strip() for n in args.recipes.split(",") if n.strip()]:
         if args.deadline and time.perf_counter() - t0 > args.deadline:
             log.info("deadline reached: skipping %s", name)
             continue
         c = load_finetune_config(args.config, args.overrides + RECIPES[name])
-        m = finetune(c, autoencoder=ae, data_dir=args.data_dir, device=args.device, amp=args.amp, show_progress=False)
+        m = finetune(c, autoencoder=ae, data_dir=args.data_dir, device=args.device, amp=args.amp,
+                     show_progress=False)
         row = {"recipe": name, "sets": RECIPES[name], "train_acc": m.train_acc, "val_acc": m.val_acc,
                "test_acc": m.test_acc, "epochs": m.epochs, "best_epoch": m.best_epoch, "seconds": m.seconds}
         rows.append(row)
-        log.info("%-26s train %.4f  val %.4f  test %.4f  epochs %d (best %d)  %.1f s", name, row["train_acc"], row["val_acc"],
-                 row["test_acc"], row["epochs"], row["best_epoch"], row["seconds"])
+        log.info("%-26s train %.4f  val %.4f  test %.4f  epochs %d (best %d)  %.1f s", name, row["train_acc"],
+                 row["val_acc"], row["test_acc"], row["epochs"], row["best_epoch"], row["seconds"])
     best = max(rows, key=lambda r: r["val_acc"])
     log.info("chosen by validation accuracy: %s", best["recipe"])
-    result = {"autoencoder": {k: ae_m[k] for k in ("test_mse", "epochs", "seconds")}, "rows": rows, "chosen": best["recipe"],
-              "seconds": round(time.perf_counter() - t0, 1)}
+    result = {"autoencoder": {k: ae_m[k] for k in ("test_mse", "epochs", "seconds")}, "rows": rows,
+              "chosen": best["recipe"], "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.chosen:

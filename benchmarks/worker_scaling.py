@@ -5,7 +5,7 @@ Each arm gets a fresh study with the same spec and the same study-wide trial tar
 `aeopt launch` (real worker processes). The storage share comes from one in-process worker whose
 storage object has every public method timed.
 
-    python benchmarks/worker_scaling.py --storage postgresql://postgres@127.0.0.1:5432/test \
+    python benchmarks/worker_scaling.py --storage postgresql://postgres@127.0.0.1:5432/test \\
         --data-dir ../shared/data --trials 8 --json out.json
 """
 
@@ -16,19 +16,15 @@ import functools
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from aeopt.config import StudySpec  # noqa: E402
-from aeopt.search.launch import launch  # noqa: E402
-from aeopt.search.records import StudyCounts  # noqa: E402
-from aeopt.search.storage import Storage, open_storage  # noqa: E402
-from aeopt.search.studies import create_study, load_study  # noqa: E402
+from aeopt.config import StudySpec
+from aeopt.search.launch import launch
+from aeopt.search.records import StudyCounts
+from aeopt.search.storage import Storage, open_storage
+from aeopt.search.studies import create_study, load_study
 
 
 def spec(train_subset: int, epochs: int) -> StudySpec:

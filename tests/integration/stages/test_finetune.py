@@ -58,19 +58,23 @@ def _real_study(url: str, name: str, n_trials: int = 3) -> optuna.Study:
     """A study as aeopt's workers leave it: spec inside, dotted params, CV attrs, real CV values."""
     spec = StudySpec.model_validate({
         **TINY, "name": name, "data": {"dataset": "synthetic", "train_subset": 200},
-        "budget": {"max_epochs": 1, "batch_size": 64}, "cv": {"folds": 2, "seed": 5}, "sampler": {"name": "random", "seed": 7},
+        "budget": {"max_epochs": 1, "batch_size": 64}, "cv": {"folds": 2, "seed": 5},
+        "sampler": {"name": "random", "seed": 7},
         "space": {"model.c1": {"type": "int", "low": 2, "high": 8},
                   "optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
     })
-    study = optuna.create_study(study_name=name, storage=url, direction="minimize", sampler=optuna.samplers.RandomSampler(7))
+    study = optuna.create_study(study_name=name, storage=url, direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(7))
     study.set_user_attr("aeopt:spec", spec.model_dump(mode="json"))
     for _ in range(n_trials):
         trial = study.ask()
         cfg = spec.run_config(suggest(trial, spec.space))
-        result = cross_validate(cfg, training_pool(cfg.data), spec.cv.folds, spec.cv.seed, torch.device("cpu"),
+        result = cross_validate(cfg, training_pool(cfg.data), spec.cv.folds, spec.cv.seed,
+                                torch.device("cpu"),
                                 on_epoch=lambda epoch, mean, losses, trial=trial: trial.report(mean, epoch))
-        for key, value in {"fold_losses": result.fold_losses, "cv_std": result.std, "epochs": result.epochs,
-                           "best_epoch": result.best_epoch, "seconds": result.seconds, "device": "cpu"}.items():
+        attrs = {"fold_losses": result.fold_losses, "cv_std": result.std, "epochs": result.epochs,
+                 "best_epoch": result.best_epoch, "seconds": result.seconds, "device": "cpu"}
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
         study.tell(trial, result.value)
     return study
@@ -81,25 +85,33 @@ def test_export_from_sqlite_study_then_train_rebuilds_it(tmp_path):
     study = _real_study(url, "exp")
     best = min(study.trials, key=lambda t: t.value)
 
-    proc = run_cli("export", "--study", "exp", "--storage", url, "-o", str(tmp_path / "best.yaml"), cwd=tmp_path)
+    proc = run_cli("export", "--study", "exp", "--storage", url, "-o", str(tmp_path / "best.yaml"),
+                   cwd=tmp_path)
     _ok(proc)
     assert f"trial {best.number}" in proc.stdout
     export = yaml.safe_load((tmp_path / "best.yaml").read_text())
-    assert export["provenance"]["trial"] == best.number and export["metrics"]["cv_mean"] == pytest.approx(best.value)
+    assert export["provenance"]["trial"] == best.number
+    assert export["metrics"]["cv_mean"] == pytest.approx(best.value)
     assert export["metrics"]["fold_losses"] == pytest.approx(best.user_attrs["fold_losses"])
-    assert export["model"]["c1"] == best.params["model.c1"] and export["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
+    assert export["model"]["c1"] == best.params["model.c1"]
+    assert export["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
 
     # `aeopt train best.yaml` retrains exactly the exported configuration.
-    _ok(run_cli("train", str(tmp_path / "best.yaml"), *CPU, "--out", str(tmp_path / "retrain"), cwd=tmp_path))
+    _ok(run_cli("train", str(tmp_path / "best.yaml"), *CPU, "--out", str(tmp_path / "retrain"),
+                cwd=tmp_path))
     _, cfg, _ = load_checkpoint(tmp_path / "retrain" / "checkpoint.pt")
-    assert cfg.model_dump(mode="json") == {k: v for k, v in export.items() if k not in ("metrics", "provenance")}
+    run_sections = {k: v for k, v in export.items() if k not in ("metrics", "provenance")}
+    assert cfg.model_dump(mode="json") == run_sections
 
     # --top and JSON; an empty study is one clear line (exit 2).
-    _ok(run_cli("export", "--study", "exp", "--storage", url, "-o", str(tmp_path / "top.json"), "--top", "2", cwd=tmp_path))
+    _ok(run_cli("export", "--study", "exp", "--storage", url, "-o", str(tmp_path / "top.json"), "--top", "2",
+                cwd=tmp_path))
     top = json.loads((tmp_path / "top.json").read_text())
-    assert [e["provenance"]["rank"] for e in top] == [1, 2] and top[0]["metrics"]["cv_mean"] <= top[1]["metrics"]["cv_mean"]
+    assert [e["provenance"]["rank"] for e in top] == [1, 2]
+    assert top[0]["metrics"]["cv_mean"] <= top[1]["metrics"]["cv_mean"]
     _real_study(url, "none", n_trials=0)
-    proc = run_cli("export", "--study", "none", "--storage", url, "-o", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    proc = run_cli("export", "--study", "none", "--storage", url, "-o", str(tmp_path / "none.yaml"),
+                   cwd=tmp_path)
     assert proc.returncode == 2 and "has no complete trial" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "none.yaml").exists()
 
@@ -114,14 +126,17 @@ def test_export_from_postgres_holds_no_credentials(tmp_path, pg_url):
     name = f"cred_{tmp_path.name[-12:]}"
     _real_study(url, name, n_trials=2)
     for out in ("best.yaml", "best.json"):
-        proc = run_cli("export", "--study", name, "--storage", url, "-o", str(tmp_path / out), "--top", "2", cwd=tmp_path)
+        proc = run_cli("export", "--study", name, "--storage", url, "-o", str(tmp_path / out), "--top", "2",
+                       cwd=tmp_path)
         _ok(proc)
         text = (tmp_path / out).read_text()
         for haystack in (text, proc.stdout, proc.stderr):
             assert secret not in haystack and "127.0.0.1" not in haystack
     # The missing-study error names the storage with the password hidden.
-    proc = run_cli("export", "--study", "nope", "--storage", url, "-o", str(tmp_path / "x.yaml"), cwd=tmp_path)
-    assert proc.returncode == 2 and secret not in proc.stderr and "no study named 'nope'" in proc.stderr
+    proc = run_cli("export", "--study", "nope", "--storage", url, "-o", str(tmp_path / "x.yaml"),
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and secret not in proc.stderr
+    assert "no study named 'nope'" in proc.stderr
 
 
 # ----- fine-tune ---------------------------------------------------------------------------------
@@ -137,7 +152,8 @@ def test_finetune_cli_writes_metrics_and_confusion_matrix(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads(proc.stdout)["test_acc"] == metrics["test_acc"]
     assert metrics["task"] == "finetune" and metrics["mode"] == "full" and metrics["init"] == "pretrained"
-    assert metrics["autoencoder"]["source"] == "trained" and (out / "autoencoder" / "checkpoint.pt").is_file()
+    assert metrics["autoencoder"]["source"] == "trained"
+    assert (out / "autoencoder" / "checkpoint.pt").is_file()
     assert metrics["n_train"] == 480 and metrics["n_val"] == 120 and metrics["n_test"] == 500
     assert metrics["epochs"] == 3 == len(metrics["history"]) and metrics["seconds"] > 0
     # The synthetic classes are bars at different angles: far above chance (0.1) after 3 epochs.
@@ -155,12 +171,13 @@ def test_finetune_cli_writes_metrics_and_confusion_matrix(tmp_path):
 
 def test_frozen_mode_leaves_the_encoder_unchanged_full_mode_trains_it(tmp_path):
     cfg_path = _config(tmp_path)
-    train_run(run_config(load_finetune_config(cfg_path)), device="cpu", out=tmp_path / "ae", show_progress=False)
+    train_run(run_config(load_finetune_config(cfg_path)), device="cpu", out=tmp_path / "ae",
+              show_progress=False)
     ckpt = tmp_path / "ae" / "checkpoint.pt"
     sets = [a for k, v in TINY_FT.items() for a in ("--set", f"finetune.{k}={v}")]
     # Through the CLI with no config: the checkpoint's own config is used.
-    _ok(run_cli("finetune", "--checkpoint", str(ckpt), "--mode", "frozen", "--out", str(tmp_path / "frozen"), *CPU, *sets,
-                cwd=tmp_path))
+    _ok(run_cli("finetune", "--checkpoint", str(ckpt), "--mode", "frozen", "--out", str(tmp_path / "frozen"),
+                *CPU, *sets, cwd=tmp_path))
     full_cfg = load_finetune_config(cfg_path, [s for s in sets if s != "--set"] + ["finetune.mode=full"])
     finetune(full_cfg, checkpoint=ckpt, device="cpu", out=tmp_path / "full", show_progress=False)
 
@@ -203,13 +220,15 @@ def test_labels_n_uses_n_stratified_images(tmp_path):
     metrics = finetune(cfg, device="cpu", out=tmp_path / "ft", show_progress=False)
     assert metrics.labels == 100 and metrics.n_train == 80 and metrics.n_val == 20
 
-    proc = run_cli("finetune", str(_config(tmp_path)), *CPU, "--labels", "10", "--out", str(tmp_path / "x"), cwd=tmp_path)
+    proc = run_cli("finetune", str(_config(tmp_path)), *CPU, "--labels", "10", "--out", str(tmp_path / "x"),
+                   cwd=tmp_path)
     assert proc.returncode == 2 and "at least 2 per class" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cv_reports_mean_and_std_of_validation_accuracy(tmp_path):
     out = tmp_path / "cv"
-    _ok(run_cli("finetune", str(_config(tmp_path, TINY_FT)), *CPU, "--cv", "3", "--out", str(out), cwd=tmp_path))
+    _ok(run_cli("finetune", str(_config(tmp_path, TINY_FT)), *CPU, "--cv", "3", "--out", str(out),
+                cwd=tmp_path))
     metrics = json.loads((out / "metrics.json").read_text())
     cv = metrics["cv"]
     assert cv["folds"] == 3 and len(cv["fold_val_acc"]) == 3 and len(cv["fold_epochs"]) == 3
@@ -240,7 +259,8 @@ def test_vae_and_denoising_encoders_fine_tune(tmp_path, model, extra):
 
 def test_bad_finetune_settings_are_one_line(tmp_path):
     cfg = str(_config(tmp_path))
-    for args, expected in ((["--mode", "half"], "finetune.mode"), (["--set", "finetune.nope=1"], "finetune.nope"),
+    for args, expected in ((["--mode", "half"], "finetune.mode"),
+                           (["--set", "finetune.nope=1"], "finetune.nope"),
                            (["--set", "finetune.lr=-1"], "finetune.lr")):
         proc = run_cli("finetune", cfg, *CPU, *args, "--out", str(tmp_path / "x"), cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
@@ -256,7 +276,8 @@ def test_baseline_cnn_and_compare(tmp_path):
     cnn = tmp_path / "cnn"
     sets = ["data.dataset=synthetic", "data.train_subset=600", "model.c1=4", "model.c2=8", "model.fc=16",
             *(f"train.{k}={v}" for k, v in TINY_FT.items() if k != "head_hidden")]
-    _ok(run_cli("baseline", "cnn", *CPU, "--out", str(cnn), *[a for s in sets for a in ("--set", s)], cwd=tmp_path))
+    _ok(run_cli("baseline", "cnn", *CPU, "--out", str(cnn), *[a for s in sets for a in ("--set", s)],
+                cwd=tmp_path))
     bm = json.loads((cnn / "metrics.json").read_text())
     assert bm["task"] == "baseline" and bm["n_train"] == 480 and bm["n_val"] == 120 and bm["epochs"] == 3
     assert bm["test_acc"] > 0.2 and (cnn / "confusion_matrix.png").is_file()
@@ -270,7 +291,8 @@ def test_baseline_cnn_and_compare(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "model", "labels"] and len(lines) == 4
     fm = json.loads((ft / "metrics.json").read_text())
-    assert str(ft) in lines[2] and f"{fm['test_acc']:.4f}" in lines[2] and "finetune conv_ae (full)" in lines[2]
+    assert str(ft) in lines[2] and f"{fm['test_acc']:.4f}" in lines[2]
+    assert "finetune conv_ae (full)" in lines[2]
     assert str(cnn) in lines[3] and f"{bm['test_acc']:.4f}" in lines[3] and "baseline cnn" in lines[3]
     rows = json.loads(run_cli("compare", str(ft), str(cnn), "--json", cwd=tmp_path).stdout)
     assert [r["test_acc"] for r in rows] == [fm["test_acc"], bm["test_acc"]]

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from aeopt.training import data as aeopt_data
 from aeopt.config import dump_yaml
+from aeopt.training import data as aeopt_data
 from aeopt.training.checkpoint import load_checkpoint
 from aeopt.training.data import prepare, to_float
 from aeopt.training.engine import evaluate_loss
@@ -57,7 +57,8 @@ def test_train_end_to_end_on_digits(tmp_path: Path) -> None:
     model, cfg, _ = load_checkpoint(out / "checkpoint.pt")
     assert cfg.data.dataset == "digits" and cfg.budget.max_epochs == 2
     test_x = to_float(prepare(cfg.data).test.x, "cpu")
-    assert evaluate_loss(model, cfg, test_x, torch.device("cpu")) == pytest.approx(metrics["test_loss"], rel=1e-5)
+    loss = evaluate_loss(model, cfg, test_x, torch.device("cpu"))
+    assert loss == pytest.approx(metrics["test_loss"], rel=1e-5)
 
     # Outputs get the mode a plain open() gives (not mkstemp's 0600): dashboards and containers read them.
     mask = os.umask(0o022)
@@ -78,8 +79,9 @@ def test_denoising_from_an_export_and_vae_from_a_config_with_train_subset(tmp_pa
     export.write_text(dump_yaml({**run, "metrics": {"test_loss": 0.02}, "provenance": {"study": "s"}}))
     for name, config in (("denoising_ae", export), ("vae", REPO / "configs" / "vae.yaml")):
         out = tmp_path / name
-        proc = run_cli("train", str(config), *QUICK, "--set", "budget.max_epochs=1", "--set", "data.train_subset=300",
-                       "--set", "data.test_subset=100", "--out", str(out), cwd=tmp_path)
+        proc = run_cli("train", str(config), *QUICK, "--set", "budget.max_epochs=1",
+                       "--set", "data.train_subset=300", "--set", "data.test_subset=100",
+                       "--out", str(out), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["model"] == name
@@ -122,13 +124,15 @@ def test_config_errors_are_one_line_exit_2_and_write_nothing(tmp_path: Path, arg
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    proc = run_cli("--debug", "train", CONV, "--set", "optim.lr=-1", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    proc = run_cli("--debug", "train", CONV, "--set", "optim.lr=-1", "--out", str(tmp_path / "out"),
+                   cwd=tmp_path)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "optim.lr" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(aeopt_data.DEBIAN_FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is installed here")
+@pytest.mark.skipif(aeopt_data.DEBIAN_FASHION_DIR.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is installed here")
 def test_missing_data_names_the_fixes_and_writes_nothing(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -145,8 +149,8 @@ def test_missing_data_names_the_fixes_and_writes_nothing(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_diverged_run_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = run_cli("train", str(REPO / "configs" / "vae.yaml"), *QUICK, "--set", "optim.name=sgd", "--set", "optim.lr=10",
-                   "--out", str(out), cwd=tmp_path)
+    proc = run_cli("train", str(REPO / "configs" / "vae.yaml"), *QUICK,
+                   "--set", "optim.name=sgd", "--set", "optim.lr=10", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 2
     assert [line for line in _lines(proc.stderr) if line.startswith("error: ")] == _lines(proc.stderr)[-1:]
     assert "diverged" in proc.stderr and "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
@@ -157,8 +161,9 @@ def test_diverged_run_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_train_one_epoch_on_real_fashion_mnist(tmp_path: Path, real_data_dir: Path) -> None:
     out = tmp_path / "real"
-    proc = run_cli("train", CONV, "--data-dir", str(real_data_dir), "--device", "cpu", "--set", "budget.max_epochs=1",
-                   "--set", "data.train_subset=6000", "--set", "data.test_subset=1000", "--set", "budget.batch_size=64",
+    proc = run_cli("train", CONV, "--data-dir", str(real_data_dir), "--device", "cpu",
+                   "--set", "budget.max_epochs=1", "--set", "data.train_subset=6000",
+                   "--set", "data.test_subset=1000", "--set", "budget.batch_size=64",
                    "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())

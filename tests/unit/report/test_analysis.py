@@ -1,18 +1,15 @@
-"""The report's numbers (aeopt.report.analysis), and the small helpers of the dashboard and artifacts
-(no training)."""
+"""The report's numbers (aeopt.report.analysis), on small untrained models (no training).
+
+The artifact-folder, loopback and spec-note tests live in tests/unit/search/test_artifacts.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from aeopt.config import ConvAEConfig, StudySpec, VAEConfig
+from aeopt.config import ConvAEConfig, VAEConfig
 from aeopt.report import analysis
-from aeopt.search.artifacts import artifact_dir, default_artifact_dir
-from aeopt.search.dashboard import is_loopback, spec_markdown
-from aeopt.search.storage import Storage
 from aeopt.training.models import VAE, ConvAutoencoder
 
 
@@ -91,46 +88,3 @@ def test_pairs_are_from_different_classes():
     for a, b in analysis.pick_pairs(labels, 6):
         assert labels[a] != labels[b]
 
-
-# ----- artifacts and dashboard helpers -------------------------------------------------------------
-
-
-def _storage(url: str) -> Storage:
-    # The URL is all default_artifact_dir reads; opening a SQLite URL would create the database file.
-    return Storage(optuna=None, url=url, display=url)
-
-
-def test_default_artifact_dir_is_beside_a_sqlite_file():
-    assert str(default_artifact_dir(_storage("sqlite:///studies/aeopt.db"))) == "studies/artifacts"
-    assert str(default_artifact_dir(_storage("sqlite:////abs/x/y.db"))) == "/abs/x/artifacts"
-    assert str(default_artifact_dir(_storage("postgresql+psycopg://u@h/db"))) == "artifacts"
-    assert str(default_artifact_dir(None)) == "artifacts"
-
-
-def test_artifact_dir_env_wins_over_the_study_attr(tmp_path, monkeypatch):
-    import optuna
-
-    monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
-    study = optuna.create_study()
-    assert artifact_dir(study) is None
-    study.set_user_attr("aeopt:artifacts", str(tmp_path / "a"))
-    assert artifact_dir(study) == tmp_path / "a"
-    monkeypatch.setenv("AEOPT_ARTIFACTS", str(tmp_path / "b"))
-    assert artifact_dir(study) == tmp_path / "b"
-
-
-@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True),
-                                       ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
-                                       ("192.168.1.5", False), ("example.org", False)])
-def test_loopback(host, loop):
-    assert is_loopback(host) is loop
-
-
-def test_spec_note_holds_the_spec_as_yaml():
-    spec = StudySpec.model_validate({"name": "n", "description": "why this study", "model": {"kind": "vae"},
-                                     "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2,
-                                                            "log": True}}})
-    note = spec_markdown(spec)
-    assert note.startswith("## n") and "why this study" in note
-    block = note.split("```yaml\n", 1)[1].split("```", 1)[0]
-    assert StudySpec.model_validate(yaml.safe_load(block)) == spec

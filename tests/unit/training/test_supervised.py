@@ -237,7 +237,8 @@ def test_early_stopping_counts_epochs_since_the_best():
     # A learning rate far below float32 resolution: the weights, hence the validation figures,
     # never change, so epoch 1 stays the best and the run stops `patience` epochs later.
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 3, (64,))
-    cfg = SupervisedConfig(lr=1e-30, weight_decay=0.0, max_epochs=10, patience=2, batch_size=32, augment="none")
+    cfg = SupervisedConfig(lr=1e-30, weight_decay=0.0, max_epochs=10, patience=2, batch_size=32,
+                           augment="none")
     clf = Classifier(_encoder(), 4, hidden=8, n_classes=3, dropout=0.0, normalize_code=False)
     _, fit = fit_classifier(clf, (x[:48], y[:48]), (x[48:], y[48:]), cfg, torch.device("cpu"), seed=0)
     assert fit.stopped_early and fit.epochs == 3 and fit.best_epoch == 1 and len(fit.history) == 3
