@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
 import warnings
 
@@ -63,6 +65,24 @@ def _register(argv: list[str]) -> None:
             _registered.add(module)
 
 
+class _NoInterruptTracebacks(logging.Filter):
+    """Drops Optuna's report of a trial ended by a stop request (Ctrl-C, SIGTERM): its traceback shows
+    where the signal happened to land, which is not an error; the trial itself is still marked FAIL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        trial = re.match(r"Trial (\d+) failed with ", message)
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt) and trial:
+            self.interrupted.add(trial.group(1))
+            return False
+        # The second line Optuna writes for the same trial ("Trial 3 failed with value None.").
+        return not (trial and trial.group(1) in self.interrupted)
+
+
 def _process_setup() -> None:
     """Process-wide settings that belong to the program, not the library: set once, here."""
     # Headless: workers, servers and CI have no display; Optuna's matplotlib plots use pyplot.
@@ -70,6 +90,38 @@ def _process_setup() -> None:
     # Heartbeats and their retry callback are "experimental" in Optuna; they are the mechanism
     # aeopt relies on, so the per-call warning says nothing a user can act on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoInterruptTracebacks) for f in optimize_log.filters):
+        optimize_log.addFilter(_NoInterruptTracebacks())
+
+
+def _raise_interrupt(signum: int, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _signal_of(exc: BaseException | None) -> int | None:
+    """The signal that ended the command: a KeyboardInterrupt in the exception chain, raised by
+    Python on Ctrl-C (no message) or by a SIGTERM handler as "signal N" (this module's, the worker's).
+    Typer turns it into exit code 130 whatever the signal was."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            if isinstance(getattr(exc, "signum", None), int):  # the worker's StopSignal
+                return exc.signum
+            number = re.fullmatch(r"signal (\d+)", str(exc))
+            return int(number.group(1)) if number else int(signal.SIGINT)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _stopped(signum: int) -> int:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = str(signum)
+    typer.echo(f"stopped by signal {name}", err=True)
+    return 128 + signum  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     root.propagate = False
     _register(argv)
     try:
+        # SIGTERM (a scheduler, `docker stop`, `aeopt launch` stopping its workers) stops a command as
+        # Ctrl-C does: cleanly, with exit code 143. Not possible outside the main thread (tests).
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        previous = None
+    try:
+        return _run(argv, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    try:
         # Standalone mode: typer reports usage errors itself (exit 2) and raises SystemExit.
         app(args=argv, prog_name="aeopt")
     except SystemExit as exc:
+        signum = _signal_of(exc)
+        if signum is not None:
+            return _stopped(signum)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(_signal_of(exc) or signal.SIGINT)
     except AeoptError as exc:
         if debug:
             raise

@@ -36,7 +36,7 @@ def dashboard(
 
     Example: aeopt dashboard --storage sqlite:///studies/aeopt.db   (then open http://127.0.0.1:8080/)
     """
-    serve(open_storage(storage), host=host, port=port, artifacts=artifacts)
+    serve(open_storage(storage, create=False), host=host, port=port, artifacts=artifacts)
 
 
 def register(app: typer.Typer) -> None:

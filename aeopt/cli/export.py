@@ -25,7 +25,7 @@ def export(study: StudyOpt, output: OutputOpt, storage: StorageOpt = None, top: 
 
     Example: aeopt export --study conv_ae -o best.yaml
     """
-    result = export_study(open_storage(storage), study, output, top)
+    result = export_study(open_storage(storage, create=False), study, output, top)
     best = result if isinstance(result, dict) else result[0]
     m, p = best["metrics"], best["provenance"]
     std = f" +- {m['cv_std']:.5g}" if m.get("cv_std") is not None else ""

@@ -39,8 +39,8 @@ def launch(
 
     Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100
     """
-    code = run(open_storage(storage), study, workers, devices=devices, n_trials=n_trials, timeout=timeout,
-               data_dir=data_dir, log_dir=log_dir, amp=amp)
+    code = run(open_storage(storage, create=False), study, workers, devices=devices, n_trials=n_trials,
+               timeout=timeout, data_dir=data_dir, log_dir=log_dir, amp=amp)
     raise typer.Exit(code)
 
 

@@ -54,7 +54,8 @@ def report(
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
     # Opened once, and only when a study is read: --checkpoint alone must not create a database.
-    opened = open_storage(storage) if study is not None or denoising_study is not None else None
+    reads_a_study = study is not None or denoising_study is not None
+    opened = open_storage(storage, create=False) if reads_a_study else None
     path = build_report(study, out, storage=opened, checkpoint=checkpoint, finetune=finetune,
                         data_dir=data_dir, device=device, denoising_study=denoising_study,
                         max_points=max_points)

@@ -14,6 +14,8 @@ from aeopt.search.dashboard import write_study_note
 from aeopt.search.records import StudyCounts
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import (
+    NAME_RULE,
+    check_study_name,
     create_study,
     default_artifact_dir,
     delete_study,
@@ -25,7 +27,8 @@ from aeopt.search.studies import (
 study_app = typer.Typer(help="Create, list, inspect and delete studies in a storage.", no_args_is_help=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="Study spec YAML (studies/conv_ae.yaml, ...).")]
-NameOpt = Annotated[str | None, typer.Option("--study-name", "-n", help="Name (default: the spec's `name`).")]
+NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
+                                             help=f"Name (default: the spec's `name`): {NAME_RULE}.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-if-exists", help="Reuse an existing study of that name.")]
 ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", envvar="AEOPT_ARTIFACTS",
                                                   help="Folder for trial artifacts (PNGs, best checkpoint).")]
@@ -50,10 +53,12 @@ def create(
     Example: aeopt study create studies/conv_ae.yaml --set data.train_subset=12000
     """
     spec_obj = load_study_spec(spec, set_ or [])
+    name = study_name or spec_obj.name or spec.stem
+    if not skip_if_exists:  # before the storage is opened (and maybe created); reusing an old name is fine
+        check_study_name(name)
     opened = open_storage(storage)
     folder = artifacts if artifacts is not None else str(default_artifact_dir(opened))
-    study = create_study(opened, spec_obj, study_name or spec_obj.name or spec.stem,
-                         skip_if_exists=skip_if_exists, artifacts=folder)
+    study = create_study(opened, spec_obj, name, skip_if_exists=skip_if_exists, artifacts=folder)
     write_study_note(study, spec_obj)
     typer.echo(f"study '{study.study_name}' ready in {opened.display}")
     typer.echo(f"run workers with: aeopt worker --study {study.study_name} --n-trials 50"
@@ -63,7 +68,7 @@ def create(
 @study_app.command("list")
 def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """List the studies in the storage with trial counts and best values."""
-    rows = list_studies(open_storage(storage))
+    rows = list_studies(open_storage(storage, create=False))
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -81,7 +86,7 @@ def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 @study_app.command("show")
 def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by state, the best value and its parameters."""
-    study, spec = load_study(open_storage(storage), name)
+    study, spec = load_study(open_storage(storage, create=False), name)
     s = summarize(study)
     if as_json:
         typer.echo(json.dumps(s.as_dict(), indent=2))
@@ -100,7 +105,7 @@ def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
 @study_app.command("delete")
 def delete(name: StudyNameArg, storage: StorageOpt = None, yes: YesOpt = False) -> None:
     """Delete a study and all its trials (asks first unless --yes)."""
-    opened = open_storage(storage)
+    opened = open_storage(storage, create=False)
     study, _ = load_study(opened, name)
     if not yes:
         n = StudyCounts.of(study).total

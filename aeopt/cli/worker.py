@@ -35,8 +35,10 @@ def worker(
 
     Example: aeopt worker --study conv_ae --n-trials 50 --device cuda:0
     """
-    summary = run_worker(open_storage(storage), study, n_trials=n_trials, timeout=timeout, device=device,
-                         data_dir=data_dir, worker_index=worker_index, threads=threads, amp=amp)
+    # A worker only joins a study: a typo in --storage must not create an empty database.
+    opened = open_storage(storage, create=False)
+    summary = run_worker(opened, study, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
+                         worker_index=worker_index, threads=threads, amp=amp)
     typer.echo(f"worker {worker_index} finished: {summary.counts.text()}; {summary.stopped_because}")
 
 

@@ -149,8 +149,8 @@ def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: no such file; pass the path of a YAML config "
-                          "(for example configs/conv_ae.yaml)")
+        what = "a folder, not a file" if p.is_dir() else "no such file"
+        raise ConfigError(f"{p}: {what}; pass the path of a YAML config (for example configs/conv_ae.yaml)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:

@@ -134,11 +134,12 @@ MAX_GRID_POINTS = 1_000_000
 
 
 def _check_grid(space: dict[str, Any]) -> None:
-    points = 1
     for path, param in space.items():
         if isinstance(param, FloatParam) and param.step is None:
             raise ValueError(f"space.{path}: the grid sampler needs a finite space: give it a "
                              "step or make it categorical")
+    points = 1
+    for path, param in space.items():
         if isinstance(param, (IntParam, FloatParam)):
             points *= int((param.high - param.low) / (param.step or 1) + 1e-9) + 1
         elif isinstance(param, CategoricalParam):

@@ -22,7 +22,7 @@ from aeopt.errors import AeoptError
 from aeopt.progress import interactive, progress
 from aeopt.search.records import StudyCounts, best_value_text
 from aeopt.search.storage import Storage
-from aeopt.search.studies import load_study
+from aeopt.search.studies import load_study, path_safe
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,35 @@ def parse_devices(devices: str | None) -> list[str]:
             raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, "
                              "comma-separated")
     return items or ["cpu"]
+
+
+def missing_cuda(devices: list[str]) -> str | None:
+    """Why a CUDA device of `devices` is not on this machine (None: every one is)."""
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if not cuda:
+        return None
+    # Imported here: torch costs seconds, and only CUDA devices need to be asked about.
+    import torch  # noqa: PLC0415
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in cuda:
+        if (int(d[5:]) if ":" in d else 0) >= count:
+            if not count:
+                return "this machine has no CUDA device; use cpu"
+            return f"{d} is not on this machine (it has cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def check_devices(devices: list[str], given: str | None) -> None:
+    """Every CUDA device named must exist here: fail before any worker starts, not in each of them."""
+    problem = missing_cuda(devices)
+    if problem:
+        raise AeoptError(f"--devices {given}: {problem}")
+
+
+def log_folder(study_name: str) -> Path:
+    """logs/<study>: the name made one safe folder name, so no study name can write outside logs/."""
+    return Path("logs") / path_safe(study_name)
 
 
 def worker_command(study_name: str, index: int, device: str, *, threads: int, n_trials: int | None,
@@ -78,14 +107,15 @@ def launch(
     """Start `workers` worker processes (devices round-robin), show progress, return an exit code."""
     if workers < 1:
         raise AeoptError("--workers must be at least 1")
+    device_list = parse_devices(devices)
+    check_devices(device_list, devices)
     study, _ = load_study(storage, study_name)  # fail here, once, rather than in every worker
     if storage.single_machine and workers > 4:
         log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
                     "use PostgreSQL for more", workers, storage.kind)
-    device_list = parse_devices(devices)
     assigned = [device_list[i % len(device_list)] for i in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
-    log_dir = Path(log_dir or Path("logs") / study_name)
+    log_dir = Path(log_dir) if log_dir else log_folder(study_name)
     log_dir.mkdir(parents=True, exist_ok=True)
     # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
@@ -120,14 +150,17 @@ def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | 
             signal.signal(s, h)
         _reap(procs)
 
-    failed = [w for w in procs if w.proc.returncode not in (0, None)]
+    signum = stopping["signal"]
+    # After a requested stop, a worker that exited because of the signal did what it was asked.
+    stopped = {0} if signum is None else {0, 128 + signum, -signum, 128 + signal.SIGTERM, -signal.SIGTERM}
+    failed = [w for w in procs if w.proc.returncode not in stopped]
     for w in failed:
         tail = w.log_path.read_text(errors="replace").strip().splitlines()[-5:]
         log.error("worker %d (%s) exited with code %s; last lines of %s:\n  %s", w.index, w.device,
                   w.proc.returncode, w.log_path, "\n  ".join(tail))
-    log.info(status_line(study))
-    if stopping["signal"] is not None:
-        return 130
+    log.info(_status_or_reason(study))
+    if signum is not None:
+        return 128 + signum  # the shell's convention: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     return 1 if failed else 0
 
 
@@ -137,13 +170,29 @@ def status_line(study: optuna.Study) -> str:
             f"running {c.running}; best {best_value_text(study)}")
 
 
+def _status_or_reason(study: optuna.Study) -> str:
+    # The monitor only reports: a storage that cannot be read right now (a database restart, a cut
+    # link) must not end the launch, whose cleanup would stop workers that are riding it out.
+    try:
+        return status_line(study)
+    except Exception as exc:  # noqa: BLE001 (any storage error; the workers decide for themselves)
+        return f"study {study.study_name}: status unavailable ({type(exc).__name__}); workers keep running"
+
+
+def _finished(study: optuna.Study, last: int) -> int:
+    try:
+        return StudyCounts.of(study).finished
+    except Exception:  # noqa: BLE001 (as in _status_or_reason)
+        return last
+
+
 def _watch(study, procs, n_trials, poll_seconds, stopping) -> None:
     with progress(n_trials, f"study {study.study_name}", unit="trial") as bar:
         last_line, last_done = "", 0
         while any(w.proc.poll() is None for w in procs):
-            done = StudyCounts.of(study).finished
-            line = status_line(study)
+            line = _status_or_reason(study)
             if bar.bar is not None:
+                done = _finished(study, last_done)
                 bar.bar.set_postfix_str(line.split(": ", 1)[1], refresh=False)
                 bar.bar.update(done - last_done)
                 last_done = done

@@ -8,6 +8,7 @@ Every function takes the `Storage` the CLI opened once; messages name it by `sto
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,25 @@ SPEC_ATTR = "aeopt:spec"
 ARTIFACTS_ATTR = "aeopt:artifacts"
 ARTIFACTS_ENV = "AEOPT_ARTIFACTS"
 VERSION_ATTR = "aeopt:version"
+
+
+# Study names become folder names (`aeopt launch` writes logs/<study>/worker-N.log), so a new study's
+# name is one path component: no '/', no '..', nothing a shell would need quoted.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 200 characters"
+
+
+def check_study_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise StudyError(f"study name {name!r}: use {NAME_RULE}")
+    return name
+
+
+def path_safe(name: str) -> str:
+    """A study name as one folder name, for studies created before names were checked (or by Optuna):
+    every character outside [A-Za-z0-9._-] becomes '_', and leading dots go ('..' cannot escape)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe[:200] or "study"
 
 
 def _quiet_optuna() -> None:
@@ -50,6 +70,7 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
                              "pass --skip-if-exists to reuse it, or `aeopt study delete` it first")
         study, _ = load_study(storage, name)
         return study
+    check_study_name(name)  # only new studies: one created before names were checked still loads
     build_sampler(spec)  # a sampler this machine cannot run fails here, not in every worker
     spec = spec.model_copy(update={"name": name})
     study = optuna.create_study(study_name=name, storage=storage.optuna, direction="minimize")

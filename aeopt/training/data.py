@@ -116,10 +116,21 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
     return Dataset(name, splits["train"], splits["test"], classes, str(folder))
 
 
+def folder_problem(path: str | Path) -> str:
+    """Why `path` cannot be a data folder (it does not exist, or is a file), with what to pass instead."""
+    what = "not a folder" if Path(path).expanduser().exists() else "no such folder"
+    return f"{what}; pass the folder that holds FashionMNIST/raw (or MNIST/raw)"
+
+
 def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, Path]]:
     roots: list[tuple[str, Path]] = []
     explicit = data_dir or os.environ.get("AEOPT_DATA_DIR")
     if explicit:
+        # A folder the user named must exist: falling back to another copy of the data would
+        # silently train on something else than what they pointed at.
+        came_from = f"--data-dir {data_dir}" if data_dir else f"AEOPT_DATA_DIR={explicit}"
+        if not Path(explicit).expanduser().is_dir():
+            raise DataNotFoundError(f"{came_from}: {folder_problem(explicit)}")
         roots.append(("--data-dir / AEOPT_DATA_DIR", Path(explicit).expanduser()))
     roots.append(("user cache", cache_dir()))
     if name == "fashion_mnist":

@@ -11,6 +11,7 @@ import pytest
 import typer
 
 from aeopt.cli import COMMANDS, command_of
+from aeopt.search.storage import open_storage
 from tests.conftest import run_cli
 
 
@@ -49,6 +50,7 @@ def test_help_lists_every_command():
 
 
 def test_a_study_command_imports_neither_torch_nor_the_dashboard(tmp_path):
+    open_storage(f"sqlite:///{tmp_path}/s.db")  # an empty storage: `study list` creates none
     code = ("import sys; from aeopt.cli import main; "
             f"code = main(['study', 'list', '--storage', 'sqlite:///{tmp_path}/s.db']); "
             "print(code, sorted(m for m in ('torch', 'optuna_dashboard', 'plotly') if m in sys.modules))")
@@ -62,6 +64,12 @@ def test_user_errors_are_one_line_without_the_password(tmp_path):
     assert r.returncode == 2 and "hunter2" not in r.stderr + r.stdout
     assert r.stderr.startswith("error: cannot open storage postgresql+psycopg://user:***@127.0.0.1:1/nodb")
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = run_cli("study", "show", "nope", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: no study storage at sqlite:///{tmp_path}/s.db: create a study first "
+                                "with `aeopt study create SPEC.yaml`")
+    assert not (tmp_path / "s.db").exists()  # a read-only command creates no storage
+    open_storage(f"sqlite:///{tmp_path}/s.db")
     r = run_cli("study", "show", "nope", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == (f"error: no study named 'nope' in sqlite:///{tmp_path}/s.db (there are none: "

@@ -1,0 +1,213 @@
+"""Bad command lines across every command: each exits non-zero with one line (`error: ...`, or typer's own
+usage block for a malformed option), prints no traceback and no password, and writes nothing.
+
+Run in-process (`aeopt.cli.main`) with file-descriptor capture, so that anything a command prints by any
+route (typer, logging, a traceback, a C library) is seen, and the whole table stays fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from aeopt.cli import main
+from aeopt.config import StudySpec
+from aeopt.search.storage import open_storage
+from aeopt.search.studies import create_study
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG = str(REPO / "configs" / "conv_ae.yaml")
+SPEC = str(REPO / "studies" / "conv_ae.yaml")
+PASSWORD = "hunter2"
+ABSENT_GPU = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: on no machine
+
+# {fx}: a folder of fixtures outside the working folder; {db}: a SQLite storage there holding study 's'
+# (no trials yet); the working folder itself starts empty and must stay empty.
+DB = "sqlite:///{fx}/s.db"
+MISSING_DB = "sqlite:///{fx}/typo/x.db"
+PG = f"postgresql://aeopt:{PASSWORD}@127.0.0.1:1/aeopt"
+
+
+def _create(*args: str) -> list[str]:
+    """`aeopt study create` of the shipped conv_ae spec on the fixture storage, with more arguments."""
+    return ["study", "create", SPEC, *args, "--storage", DB]
+
+
+CASES: list[tuple[str, list[str], dict[str, str]]] = [
+    # ----- train: files, YAML, keys, values, options
+    ("train-missing-file", ["train", "{fx}/missing.yaml"], {}),
+    ("train-a-folder", ["train", "{fx}"], {}),
+    ("train-bad-yaml", ["train", "{fx}/bad.yaml"], {}),
+    ("train-empty-yaml", ["train", "{fx}/empty.yaml"], {}),
+    ("train-yaml-list", ["train", "{fx}/list.yaml"], {}),
+    ("train-binary-file", ["train", "{fx}/binary.yaml"], {}),
+    ("train-unknown-section", ["train", "{fx}/unknown.yaml"], {}),
+    ("train-negative-lr", ["train", CONFIG, "--set", "optim.lr=-0.001"], {}),
+    ("train-unknown-kind", ["train", CONFIG, "--set", "model.kind=resnet"], {}),
+    ("train-unknown-key", ["train", CONFIG, "--set", "model.nope=1"], {}),
+    ("train-unknown-top-key", ["train", CONFIG, "--set", "nope.x=1"], {}),
+    ("train-set-without-equals", ["train", CONFIG, "--set", "optim.lr"], {}),
+    ("train-set-empty-key", ["train", CONFIG, "--set", "=3"], {}),
+    ("train-set-not-a-number", ["train", CONFIG, "--set", "budget.max_epochs=abc"], {}),
+    ("train-set-into-a-value", ["train", CONFIG, "--set", "optim.lr.x=1"], {}),
+    ("train-zero-epochs", ["train", CONFIG, "--set", "budget.max_epochs=0"], {}),
+    ("train-unknown-dataset", ["train", CONFIG, "--set", "data.dataset=cifar"], {}),
+    ("train-missing-data-dir", ["train", CONFIG, "--data-dir", "{fx}/no-data"], {}),
+    ("train-data-dir-is-a-file", ["train", CONFIG, "--data-dir", "{fx}/bad.yaml"], {}),
+    ("train-missing-data-dir-env", ["train", CONFIG], {"AEOPT_DATA_DIR": "{fx}/no-data"}),
+    ("train-bad-device", ["train", CONFIG, "--device", "gpu"], {}),
+    ("train-absent-gpu", ["train", CONFIG, "--device", ABSENT_GPU], {}),
+    ("train-bad-device-env", ["train", CONFIG], {"AEOPT_DEVICE": "tpu"}),
+    ("train-no-config", ["train"], {}),
+    ("train-unknown-option", ["train", CONFIG, "--epochs", "3"], {}),
+    # ----- study create: specs, space, names, storages
+    ("create-missing-spec", ["study", "create", "{fx}/missing.yaml", "--storage", DB], {}),
+    ("create-bad-yaml", ["study", "create", "{fx}/bad.yaml", "--storage", DB], {}),
+    ("create-name-up-the-tree", _create("-n", "../../x"), {}),
+    ("create-name-absolute", _create("-n", "/tmp/x"), {}),
+    ("create-name-with-space", _create("-n", "my study"), {}),
+    ("create-name-hidden", _create("-n", ".hidden"), {}),
+    ("create-name-too-long", _create("-n", "x" * 201), {}),
+    ("create-name-new-db", ["study", "create", SPEC, "-n", "a/b", "--storage", MISSING_DB], {}),
+    ("create-existing-study", ["study", "create", "{fx}/tiny.yaml", "--storage", DB], {}),
+    ("create-low-above-high", _create("--set", "space.optim.lr.low=0.1"), {}),
+    ("create-empty-choices", _create("--set", "space.model.activation.choices=[]"), {}),
+    ("create-unknown-param-type", _create("--set", "space.optim.lr.type=loguniform"), {}),
+    ("create-space-not-a-field", _create("--set", "space.model.nope={{type: int, low: 1, high: 2}}"), {}),
+    ("create-space-field-of-absent-entry", _create("--set", "space.model.latent_dim.high=64"), {}),
+    ("create-space-out-of-range", _create("--set", "space.model.dropout.high=1.5"), {}),
+    ("create-unknown-sampler", _create("--set", "sampler.name=annealing"), {}),
+    ("create-one-fold", _create("--set", "cv.folds=1"), {}),
+    ("create-unknown-task", _create("--set", "task=regression"), {}),
+    ("create-grid-without-steps", _create("--set", "sampler.name=grid"), {}),
+    ("create-unknown-scheme", ["study", "create", SPEC, "--storage", "foo://x/y"], {}),
+    # ----- storages that do not open: never created, password never shown
+    ("list-typo-path", ["study", "list", "--storage", MISSING_DB], {}),
+    ("list-typo-path-env", ["study", "list"], {"AEOPT_STORAGE": MISSING_DB}),
+    ("list-missing-journal", ["study", "list", "--storage", "journal:///typo/x.log"], {}),
+    ("list-postgres-password", ["study", "list", "--storage", PG], {}),
+    ("list-postgres-password-env", ["study", "list"], {"AEOPT_STORAGE": PG}),
+    ("list-postgres-at-in-password", ["study", "list", "--storage",
+                                      f"postgresql://aeopt:{PASSWORD}@x@127.0.0.1:1/aeopt"], {}),
+    ("list-redis-password", ["study", "list", "--storage", f"redis://:{PASSWORD}@127.0.0.1:1/0"], {}),
+    ("list-mysql-no-driver", ["study", "list", "--storage", f"mysql+nodriver://u:{PASSWORD}@h/db"], {}),
+    ("list-unknown-scheme", ["study", "list", "--storage", "nosuch://x"], {}),
+    ("list-not-a-url", ["study", "list", "--storage", "studies/aeopt.db"], {}),
+    ("list-default-storage-absent", ["study", "list"], {}),
+    # ----- study show / delete
+    ("show-missing-study", ["study", "show", "nope", "--storage", DB], {}),
+    ("show-typo-storage", ["study", "show", "s", "--storage", MISSING_DB], {}),
+    ("show-no-name", ["study", "show", "--storage", DB], {}),
+    ("delete-missing-study", ["study", "delete", "nope", "--yes", "--storage", DB], {}),
+    ("delete-typo-storage", ["study", "delete", "s", "--yes", "--storage", MISSING_DB], {}),
+    ("study-unknown-subcommand", ["study", "rename", "s"], {}),
+    # ----- worker
+    ("worker-missing-study", ["worker", "--study", "nope", "--storage", DB], {}),
+    ("worker-typo-storage", ["worker", "--study", "s", "--storage", MISSING_DB], {}),
+    ("worker-zero-trials", ["worker", "--study", "s", "--n-trials", "0", "--storage", DB], {}),
+    ("worker-trials-not-a-number", ["worker", "--study", "s", "--n-trials", "ten", "--storage", DB], {}),
+    ("worker-negative-timeout", ["worker", "--study", "s", "--timeout", "-5", "--storage", DB], {}),
+    ("worker-bad-device", ["worker", "--study", "s", "--device", "cuda:x", "--storage", DB], {}),
+    ("worker-absent-gpu", ["worker", "--study", "s", "--device", ABSENT_GPU, "--storage", DB], {}),
+    ("worker-missing-data-dir", ["worker", "--study", "s", "--data-dir", "{fx}/no", "--storage", DB], {}),
+    ("worker-no-study", ["worker", "--storage", DB], {}),
+    ("worker-postgres-password", ["worker", "--study", "s", "--storage", PG], {}),
+    # ----- launch
+    ("launch-absent-gpu", ["launch", "--study", "s", "--devices", f"cpu,{ABSENT_GPU}", "--storage", DB], {}),
+    ("launch-bad-device", ["launch", "--study", "s", "--devices", "gpu0", "--storage", DB], {}),
+    ("launch-zero-workers", ["launch", "--study", "s", "--workers", "0", "--storage", DB], {}),
+    ("launch-missing-study", ["launch", "--study", "nope", "--storage", DB], {}),
+    ("launch-typo-storage", ["launch", "--study", "s", "--storage", MISSING_DB], {}),
+    ("launch-missing-data-dir", ["launch", "--study", "s", "--data-dir", "{fx}/no", "--storage", DB], {}),
+    # ----- export
+    ("export-missing-study", ["export", "--study", "nope", "-o", "best.yaml", "--storage", DB], {}),
+    ("export-no-complete-trial", ["export", "--study", "s", "-o", "best.yaml", "--storage", DB], {}),
+    ("export-bad-suffix", ["export", "--study", "s", "-o", "best.txt", "--storage", DB], {}),
+    ("export-top-zero", ["export", "--study", "s", "-o", "best.yaml", "--top", "0", "--storage", DB], {}),
+    ("export-typo-storage", ["export", "--study", "s", "-o", "best.yaml", "--storage", MISSING_DB], {}),
+    ("export-no-output", ["export", "--study", "s", "--storage", DB], {}),
+    # ----- dashboard, report, storage proxy
+    ("dashboard-port-too-big", ["dashboard", "--port", "99999", "--storage", DB], {}),
+    ("dashboard-port-not-a-number", ["dashboard", "--port", "http", "--storage", DB], {}),
+    ("dashboard-typo-storage", ["dashboard", "--storage", MISSING_DB], {}),
+    ("dashboard-postgres-password", ["dashboard", "--storage", PG], {}),
+    ("report-missing-study", ["report", "-o", "out", "--study", "nope", "--storage", DB], {}),
+    ("report-typo-storage", ["report", "-o", "out", "--study", "s", "--storage", MISSING_DB], {}),
+    ("report-missing-checkpoint", ["report", "-o", "out", "--checkpoint", "{fx}/missing.pt"], {}),
+    ("report-no-output", ["report", "--study", "s", "--storage", DB], {}),
+    ("proxy-unknown-scheme", ["storage", "proxy", "--storage", "foo://x"], {}),
+    ("proxy-port-not-a-number", ["storage", "proxy", "--port", "x"], {}),
+    # ----- finetune, baseline, compare, quickstart
+    ("finetune-missing-file", ["finetune", "{fx}/missing.yaml"], {}),
+    ("finetune-bad-mode", ["finetune", CONFIG, "--mode", "half"], {}),
+    ("finetune-too-few-labels", ["finetune", CONFIG, "--labels", "5"], {}),
+    ("finetune-negative-lr", ["finetune", CONFIG, "--set", "finetune.lr=-1"], {}),
+    ("finetune-missing-checkpoint", ["finetune", "--checkpoint", "{fx}/missing.pt"], {}),
+    ("baseline-missing-config", ["baseline", "cnn", "--config", "{fx}/missing.yaml"], {}),
+    ("baseline-unknown-key", ["baseline", "cnn", "--set", "train.nope=1"], {}),
+    ("compare-missing-run", ["compare", "{fx}/no-run"], {}),
+    ("quickstart-zero-trials", ["quickstart", "--n-trials", "0"], {}),
+    ("quickstart-missing-data-dir", ["quickstart", "--data-dir", "{fx}/no-data"], {}),
+    # ----- the root
+    ("unknown-command", ["tune", CONFIG], {}),
+    ("unknown-root-option", ["--verbose", "study", "list"], {}),
+]
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> Path:
+    fx = tmp_path_factory.mktemp("fixtures")
+    (fx / "bad.yaml").write_text("model: {kind: conv_ae\n  c1: [16\n")
+    (fx / "empty.yaml").write_text("")
+    (fx / "list.yaml").write_text("- model\n- data\n")
+    (fx / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (fx / "unknown.yaml").write_text(Path(CONFIG).read_text() + "\nschedule: {warmup: 3}\n")
+    tiny = {"name": "s", "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
+            "data": {"dataset": "synthetic"}, "cv": {"folds": 2}, "pruner": {"name": "none"},
+            "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
+    (fx / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    create_study(open_storage(DB.format(fx=fx)), StudySpec.model_validate(tiny), "s")
+    return fx
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def _is_usage_block(err: str) -> bool:
+    return err.startswith("Usage: aeopt") and "Error" in err
+
+
+@pytest.mark.parametrize("argv,env", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(argv, env, fixtures, tmp_path, monkeypatch, capfd):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(fx=fixtures))
+    before = _snapshot(fixtures)
+
+    code = main([a.format(fx=fixtures) for a in argv])
+
+    out, err = capfd.readouterr()
+    assert code != 0, (out, err)
+    assert "Traceback" not in out + err, err
+    assert PASSWORD not in out + err, err
+    if not _is_usage_block(err):
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        assert "\n" not in err.strip()
+    assert sorted(os.listdir(work)) == [], "a bad input wrote into the working folder"
+    assert _snapshot(fixtures) == before, "a bad input changed the fixtures (or created a storage)"
+
+
+def test_there_are_at_least_sixty_distinct_bad_inputs():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 60
+    assert len({(tuple(c[1]), tuple(c[2].items())) for c in CASES}) == len(CASES)
+    groups = ("study", "storage", "baseline")
+    commands = {" ".join(c[1][:2]) if c[1][0] in groups else c[1][0] for c in CASES}
+    assert commands >= {"train", "study create", "study list", "study show", "study delete", "worker",
+                        "launch", "export", "dashboard", "report", "storage proxy", "finetune",
+                        "baseline cnn", "compare", "quickstart"}
