@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "aeopt:heartbeat"  # system attr of a running journal trial: time.time() of its last beat
 FAIL_REASON = "fail_reason"  # the user attr of aeopt.search.records.TrialRecord.fail_reason
+LOST_REASON = "worker lost"  # how a stale trial's fail_reason begins
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -106,7 +107,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     if not is_heartbeat_enabled(storage):
         return []
     assert isinstance(storage, BaseHeartbeat)
-    reason = f"worker lost: no heartbeat for {grace_seconds(storage)} s"
+    reason = f"{LOST_REASON}: no heartbeat for {grace_seconds(storage)} s"
     failed: list[FrozenTrial] = []
     for trial_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
         try:

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from aeopt.config import SearchSpec
 from aeopt.errors import AeoptError, ConfigError
 from aeopt.progress import Progress, progress
-from aeopt.search.heartbeat import FAIL_REASON, fail_stale_trials
+from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
 from aeopt.search.objective import TRIAL_ERRORS, SurplusTrialError, fail_reason
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
 from aeopt.search.samplers import build_pruner, build_sampler
@@ -230,14 +230,35 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             continue
         _check_study_budget(study.study_name, trials, limits, target)
         remaining = deadline - time.monotonic() if deadline else None
-        study.optimize(_Recorded(objective), n_trials=1, timeout=remaining, catch=TRIAL_ERRORS,
-                       callbacks=callbacks)
+        recorded = _Recorded(objective)
+        try:
+            study.optimize(recorded, n_trials=1, timeout=remaining, catch=TRIAL_ERRORS, callbacks=callbacks)
+        except (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError):
+            # Optuna cannot tell a trial another worker has failed meanwhile ("Cannot tell a FAIL
+            # trial", then an assertion in its cleanup): this worker was silent for the grace period.
+            if not _lost_while_running(study, recorded.number):
+                raise
         if limits.consecutive and streak.count >= limits.consecutive:
             raise TooManyFailuresError(
                 f"{streak.count} trials in a row failed in this worker, the last: {streak.last_reason}; "
                 "fix the spec or the data (AEOPT_MAX_CONSECUTIVE_FAILURES sets the limit)")
         if _grid_exhausted(study):
             return "the sampler has no more points"
+
+
+def _lost_while_running(study: optuna.Study, number: int | None) -> bool:
+    """Whether the trial this worker was running has been failed as stale by another worker."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state != TrialState.FAIL:
+        return False
+    reason = TrialRecord.of(trial).fail_reason or ""
+    if not reason.startswith(LOST_REASON):
+        return False
+    # A process stalled (swapping, a paused machine) or a storage outage longer than the grace period.
+    log.warning("trial %d was failed by another worker while this one ran it (%s): its result is "
+                "dropped and its re-queued copy runs instead; consider a longer AEOPT_GRACE_PERIOD",
+                number, reason)
+    return True
 
 
 _OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"  # where Optuna logs "Trial N failed ..."
@@ -289,8 +310,10 @@ class _Recorded:
 
     def __init__(self, objective: Callable[[optuna.Trial], float]):
         self.objective = objective
+        self.number: int | None = None  # the trial it runs
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.number = trial.number
         if trial.user_attrs.get(FAIL_REASON):
             # A re-queued trial carries its failed predecessor's attrs: the reason is not this run's.
             # Cleared directly: TrialRecord.write stores set fields only, and None reads as unset.

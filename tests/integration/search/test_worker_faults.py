@@ -51,11 +51,29 @@ def _create(tmp_path: Path, url: str, spec: dict) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def _worker(tmp_path: Path, url: str, name: str, n_trials: int, *extra: str) -> subprocess.Popen:
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    """A failed assertion must not leave worker processes running into the next test."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _worker(tmp_path: Path, url: str, name: str, n_trials: int, *extra: str,
+            env: dict[str, str] | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "aeopt", "worker", "--study", name, "--n-trials", str(n_trials),
             "--device", "cpu", "--threads", "1", *extra]
-    return subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **FAST, "AEOPT_STORAGE": url},
+    env = {**os.environ, **FAST, "AEOPT_STORAGE": url, **(env or {})}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _trials(url: str, name: str) -> list[FrozenTrial]:
@@ -104,13 +122,14 @@ def _wait_mid_trial(url: str, name: str, proc: subprocess.Popen, timeout: float 
     pytest.fail(f"the worker never got into a trial: {proc.communicate()[1][-2000:]}")
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite", "journal", "redis"])
+@pytest.mark.parametrize("kind", [pytest.param("postgresql", marks=pytest.mark.postgres),
+                                  "sqlite", "journal", "redis"])
 def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
     """The next worker either waits for the dead one's trial (it started before the grace period
     ran out) or fails it as soon as it starts (after): either way it is re-run once and N is met."""
     url, name = _storage_url(kind, tmp_path, request), f"kill_{kind}_{uuid.uuid4().hex[:8]}"
-    # About 0.1 s an epoch: long enough to be killed in the middle, short enough to re-run.
-    _create(tmp_path, url, _spec(name, budget={"max_epochs": 30, "batch_size": 32}))
+    # About 0.1 s an epoch (unloaded): long enough to be killed in the middle, short enough to re-run.
+    _create(tmp_path, url, _spec(name, budget={"max_epochs": 15, "batch_size": 32}))
     victim = _worker(tmp_path, url, name, 2)
     killed = _wait_mid_trial(url, name, victim)
     victim.send_signal(signal.SIGKILL)
@@ -122,7 +141,7 @@ def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
     if not waits:
         time.sleep(GRACE + 0.5)
     r = _worker(tmp_path, url, name, 2)
-    out, err = r.communicate(timeout=90)
+    out, err = r.communicate(timeout=180)
     assert r.returncode == 0, err[-3000:]
     trials = _trials(url, name)
     counts = _assert_clean(trials, target=2)
@@ -134,8 +153,12 @@ def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
     assert rerun.state == TrialState.COMPLETE and rerun.params == killed.params
     assert "fail_reason" not in {k for k, v in rerun.user_attrs.items() if v is not None}
     if waits:
-        # Failed once stale (3 s), re-run at the worker's next look (every 2 s) or after its own trial.
-        assert rerun.datetime_start.timestamp() - killed_at < GRACE + 8, (rerun.datetime_start, killed_at)
+        # The new worker ran a trial of its own meanwhile; then, waiting, it looks every 2 s: the dead
+        # trial is failed at the first look after it turned stale (GRACE s after its last beat).
+        own = next(t for t in trials if t.number not in (dead.number, rerun.number))
+        stale_at = max(killed_at + GRACE, own.datetime_complete.timestamp())
+        assert dead.datetime_complete.timestamp() <= stale_at + 2 + 3, (dead.datetime_complete, killed_at)
+        assert rerun.datetime_start >= dead.datetime_complete
     else:
         # Failed at the new worker's start, before it asked for anything: the first trial it ran.
         assert rerun.number == killed.number + 1, [(t.number, t.state.name) for t in trials]
@@ -144,7 +167,7 @@ def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_workers_trial_says_which_signal(signum, tmp_path):
     url, name = f"sqlite:///{tmp_path}/s.db", "stopped"
-    _create(tmp_path, url, _spec(name, budget={"max_epochs": 30, "batch_size": 32}))
+    _create(tmp_path, url, _spec(name, budget={"max_epochs": 15, "batch_size": 32}))
     worker = _worker(tmp_path, url, name, 2)
     stopped = _wait_mid_trial(url, name, worker)
     worker.send_signal(signum)
@@ -168,7 +191,7 @@ def test_an_always_nan_study_stops_by_itself(tmp_path):
     r = run_cli("worker", "--study", name, "--storage", url, "--n-trials", "2", "--device", "cpu",
                 cwd=tmp_path, env=FAST, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 90  # about 12 s on 2 idle cores
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "5 trials in a row failed" in errors[0] and "NonFiniteLossError" in errors[0], errors
@@ -199,17 +222,24 @@ def fresh_pg_url(pg_server_url) -> str:
     except Exception as exc:
         _missing(f"cannot create a database on 127.0.0.1:5432 ({type(exc).__name__})")
     yield f"{base}/{db}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    except psycopg.OperationalError:  # the server is busy: an empty test database is harmless
+        pass
 
 
 @pytest.mark.postgres
 def test_eight_workers_start_at_once_on_a_fresh_database(tmp_path, fresh_pg_url):
     name, target = "eight", 16
     _create(tmp_path, fresh_pg_url, _spec(name))
-    workers = [_worker(tmp_path, fresh_pg_url, name, target, "--worker-index", str(i)) for i in range(8)]
+    # Eight processes on a small machine: heartbeats may come late, and no worker dies here, so a
+    # grace period that a starved (live) worker's heartbeat thread can keep.
+    slow = {"AEOPT_GRACE_PERIOD": "20"}
+    workers = [_worker(tmp_path, fresh_pg_url, name, target, "--worker-index", str(i), env=slow)
+               for i in range(8)]
     for w in workers:
-        _, err = w.communicate(timeout=120)
+        _, err = w.communicate(timeout=300)  # about 40 s on 2 idle cores; far longer on a busy machine
         assert w.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
         assert not [line for line in err.splitlines() if line.startswith("error")], err[-3000:]

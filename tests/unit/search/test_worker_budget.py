@@ -135,3 +135,27 @@ def test_the_objectives_own_reason_is_kept_and_a_rerun_starts_without_one():
     run_trials(study, lambda t: 0.5, target=1, heartbeat=False)
     rerun = study.trials[-1]
     assert rerun.state == TrialState.COMPLETE and rerun.user_attrs.get("fail_reason") is None
+
+
+def _failed_meanwhile(reason: str):
+    """An objective whose trial another worker fails while it runs (as a stale-trial check would)."""
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 0:
+            storage = trial.study._storage
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return 0.5
+    return objective
+
+
+def test_a_trial_failed_as_stale_while_running_is_dropped_not_a_crash():
+    study = optuna.create_study()
+    why = run_trials(study, _failed_meanwhile("worker lost: no heartbeat for 60 s"), target=1,
+                     heartbeat=False, limits=FailureLimits(consecutive=1))
+    assert why == "the study holds 1 finished trials"
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_trial_failed_meanwhile_for_another_reason_still_stops_the_worker():
+    with pytest.raises((ValueError, AssertionError)):
+        run_trials(optuna.create_study(), _failed_meanwhile("something else"), target=1, heartbeat=False)
