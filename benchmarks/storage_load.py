@@ -101,6 +101,7 @@ class Client:
         from aeopt.search.heartbeat import fail_stale_trials
 
         phase = "pre"
+        marks: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
             if heartbeat:
@@ -108,7 +109,7 @@ class Client:
             study.get_trials(deepcopy=False)  # the worker's counts, read before each trial
             self.lat["pre"].append(time.perf_counter() - t0)
             phase = "ask"
-            marks: dict[str, float] = {"ask0": time.perf_counter()}
+            marks["ask0"] = time.perf_counter()
             study.optimize(lambda trial: self._objective(trial, space, marks, deadline), n_trials=1,
                            callbacks=[lambda s, t: marks.setdefault("told", time.perf_counter())])
             if "told" in marks and "tell0" in marks:
@@ -118,6 +119,8 @@ class Client:
         except _Stop:
             return False
         except Exception as exc:
+            if phase == "ask" and "tell0" in marks:  # Optuna's tell, after the objective returned
+                phase = "tell"
             self.error(getattr(exc, "aeopt_phase", phase), exc)
             time.sleep(self.cfg["epoch_seconds"])  # a real worker would retry or die; keep the load on
             return True
