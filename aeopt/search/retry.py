@@ -25,6 +25,7 @@ another worker that reaches the database first; it is then failed with its reaso
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -411,12 +412,8 @@ def _tagged(template: FrozenTrial | None, token: str) -> FrozenTrial:
         return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                            datetime_complete=None, params={}, distributions={}, user_attrs={},
                            system_attrs={CREATE_TOKEN_ATTR: token}, intermediate_values={}, trial_id=-1)
-    tagged = FrozenTrial(
-        number=template.number, state=template.state, value=None, values=template.values,
-        datetime_start=template.datetime_start, datetime_complete=template.datetime_complete,
-        params=template.params, distributions=template.distributions, user_attrs=template.user_attrs,
-        system_attrs={**template.system_attrs, CREATE_TOKEN_ATTR: token},
-        intermediate_values=template.intermediate_values, trial_id=template._trial_id)
+    tagged = copy.copy(template)  # a shallow copy: only its system attrs are replaced, not changed
+    tagged.system_attrs = {**template.system_attrs, CREATE_TOKEN_ATTR: token}
     return tagged
 
 
