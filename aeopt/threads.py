@@ -1,17 +1,17 @@
-"""CPU threads that do not fight a busy machine: aeopt's defaults for torch's OpenMP threads.
+"""CPU threads that do not fight a busy machine: aeopt's default for torch's OpenMP threads.
 
 Measured on the 2-core development machine (benchmarks/threads.py, BENCHMARKS.md): with torch's
-default of one thread per core, OpenMP threads spin while they wait for each other, so a training
-run beside one busy process ran 1.7x slower than with one thread, and beside several 2.7x (once
-14x). Two settings fix that, and both must be in the environment before torch is imported
-(OpenMP reads them once, when it loads), so the CLI entry calls `apply_process_defaults()` first:
+default of one thread per core, a training run beside one busy process ran 2.6x slower than with
+one thread, beside two 2.7x (once 14x under heavier load): every parallel region waits for the
+thread that shares a core. Sleeping instead of spinning (OMP_WAIT_POLICY=PASSIVE) did not fix it
+(still 1.7x beside one busy process) and cost 34 % on an idle machine; the thread count does. So
+the CLI entry calls `apply_process_defaults()` before torch is imported (OpenMP reads its settings
+once, when it loads), which sets OMP_NUM_THREADS to the cores that are idle right now (sampled
+from /proc/stat over a tenth of a second; at least 1): every core on an idle machine, only the
+free ones beside busy processes.
 
-- OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps instead of spinning on a core someone needs.
-- OMP_NUM_THREADS = the cores that are idle right now (sampled from /proc/stat over a tenth of a
-  second; at least 1): on an idle machine every core, beside busy processes only the free ones.
-
-Whatever the user set (OMP_NUM_THREADS, OMP_WAIT_POLICY, or `--threads N`, which calls
-torch.set_num_threads later) wins.
+Whatever the user set (OMP_NUM_THREADS, or `--threads N`, which calls torch.set_num_threads
+later) wins.
 """
 
 from __future__ import annotations
@@ -64,12 +64,10 @@ def default_threads(sample_seconds: float = 0.1) -> int:
 
 
 def apply_process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Set OMP_WAIT_POLICY and OMP_NUM_THREADS in `env` (default: this process's environment)
-    unless already set; call before torch is imported. Returns what was set."""
+    """Set OMP_NUM_THREADS in `env` (default: this process's environment) unless already set;
+    call before torch is imported. Returns what was set."""
     env = os.environ if env is None else env
     chosen: dict[str, str] = {}
-    if "OMP_WAIT_POLICY" not in env:
-        chosen["OMP_WAIT_POLICY"] = "PASSIVE"
     if "OMP_NUM_THREADS" not in env:
         chosen["OMP_NUM_THREADS"] = str(default_threads())
     env.update(chosen)

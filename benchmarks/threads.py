@@ -1,7 +1,7 @@
 """CPU thread settings against a busy neighbour: the same small training run alone and beside
 1 or 2 CPU-bound processes, with torch's default threads (OpenMP threads spin while they wait),
-with OMP_WAIT_POLICY=PASSIVE, with 1 thread, and with aeopt's defaults (aeopt/threads.py: passive
-waits and one thread per core idle at start).
+with OMP_WAIT_POLICY=PASSIVE, with 1 thread, and with aeopt's default (aeopt/threads.py: one
+thread per core idle at start).
 
 Each run is a fresh process (OpenMP reads its settings once, at load), training the report's conv
 AE for a fixed number of batches on real Fashion-MNIST images; every setting runs under each load,

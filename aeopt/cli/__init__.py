@@ -15,6 +15,7 @@ import optuna
 import typer
 
 from aeopt.errors import AeoptError
+from aeopt.threads import apply_process_defaults
 
 app = typer.Typer(
     name="aeopt",
@@ -85,6 +86,8 @@ class _NoInterruptTracebacks(logging.Filter):
 
 def _process_setup() -> None:
     """Process-wide settings that belong to the program, not the library: set once, here."""
+    # CPU threads: one per core idle now, chosen before any command imports torch (aeopt/threads.py).
+    apply_process_defaults()
     # Headless: workers, servers and CI have no display; Optuna's matplotlib plots use pyplot.
     matplotlib.use("Agg")
     # Heartbeats and their retry callback are "experimental" in Optuna; they are the mechanism

@@ -1,9 +1,10 @@
 """Heartbeats on every storage: a lease for Optuna's journal storages, and stale trials failed with a reason.
 
 Optuna 5 records heartbeats only in its RDB storage (`RDBStorage` is the one `BaseHeartbeat`);
-`JournalStorage` has none, so a SIGKILLed worker's trial stayed RUNNING forever on a journal file or
-Redis. `HeartbeatJournalStorage` is a journal storage that implements Optuna's `BaseHeartbeat`
-contract with a lease: the running trial's system attr `aeopt:heartbeat` holds the time of its last
+`JournalStorage` has none and the gRPC proxy's client forwards none, so a SIGKILLed worker's trial
+stayed RUNNING forever on a journal file, Redis or behind `aeopt storage proxy`.
+`HeartbeatJournalStorage` and `HeartbeatGrpcStorage` implement Optuna's `BaseHeartbeat` contract
+with a lease (`LeaseHeartbeat`): the running trial's system attr `aeopt:heartbeat` holds the time of its last
 beat, written every `heartbeat_interval` s by the heartbeat thread Optuna's `study.optimize` already
 starts for heartbeat storages; a RUNNING trial whose last beat (or start) is older than
 `grace_period` s is stale. Everything built on the contract then works unchanged: Optuna's
@@ -26,7 +27,7 @@ from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, GrpcStorageProxy
 
 # Optuna's heartbeat contract lives in a private module; RDBStorage implements it the same way.
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
@@ -42,12 +43,12 @@ LOST_REASON = "worker lost"  # how a stale trial's fail_reason begins
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's journal storage (file or Redis backend) with heartbeats, as `RDBStorage` has them."""
+class LeaseHeartbeat(BaseHeartbeat):
+    """Optuna's heartbeat contract through a lease in the running trial's system attrs: works on any
+    storage that stores trial system attrs (journal file, Redis journal, the gRPC proxy's client)."""
 
-    def __init__(self, backend: BaseJournalBackend, *, heartbeat_interval: int, grace_period: int,
-                 heartbeat_stale_trial_callback: StaleCallback | None = None) -> None:
-        super().__init__(backend)
+    def _init_lease(self, heartbeat_interval: int, grace_period: int,
+                    heartbeat_stale_trial_callback: StaleCallback | None) -> None:
         if heartbeat_interval <= 0 or grace_period <= 0:
             raise ValueError("heartbeat_interval and grace_period must be positive")
         self.heartbeat_interval = heartbeat_interval
@@ -71,7 +72,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             started = trial.datetime_start.timestamp() if trial.datetime_start else now
             last = max(float(trial.system_attrs.get(HEARTBEAT_ATTR, 0.0)), started)
             if now - last > self.grace_period:
-                stale.append(trial._trial_id)
+                stale.append(self.get_trial_id_from_study_id_trial_number(study_id, trial.number))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:
@@ -79,6 +80,25 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> StaleCallback | None:
         return self.heartbeat_stale_trial_callback
+
+
+class HeartbeatJournalStorage(LeaseHeartbeat, JournalStorage):
+    """Optuna's journal storage (file or Redis backend) with heartbeats, as `RDBStorage` has them."""
+
+    def __init__(self, backend: BaseJournalBackend, *, heartbeat_interval: int, grace_period: int,
+                 heartbeat_stale_trial_callback: StaleCallback | None = None) -> None:
+        JournalStorage.__init__(self, backend)
+        self._init_lease(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)
+
+
+class HeartbeatGrpcStorage(LeaseHeartbeat, GrpcStorageProxy):
+    """The client of a gRPC storage proxy (`aeopt storage proxy`) with heartbeats: Optuna's proxy
+    forwards no heartbeat calls, so the lease travels as a trial system attr like any other write."""
+
+    def __init__(self, *, host: str, port: int, heartbeat_interval: int, grace_period: int,
+                 heartbeat_stale_trial_callback: StaleCallback | None = None) -> None:
+        GrpcStorageProxy.__init__(self, host=host, port=port)
+        self._init_lease(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)
 
 
 def heartbeat_enabled(storage: BaseStorage) -> bool:
@@ -98,12 +118,12 @@ def grace_seconds(storage: BaseStorage) -> int | None:
     return int(grace) if grace is not None else 2 * int(storage.get_heartbeat_interval())
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
+def fail_stale_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
     """Fail the study's RUNNING trials whose worker is gone, each with a `fail_reason`, and run the
     storage's stale-trial callback (which re-queues them); returns the numbers of the trials failed here.
+    `storage` is the Optuna storage the study was loaded from (`Storage.optuna`).
 
     Safe against other workers doing the same at once: a trial failed by another is skipped."""
-    storage = study._storage  # the study's own storage object, as Optuna's fail_stale_trials reads it
     if not is_heartbeat_enabled(storage):
         return []
     assert isinstance(storage, BaseHeartbeat)

@@ -319,7 +319,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def _find_token(self, study_id: int, token: str) -> int | None:
         for trial in self._inner.get_all_trials(study_id, deepcopy=False):
             if trial.system_attrs.get(CREATE_TOKEN_ATTR) == token:
-                return trial._trial_id
+                return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         return None
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,

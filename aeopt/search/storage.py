@@ -12,7 +12,8 @@ password masked, for every log line, error and page. Supported URLs, each set up
                          machine, no server
 - redis://host:port/db   Optuna's journal on Redis
 - grpc://host:port       a gRPC storage proxy (`aeopt storage proxy`) in front of any of the above,
-                         for hundreds of workers that should not each hold database connections
+                         for more workers than the database has connections for (heartbeats
+                         through a lease in the trials, as on journal storages)
 
 Every storage comes wrapped in `aeopt.search.retry.RetryingStorage`: a database restart or a cut link
 is waited out (up to AEOPT_OUTAGE_SECONDS, default 180) instead of killing the worker.
@@ -34,7 +35,7 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 
 from aeopt.errors import StorageError
-from aeopt.search.heartbeat import HeartbeatJournalStorage, heartbeat_enabled
+from aeopt.search.heartbeat import HeartbeatGrpcStorage, HeartbeatJournalStorage, heartbeat_enabled
 from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,12 @@ def _open(url: str) -> BaseStorage:
             return _journal(JournalRedisBackend(url))
         if url.startswith("grpc://"):
             host, _, port = url[len("grpc://"):].rstrip("/").partition(":")
-            return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port or 13000))
+            # The proxy forwards no heartbeats: the client keeps a lease, as on journal storages.
+            interval, grace = _heartbeat_settings()
+            return HeartbeatGrpcStorage(
+                host=host or "localhost", port=int(port or 13000), heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         return _rdb(url)
     except StorageError:
         raise

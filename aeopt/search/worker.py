@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import optuna
 import torch
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.config import SearchSpec
@@ -176,7 +177,7 @@ def run_worker(
     limits = FailureLimits.from_env(max_consecutive_failures, max_failed_trials)
     study, spec = load_study(storage, study_name)
     # A dead worker's trial first: failed and re-queued before this worker asks for anything.
-    fail_stale_trials(study)
+    fail_stale_trials(study, storage.optuna)
     study.sampler = build_sampler(spec, worker_index)
     study.pruner = build_pruner(spec)
     target = study_target(spec, n_trials)
@@ -186,7 +187,8 @@ def run_worker(
              study_name, spec.model.kind, target if target else "unlimited")
     summary = WorkerSummary()
     with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
-        summary.stopped_because = run_trials(study, objective, target=target, heartbeat=storage.heartbeat,
+        heartbeat = storage.optuna if storage.heartbeat else None
+        summary.stopped_because = run_trials(study, objective, target=target, heartbeat=heartbeat,
                                              timeout=timeout, poll_seconds=poll_seconds,
                                              callbacks=[_TrialLines(summary, bar)], limits=limits)
     log.info("worker %d done: %s (%s)", worker_index, summary.counts.text(), summary.stopped_because)
@@ -194,7 +196,7 @@ def run_worker(
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int | None,
-               heartbeat: bool, timeout: float | None = None, poll_seconds: float = 2.0,
+               heartbeat: BaseStorage | None, timeout: float | None = None, poll_seconds: float = 2.0,
                callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
                limits: FailureLimits | None = None) -> str:
     """Trials one at a time, asking `next_step` before each; returns why it stopped.
@@ -213,16 +215,16 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
 
 
 def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int | None,
-                heartbeat: bool, deadline: float | None, poll_seconds: float,
+                heartbeat: BaseStorage | None, deadline: float | None, poll_seconds: float,
                 callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], limits: FailureLimits,
                 streak: _FailureStreak) -> str:
     while True:
         if deadline and time.monotonic() >= deadline:
             return "timeout"
-        if heartbeat:
-            fail_stale_trials(study)
+        if heartbeat is not None:
+            fail_stale_trials(study, heartbeat)
         trials = study.get_trials(deepcopy=False)
-        decision = next_step(StudyCounts.of(trials), target, heartbeat)
+        decision = next_step(StudyCounts.of(trials), target, heartbeat is not None)
         if decision.step is Step.STOP:
             return decision.reason
         if decision.step is Step.WAIT:

@@ -1,4 +1,4 @@
-"""aeopt's CPU thread defaults: passive OpenMP waits, one thread per idle core, the user's settings win."""
+"""aeopt's CPU thread default: one thread per idle core, the user's setting wins."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from aeopt import threads
 def test_defaults_fill_only_what_the_user_left_unset():
     env: dict[str, str] = {}
     chosen = threads.apply_process_defaults(env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and chosen["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert chosen == env and list(env) == ["OMP_NUM_THREADS"]
     assert 1 <= int(env["OMP_NUM_THREADS"]) <= threads.usable_cores()
-    mine = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}
+    mine = {"OMP_NUM_THREADS": "7"}
     assert threads.apply_process_defaults(mine) == {}
-    assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}
+    assert mine == {"OMP_NUM_THREADS": "7"}
 
 
 def test_idle_cores_is_a_share_of_the_machine():
@@ -39,8 +39,8 @@ def test_busy_cores_get_no_thread():
 
 def test_torch_in_a_child_takes_the_defaults():
     code = ("from aeopt.threads import apply_process_defaults; apply_process_defaults(); import os, torch; "
-            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+            "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    policy, wanted, got = out.stdout.split()
-    assert policy == "PASSIVE" and wanted == got
+    wanted, got = out.stdout.split()
+    assert wanted == got

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,11 +104,34 @@ def redis_url() -> str:
     return "redis://127.0.0.1:6379/0"
 
 
+@pytest.fixture
+def grpc_url(tmp_path):
+    """`aeopt storage proxy` in front of an SQLite file, on a free port, for the test's duration."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--storage",
+                              f"sqlite:///{tmp_path}/behind_proxy.db", "--port", str(port)],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proxy.poll() is None, proxy.communicate()[1][-2000:]
+            time.sleep(0.2)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        proxy.terminate()
+        proxy.communicate(timeout=30)
+
+
 def _storage_url(kind: str, tmp_path: Path, request) -> str:
     if kind == "postgresql":
         return request.getfixturevalue("pg_url")
-    if kind == "redis":
-        return request.getfixturevalue("redis_url")
+    if kind in ("redis", "grpc"):
+        return request.getfixturevalue(f"{kind}_url")
     return {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:///{tmp_path}/j.log"}[kind]
 
 
@@ -123,7 +147,7 @@ def _wait_mid_trial(url: str, name: str, proc: subprocess.Popen, timeout: float 
 
 
 @pytest.mark.parametrize("kind", [pytest.param("postgresql", marks=pytest.mark.postgres),
-                                  "sqlite", "journal", "redis"])
+                                  "sqlite", "journal", "redis", "grpc"])
 def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
     """The next worker either waits for the dead one's trial (it started before the grace period
     ran out) or fails it as soon as it starts (after): either way it is re-run once and N is met."""
@@ -137,7 +161,7 @@ def test_a_killed_workers_trial_is_failed_and_rerun(kind, tmp_path, request):
     killed_at = time.time()
     assert [t.state for t in _trials(url, name)] == [TrialState.RUNNING]  # nobody told the storage
 
-    waits = kind in ("postgresql", "redis")
+    waits = kind in ("postgresql", "redis", "grpc")
     if not waits:
         time.sleep(GRACE + 0.5)
     r = _worker(tmp_path, url, name, 2)

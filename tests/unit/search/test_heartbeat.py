@@ -22,6 +22,11 @@ def _storage(tmp_path, grace: int = 1) -> HeartbeatJournalStorage:
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
 
 
+def _tid(storage, number: int) -> int:
+    """The storage's id of trial `number` of study "s" (public API only)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), number)
+
+
 def test_journal_storages_have_heartbeats(tmp_path, monkeypatch):
     monkeypatch.setenv("AEOPT_HEARTBEAT_INTERVAL", "2")
     monkeypatch.setenv("AEOPT_GRACE_PERIOD", "7")
@@ -37,11 +42,11 @@ def test_a_silent_trial_is_failed_with_a_reason_and_requeued(tmp_path):
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
-    storage.record_heartbeat(trial._trial_id)
-    assert fail_stale_trials(study) == []  # beating: not stale
+    storage.record_heartbeat(_tid(storage, 0))
+    assert fail_stale_trials(study, storage) == []  # beating: not stale
     time.sleep(1.3)  # longer than the grace period without a beat
-    assert fail_stale_trials(study) == [0]
-    assert fail_stale_trials(study) == []  # once
+    assert fail_stale_trials(study, storage) == [0]
+    assert fail_stale_trials(study, storage) == []  # once
     dead, copy = study.trials
     assert dead.state == TrialState.FAIL
     assert dead.user_attrs["fail_reason"] == "worker lost: no heartbeat for 1 s"
@@ -49,8 +54,8 @@ def test_a_silent_trial_is_failed_with_a_reason_and_requeued(tmp_path):
     assert copy.system_attrs["failed_trial"] == 0
     # The copy carries the dead trial's last beat; popped now, it is not stale before its own first beat.
     rerun = study.ask()
-    assert rerun.number == 1 and HEARTBEAT_ATTR in storage.get_trial(rerun._trial_id).system_attrs
-    assert fail_stale_trials(study) == []
+    assert rerun.number == 1 and HEARTBEAT_ATTR in storage.get_trial(_tid(storage, 1)).system_attrs
+    assert fail_stale_trials(study, storage) == []
 
 
 def test_optimize_beats_while_a_trial_runs(tmp_path):
@@ -60,7 +65,7 @@ def test_optimize_beats_while_a_trial_runs(tmp_path):
 
     def objective(trial: optuna.Trial) -> float:
         time.sleep(2.5)  # past the grace period: only the heartbeat thread keeps the trial alive
-        seen.append(fail_stale_trials(study))
+        seen.append(fail_stale_trials(study, storage))
         return 0.0
 
     study.optimize(objective, n_trials=1)
@@ -73,7 +78,7 @@ def test_a_beat_after_the_trial_was_failed_elsewhere_is_ignored(tmp_path):
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
     study.tell(trial, state=TrialState.FAIL)
-    storage.record_heartbeat(trial._trial_id)  # no UpdateFinishedTrialError from the heartbeat thread
+    storage.record_heartbeat(_tid(storage, 0))  # no UpdateFinishedTrialError from the heartbeat thread
 
 
 @pytest.mark.parametrize("interval,grace", [(0, 5), (5, 0)])

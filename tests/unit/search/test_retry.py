@@ -211,9 +211,11 @@ def test_a_tell_whose_reply_was_lost_is_done_not_an_error():
     assert done.state == TrialState.COMPLETE and done.value == 0.5
     # A tell of a trial finished differently (another worker failed it) still raises.
     other = study.ask()
-    inner.set_trial_state_values(other._trial_id, TrialState.FAIL)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    other_id = storage.get_trial_id_from_study_id_trial_number(study_id, other.number)
+    inner.set_trial_state_values(other_id, TrialState.FAIL)
     with pytest.raises(UpdateFinishedTrialError):
-        storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [1.0])
+        storage.set_trial_state_values(other_id, TrialState.COMPLETE, [1.0])
 
 
 def test_an_ask_whose_reply_was_lost_leaves_no_extra_trial():

@@ -24,7 +24,7 @@ def _always_nan(trial: optuna.Trial) -> float:
 def test_a_worker_stops_after_k_failures_in_a_row_naming_the_last_reason():
     study = optuna.create_study()
     with pytest.raises(TooManyFailuresError) as err:
-        run_trials(study, _always_nan, target=2, heartbeat=False, limits=FailureLimits(consecutive=3))
+        run_trials(study, _always_nan, target=2, heartbeat=None, limits=FailureLimits(consecutive=3))
     assert StudyCounts.of(study) == StudyCounts(failed=3)
     message = str(err.value)
     assert isinstance(err.value, AeoptError) and len(message.splitlines()) == 1
@@ -43,7 +43,7 @@ def test_a_success_resets_the_streak():
         raise NonFiniteLossError("nan")
 
     study = optuna.create_study()
-    why = run_trials(study, objective, target=3, heartbeat=False, limits=FailureLimits(consecutive=3))
+    why = run_trials(study, objective, target=3, heartbeat=None, limits=FailureLimits(consecutive=3))
     assert why == "the study holds 3 finished trials"
     assert StudyCounts.of(study) == StudyCounts(complete=3, failed=4)
 
@@ -56,25 +56,25 @@ def _add_failed(study: optuna.Study, n: int, reason: str = "NonFiniteLossError: 
 def test_the_study_budget_stops_every_worker_before_a_new_trial():
     study = optuna.create_study()
     _add_failed(study, 10)  # max(10, 2 x 2): ten failed trials are still within the budget
-    assert run_trials(study, lambda t: 0.5, target=2, heartbeat=False,
+    assert run_trials(study, lambda t: 0.5, target=2, heartbeat=None,
                       limits=FailureLimits()) == "the study holds 2 finished trials"
     study = optuna.create_study()
     _add_failed(study, 11)
     with pytest.raises(TooManyFailuresError, match=r"holds 11 failed trials \(more than 10\), the last: "
                                                    r"NonFiniteLossError: nan"):
-        run_trials(study, lambda t: 0.5, target=2, heartbeat=False, limits=FailureLimits())
+        run_trials(study, lambda t: 0.5, target=2, heartbeat=None, limits=FailureLimits())
     assert StudyCounts.of(study).total == 11  # no trial started
     # A configured budget, and a budget that grows with the target.
     with pytest.raises(TooManyFailuresError, match="more than 4"):
-        run_trials(study, lambda t: 0.5, target=2, heartbeat=False, limits=FailureLimits(study=4))
-    assert run_trials(study, lambda t: 0.5, target=6, heartbeat=False,
+        run_trials(study, lambda t: 0.5, target=2, heartbeat=None, limits=FailureLimits(study=4))
+    assert run_trials(study, lambda t: 0.5, target=6, heartbeat=None,
                       limits=FailureLimits()) == "the study holds 6 finished trials"
 
 
 def test_surplus_trials_count_against_no_budget():
     study = optuna.create_study()
     _add_failed(study, 12, reason="SurplusTrialError: the study already has 2 trials finished or running")
-    assert run_trials(study, lambda t: 0.5, target=2, heartbeat=False,
+    assert run_trials(study, lambda t: 0.5, target=2, heartbeat=None,
                       limits=FailureLimits()) == "the study holds 2 finished trials"
 
     def surplus(trial: optuna.Trial) -> float:
@@ -82,7 +82,7 @@ def test_surplus_trials_count_against_no_budget():
 
     # Nor against a worker's streak: a raced-for trial says nothing about the spec.
     fresh = optuna.create_study()
-    assert run_trials(fresh, surplus, target=None, heartbeat=False, timeout=0.5,
+    assert run_trials(fresh, surplus, target=None, heartbeat=None, timeout=0.5,
                       limits=FailureLimits(consecutive=1)) == "timeout"
 
 
@@ -107,7 +107,7 @@ def test_a_signal_fails_the_trial_with_its_number_and_stops_the_loop():
 
     study = optuna.create_study()
     with pytest.raises(KeyboardInterrupt):
-        run_trials(study, objective, target=3, heartbeat=False)
+        run_trials(study, objective, target=3, heartbeat=None)
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "stopped by signal 15"
 
@@ -118,7 +118,7 @@ def test_an_unexpected_error_fails_the_trial_with_its_type_and_first_line():
 
     study = optuna.create_study()
     with pytest.raises(ValueError):
-        run_trials(study, objective, target=3, heartbeat=False)
+        run_trials(study, objective, target=3, heartbeat=None)
     assert study.trials[0].user_attrs["fail_reason"] == "ValueError: shapes do not match"
 
 
@@ -129,10 +129,10 @@ def test_the_objectives_own_reason_is_kept_and_a_rerun_starts_without_one():
 
     study = optuna.create_study()
     with pytest.raises(TooManyFailuresError, match="the last: OutOfMemoryError: 2 GiB more"):
-        run_trials(study, objective, target=None, heartbeat=False, limits=FailureLimits(consecutive=1))
+        run_trials(study, objective, target=None, heartbeat=None, limits=FailureLimits(consecutive=1))
     # A re-queued copy of a failed trial (its attrs copied) completes without the old reason.
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"fail_reason": "old"}))
-    run_trials(study, lambda t: 0.5, target=1, heartbeat=False)
+    run_trials(study, lambda t: 0.5, target=1, heartbeat=None)
     rerun = study.trials[-1]
     assert rerun.state == TrialState.COMPLETE and rerun.user_attrs.get("fail_reason") is None
 
@@ -151,11 +151,11 @@ def _failed_meanwhile(reason: str):
 def test_a_trial_failed_as_stale_while_running_is_dropped_not_a_crash():
     study = optuna.create_study()
     why = run_trials(study, _failed_meanwhile("worker lost: no heartbeat for 60 s"), target=1,
-                     heartbeat=False, limits=FailureLimits(consecutive=1))
+                     heartbeat=None, limits=FailureLimits(consecutive=1))
     assert why == "the study holds 1 finished trials"
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_a_trial_failed_meanwhile_for_another_reason_still_stops_the_worker():
     with pytest.raises((ValueError, AssertionError)):
-        run_trials(optuna.create_study(), _failed_meanwhile("something else"), target=1, heartbeat=False)
+        run_trials(optuna.create_study(), _failed_meanwhile("something else"), target=1, heartbeat=None)
