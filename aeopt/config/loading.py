@@ -9,11 +9,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from aeopt.config.models import MODEL_KINDS
 from aeopt.errors import ConfigError
 
 # Discriminator tags pydantic puts in error locations (model.conv_ae.c1, space.x.searched.int.low):
 # not part of the YAML path.
-_TAGS = ("conv_ae", "denoising_ae", "vae", "int", "float", "categorical", "searched", "fixed")
+_TAGS = (*MODEL_KINDS, "int", "float", "categorical", "searched", "fixed")
 # Sections keyed by dotted run-config paths (space: {model.c1: ...}): `--set space.model.c1.high=32`
 # names the entry 'model.c1', and a new entry's key is the whole rest of the path.
 _DOTTED_SECTIONS = ("space",)
