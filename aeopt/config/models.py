@@ -72,6 +72,10 @@ class AAEConfig(Strict):
     disc_lr: float = Field(2e-4, gt=0.0, le=1.0)  # the discriminator's and the encoder's adversarial steps
     # Weight of the encoder's adversarial loss against the reconstruction's.
     adv_weight: float = Field(0.05, ge=0.0, le=100.0)
+    # A search must not win by switching the adversarial term off: a study adds
+    # mmd_weight * max(0, MMD(validation codes, prior) - mmd_tolerance) to the trial's value.
+    mmd_tolerance: float = Field(0.05, ge=0.0)
+    mmd_weight: float = Field(1.0, ge=0.0)
 
 
 # A new kind's schema joins this union; the `kind` field picks the schema.

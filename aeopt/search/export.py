@@ -36,9 +36,14 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
     record = TrialRecord.of(trial)
+    penalty = record.penalty or 0.0
+    penalized = record.penalty is not None  # an adversarial AE: value = mean CV loss + prior penalty
     out: dict[str, Any] = {
-        "objective": "mean cross-validated validation loss",
-        "cv_mean": float(trial.value),
+        "objective": "mean cross-validated validation loss" + (" + prior penalty" if penalized else ""),
+        "value": float(trial.value) if penalized else None,
+        "cv_mean": float(trial.value) - penalty,
+        "prior_mmd": record.prior_mmd,
+        "penalty": record.penalty,
         "cv_std": record.cv_std,
         "fold_losses": [float(v) for v in record.fold_losses],
         "epochs": record.epochs,

@@ -121,15 +121,18 @@ class AutoencoderObjective:
             raise
         TrialRecord(fold_losses=result.fold_losses, cv_std=result.std, epochs=result.epochs,
                     best_epoch=result.best_epoch, seconds=round(result.seconds, 3),
-                    images_per_second=round(result.images_per_second, 1)).write(trial)
+                    images_per_second=round(result.images_per_second, 1),
+                    prior_mmd=result.measures.get("prior_mmd"),
+                    penalty=result.penalty if result.measures else None).write(trial)
         if self.storage is not None:
             self._upload(trial, cfg, result, self.storage)
-        return result.value
+        # The kind's penalty (an adversarial AE whose codes stray from its prior) joins the value.
+        return result.value + result.penalty
 
     @staticmethod
     def _upload(trial: optuna.Trial, cfg: RunConfig, result: CVResult, storage: Storage) -> None:
         # Before returning: Optuna refuses artifacts on a finished trial. The checkpoint only for
         # a trial that beats every complete one so far (the report reads the best trial's).
         best = best_trial(trial.study)
-        is_best = best is None or best.value is None or result.value < best.value
+        is_best = best is None or best.value is None or result.value + result.penalty < best.value
         upload_trial_artifacts(trial, storage, cfg, result, is_best=is_best)

@@ -33,6 +33,10 @@ class TrialRecord:
     host: str | None = None
     fail_reason: str | None = None  # set when the objective fails a trial on purpose (NaN, OOM, surplus)
     fold_val_acc: list[float] = field(default_factory=list)  # classifier studies only
+    # Adversarial AE studies: MMD of fold 0's validation codes against the prior, and the penalty
+    # it added to the value (the value = mean CV loss + penalty).
+    prior_mmd: float | None = None
+    penalty: float | None = None
 
     @classmethod
     def started(cls, device: Any) -> TrialRecord:

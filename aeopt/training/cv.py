@@ -46,6 +46,9 @@ class CVResult:
     model_fold: int = 0
     sample: torch.Tensor | None = None
     fused: bool = False  # whether the folds trained fused (one vmapped step per batch)
+    # What the kind's `score` says of fold 0's best model (Kind.score): added to the value by studies.
+    penalty: float = 0.0
+    measures: dict[str, float] = field(default_factory=dict)
 
     @property
     def std(self) -> float:
@@ -131,6 +134,9 @@ def cross_validate(
                              on_epoch=on_epoch, patience=patience)
     if best_state is not None:
         result.model.load_state_dict(best_state)
+    score = kind_of(cfg).score
+    if score is not None and result.epochs:
+        result.penalty, result.measures = score(result.model, val_x[0])
     return result
 
 

@@ -118,5 +118,28 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
+MMD_SAMPLE = 2000  # codes compared with as many prior samples (the kernel matrices grow with its square)
+
+
+@torch.no_grad()
+def prior_penalty(model: AdversarialAutoencoder, x_val: torch.Tensor) -> tuple[float, dict[str, float]]:
+    """(penalty, {"prior_mmd": MMD}) of the model's validation codes against its prior; the penalty
+    is mmd_weight * max(0, MMD - mmd_tolerance), in the units of the validation loss.
+
+    Why a penalty on the value rather than an Optuna constraint: the value is what every part of a
+    study ranks by (pruning aside: Hyperband sees the reconstruction loss per epoch), and Optuna's
+    `best_trial`, the export and the dashboard ignore constraints."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    idx = torch.randperm(x_val.shape[0], generator=g)[:MMD_SAMPLE].to(x_val.device)
+    codes = model.encode(x_val[idx]).float()
+    prior = sample_prior(model.cfg, codes.shape[0], generator=g).to(codes.device)
+    model.train(was_training)
+    mmd = prior_mmd(codes, prior)
+    cfg = model.cfg
+    return cfg.mmd_weight * max(0.0, mmd - cfg.mmd_tolerance), {"prior_mmd": mmd}
+
+
 KINDS = (Kind("aae", AAEConfig, build=AdversarialAutoencoder, loss=pixel_mse, reconstruct=_forward,
-              train_step=adversarial_step),)
+              train_step=adversarial_step, score=prior_penalty),)

@@ -97,6 +97,9 @@ class Kind:
     - `train_step(kind, ctx, x_in, target)`: one optimization step on a batch, returning the
       detached loss; `gradient_step` unless the kind trains otherwise (an adversarial AE's
       discriminator step, say).
+    - `score(model, x_val)`: None, or (penalty, measures) for a trained model on validation
+      images: what the validation loss alone cannot see (an adversarial AE's codes against its
+      prior). A study adds the penalty to the trial's value and records the measures.
     """
 
     name: str
@@ -106,6 +109,7 @@ class Kind:
     reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor] = decode_code
     noise_std: Callable[[Any], float] = no_noise
     train_step: TrainStep = gradient_step
+    score: Callable[[nn.Module, torch.Tensor], tuple[float, dict[str, float]]] | None = None
 
     def step(self, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.train_step(self, ctx, x_in, target)

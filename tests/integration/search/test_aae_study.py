@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 
 from aeopt.config import load_run_config, load_study_spec
 from tests.conftest import REPO, run_cli
@@ -46,3 +47,9 @@ def test_aae_trains_and_a_study_of_it_runs(tmp_path):
     finished = [t for t in study.trials if t.state in FINISHED]
     assert len(finished) == 2
     assert {t.params["model.prior"] for t in finished} <= {"gaussian", "mixture10"}
+    # A complete trial's value is its mean CV loss plus the prior penalty, both recorded.
+    for t in (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE):
+        attrs = t.user_attrs
+        assert attrs["prior_mmd"] >= 0 and attrs["penalty"] >= 0
+        mean = sum(attrs["fold_losses"]) / len(attrs["fold_losses"])
+        assert t.value == pytest.approx(mean + attrs["penalty"], rel=1e-6)

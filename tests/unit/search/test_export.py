@@ -134,3 +134,18 @@ def test_export_holds_no_storage_url(tmp_path):
     text = write_export(export_best(study, spec), tmp_path / "best.yaml").read_text()
     for needle in ("sqlite", "postgres", "://", "storage"):
         assert needle not in text
+
+
+def test_a_penalized_trial_exports_its_loss_and_penalty_apart():
+    import optuna as _optuna
+
+    from aeopt.search.export import trial_metrics
+
+    study = _optuna.create_study()
+    trial = study.ask()
+    for key, value in {"fold_losses": [0.02, 0.04], "prior_mmd": 0.3, "penalty": 0.25}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 0.28)
+    m = trial_metrics(study.best_trial)
+    assert m["value"] == 0.28 and m["penalty"] == 0.25 and m["prior_mmd"] == 0.3
+    assert abs(m["cv_mean"] - 0.03) < 1e-12 and m["objective"].endswith("+ prior penalty")

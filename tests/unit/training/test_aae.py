@@ -70,3 +70,25 @@ def test_one_step_moves_all_three_parts():
     moved = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"encoder", "decoder", "discriminator"}
     assert len(trainer.kind_state["aae_optimizers"]) == 2  # its own optimizers, kept across steps
+
+
+def test_cross_validation_scores_the_codes_and_penalizes_an_aae_that_ignores_its_prior():
+    from aeopt.training.cv import cross_validate
+    from aeopt.training.data import Split
+
+    g = torch.Generator().manual_seed(2)
+    pool = Split((torch.rand(240, 1, 28, 28, generator=g) * 255).to(torch.uint8), torch.arange(240) % 10)
+    base = {"kind": "aae", "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 3, "disc_hidden": 8}
+    results = {}
+    for tol in (0.0, 1e6):
+        cfg = RunConfig.model_validate({"model": {**base, "mmd_tolerance": tol, "mmd_weight": 2.0},
+                                        "budget": {"max_epochs": 1, "batch_size": 64}})
+        results[tol] = cross_validate(cfg, pool, 2, 0, CPU)
+    strict, lax = results[0.0], results[1e6]
+    assert strict.measures["prior_mmd"] > 0 and strict.measures == lax.measures
+    assert strict.penalty == pytest.approx(2.0 * strict.measures["prior_mmd"]) and lax.penalty == 0.0
+    # A plain conv AE has nothing to score.
+    conv = RunConfig.model_validate({"model": {"kind": "conv_ae", "c1": 4, "c2": 4, "c3": 4, "fc": 8},
+                                     "budget": {"max_epochs": 1, "batch_size": 64}})
+    plain = cross_validate(conv, pool, 2, 0, CPU)
+    assert plain.penalty == 0.0 and plain.measures == {}
