@@ -34,7 +34,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 
-from aeopt.errors import StorageError
+from aeopt.errors import AeoptError, StorageError
+from aeopt.search.env import env_int
 from aeopt.search.heartbeat import HeartbeatGrpcStorage, HeartbeatJournalStorage, heartbeat_enabled
 from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
 
@@ -82,8 +83,8 @@ def kind(url: str) -> str:
 def _heartbeat_settings() -> tuple[int, int]:
     # A worker records a heartbeat every `interval` s; a RUNNING trial silent for `grace` s is
     # failed (and re-run) by the next worker that asks for a trial. Env vars let tests go faster.
-    interval = int(os.environ.get("AEOPT_HEARTBEAT_INTERVAL", "15"))
-    grace = int(os.environ.get("AEOPT_GRACE_PERIOD", str(max(4 * interval, 2))))
+    interval = env_int("AEOPT_HEARTBEAT_INTERVAL") or 15
+    grace = env_int("AEOPT_GRACE_PERIOD") or max(4 * interval, 2)
     return interval, grace
 
 
@@ -235,7 +236,7 @@ def _open(url: str) -> BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         return _rdb(url)
-    except StorageError:
+    except AeoptError:  # already one line for the user (a bad setting, a missing file)
         raise
     except ModuleNotFoundError as exc:
         raise StorageError(f"storage {redact(url)} needs the Python package '{exc.name}'; "

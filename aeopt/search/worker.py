@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.config import SearchSpec
-from aeopt.errors import AeoptError, ConfigError
+from aeopt.errors import AeoptError
 from aeopt.progress import Progress, progress
+from aeopt.search.env import env_int
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
 from aeopt.search.objective import TRIAL_ERRORS, SurplusTrialError, fail_reason
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
@@ -60,25 +60,12 @@ class FailureLimits:
     @classmethod
     def from_env(cls, consecutive: int | None = None, study: int | None = None) -> FailureLimits:
         """Arguments first, then AEOPT_MAX_CONSECUTIVE_FAILURES / AEOPT_MAX_FAILED_TRIALS, then defaults."""
-        consecutive = (consecutive or _env_int("AEOPT_MAX_CONSECUTIVE_FAILURES")
+        consecutive = (consecutive or env_int("AEOPT_MAX_CONSECUTIVE_FAILURES")
                        or DEFAULT_MAX_CONSECUTIVE_FAILURES)
-        return cls(consecutive=consecutive, study=study or _env_int("AEOPT_MAX_FAILED_TRIALS"))
+        return cls(consecutive=consecutive, study=study or env_int("AEOPT_MAX_FAILED_TRIALS"))
 
     def study_budget(self, target: int | None, finished: int) -> int:
         return self.study or max(10, 2 * (target or finished))
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to 1 or more") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r} must be 1 or more")
-    return value
 
 
 class Step(enum.Enum):

@@ -70,3 +70,12 @@ def test_default_is_aeopt_storage_then_the_embedded_sqlite(tmp_path, monkeypatch
     monkeypatch.setenv("AEOPT_STORAGE", f"journal:///{tmp_path}/j.log")
     storage = open_storage()
     assert storage.kind == "journal" and storage.single_machine and storage.heartbeat
+
+
+def test_a_bad_heartbeat_setting_names_the_variable_and_creates_nothing(tmp_path, monkeypatch):
+    from aeopt.errors import ConfigError
+
+    monkeypatch.setenv("AEOPT_HEARTBEAT_INTERVAL", "abc")
+    with pytest.raises(ConfigError, match="AEOPT_HEARTBEAT_INTERVAL='abc' is not a whole number"):
+        open_storage(f"sqlite:///{tmp_path}/x.db")
+    assert not (tmp_path / "x.db").exists()
