@@ -45,7 +45,7 @@ def _root(
 COMMANDS = {
     "train": "train", "study": "study", "worker": "worker", "launch": "launch", "storage": "storage",
     "quickstart": "quickstart", "export": "export", "finetune": "finetune", "baseline": "baseline",
-    "compare": "baseline", "dashboard": "dashboard", "report": "report",
+    "compare": "baseline", "dashboard": "dashboard", "report": "report", "refit": "refit",
 }
 
 
