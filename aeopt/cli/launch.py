@@ -16,8 +16,10 @@ DevicesOpt = Annotated[str | None, typer.Option(
     help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it).")]
 NTrialsOpt = Annotated[int | None, typer.Option("--n-trials", min=1,
                                                 help="Study-wide target of finished trials.")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", min=1,
-                                                  help="Workers stop starting trials after S seconds.")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", min=1,
+    help="Wall-clock budget in seconds for all workers: no trial starts after it, running trials stop at "
+         "their next epoch's end (pruned). Exits 0.")]
 LogDirOpt = Annotated[str | None, typer.Option("--log-dir", help="Worker logs (default logs/STUDY/).")]
 
 

@@ -15,6 +15,10 @@ WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker proces
 SubsetOpt = Annotated[int, typer.Option("--train-subset", min=100,
                                         help="Fashion-MNIST training images to use.")]
 EpochsOpt = Annotated[int, typer.Option("--max-epochs", min=1, help="Epochs a trial may run before pruning.")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", min=1,
+    help="Wall-clock budget in seconds: the running trial stops at its next epoch's end, then the summary "
+         "and the export of the best so far. Exits 0.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Folder for the exported best config.")]
 
 
@@ -27,26 +31,39 @@ def quickstart(
     max_epochs: EpochsOpt = 10,
     device: DeviceOpt = None,
     out: OutOpt = "quickstart",
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Run a small pruned, cross-validated study end to end and export the best config.
 
     Uses SQLite (studies/aeopt.db) and a 6,000-image Fashion-MNIST subset (or scikit-learn's digits
     when Fashion-MNIST is not on disk). Rerunning continues the same study up to --n-trials.
 
+    Ctrl-C (or SIGTERM) stops it cleanly: the summary of what finished and the export of the best
+    complete trial so far, then exit 130 (143).
+
     Example: aeopt quickstart --data-dir ../shared/data
     """
     opened = open_storage(storage)
     res = run_quickstart(opened, n_trials=n_trials, train_subset=train_subset, max_epochs=max_epochs,
-                         workers=workers, data_dir=data_dir, device=device, out=out)
+                         workers=workers, data_dir=data_dir, device=device, out=out, timeout=timeout)
+    if res.stopped_because:
+        typer.echo(f"{res.stopped_because}; what finished:")
     typer.echo(summary_table(res.study))
     storage_flag = "" if storage is None else " --storage URL"
     typer.echo("")
-    typer.echo(f"best config: {res.best_path}  (retrain it: aeopt train {res.best_path}"
-               + (f" --data-dir {data_dir}" if data_dir else "") + ")")
+    if res.best_path is None:
+        typer.echo(f"best config: none yet (no trial completed); rerun the same command to continue "
+                   f"the study up to {n_trials} trials")
+    else:
+        typer.echo(f"best config: {res.best_path}  (retrain it: aeopt train {res.best_path}"
+                   + (f" --data-dir {data_dir}" if data_dir else "") + ")")
     typer.echo(f"dashboard:   aeopt dashboard{storage_flag}   then open http://127.0.0.1:8080")
     typer.echo(f"report:      aeopt report --study {res.study.study_name}{storage_flag} -o report")
     if opened.kind == "sqlite":
         typer.echo(f"storage:     {opened.display}")
+    if res.signal is not None:
+        # Re-raised after the summary: the CLI turns it into its one line and exit code 130 / 143.
+        raise KeyboardInterrupt(f"signal {res.signal}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -13,8 +14,13 @@ from aeopt.search.worker import run_worker
 NTrialsOpt = Annotated[int | None, typer.Option(
     "--n-trials", min=1,
     help="Study-wide target of finished trials (complete + pruned); all workers together stop there.")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", min=1,
-                                                  help="Stop starting trials after S seconds.")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", min=1,
+    help="Wall-clock budget in seconds: no trial starts after it, and the running trial stops at its next "
+         "epoch's end (pruned, user attr stopped_by=deadline). Exits 0.")]
+# Set by `aeopt launch` for its workers: the launch's own deadline (Unix time), so a worker's slow
+# start (importing torch, loading data) is not added to the budget.
+DeadlineOpt = Annotated[float | None, typer.Option("--deadline", envvar="AEOPT_DEADLINE", hidden=True)]
 WorkerIndexOpt = Annotated[int, typer.Option("--worker-index", min=0, envvar="AEOPT_WORKER_INDEX",
                                              help="Offsets the sampler seed so workers differ.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")]
@@ -30,6 +36,7 @@ def worker(
     worker_index: WorkerIndexOpt = 0,
     threads: ThreadsOpt = None,
     amp: AmpOpt = False,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Load the study and its spec from the storage and run trials.
 
@@ -37,6 +44,8 @@ def worker(
     """
     # A worker only joins a study: a typo in --storage must not create an empty database.
     opened = open_storage(storage, create=False)
+    if deadline is not None:  # at least a moment: a zero timeout would mean no budget at all
+        timeout = max(0.01, min(timeout or float("inf"), deadline - time.time()))
     summary = run_worker(opened, study, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
                          worker_index=worker_index, threads=threads, amp=amp)
     typer.echo(f"worker {worker_index} finished: {summary.counts.text()}; {summary.stopped_because}")

@@ -119,6 +119,9 @@ def launch(
     log_dir.mkdir(parents=True, exist_ok=True)
     # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
+    env.pop("AEOPT_DEADLINE", None)
+    if timeout:  # one deadline for all workers, counted from now, not from each one's start-up
+        env["AEOPT_DEADLINE"] = f"{time.time() + timeout:.3f}"
     procs: list[WorkerProcess] = []
     for i, dev in enumerate(assigned):
         cmd = worker_command(study_name, i, dev, threads=threads, n_trials=n_trials, timeout=timeout,
@@ -127,8 +130,14 @@ def launch(
         with open(path, "w") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         procs.append(WorkerProcess(i, dev, path, proc))
-    log.info("launched %d workers (%s); logs in %s/", workers, ", ".join(assigned), log_dir)
-    return _supervise(study, procs, n_trials, poll_seconds)
+    log.info("launched %d workers (%s); logs in %s/%s", workers, ", ".join(assigned), log_dir,
+             f"; budget {timeout:g} s" if timeout else "")
+    started = time.monotonic()
+    code = _supervise(study, procs, n_trials, poll_seconds)
+    if code == 0 and timeout and time.monotonic() - started >= timeout:
+        log.info("the time budget of %g s ran out (%.0f s after the launch)", timeout,
+                 time.monotonic() - started)
+    return code
 
 
 def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | None,

@@ -2,11 +2,15 @@
 
 Runs on the embedded defaults (SQLite in studies/aeopt.db) on a Fashion-MNIST subset when the files
 are on disk, or on scikit-learn's bundled digits when they are not, in a few minutes on a CPU.
+
+Stopped by Ctrl-C / SIGTERM or by its time budget, it still summarizes what finished and exports the
+best complete trial, if there is one (`QuickstartResult.signal` says which signal, for the exit code).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from aeopt.search.launch import launch
 from aeopt.search.records import StudyCounts, TrialRecord
 from aeopt.search.storage import Storage
 from aeopt.search.studies import create_study, default_artifact_dir, load_study
-from aeopt.search.worker import run_worker
+from aeopt.search.worker import StopSignal, run_worker
 from aeopt.training.data import load_dataset
 
 log = logging.getLogger(__name__)
@@ -56,8 +60,10 @@ def pick_dataset(data_dir: str | None) -> str:
         load_dataset("fashion_mnist", data_dir, download=False)
         return "fashion_mnist"
     except DataNotFoundError:
-        log.warning("Fashion-MNIST is not on this machine: the quickstart uses scikit-learn's bundled digits "
-                    "(pass --data-dir DIR to use Fashion-MNIST)")
+        log.warning("Fashion-MNIST is not on this machine: the quickstart uses scikit-learn's bundled "
+                    "digits. For the real data: `apt-get install dataset-fashion-mnist` (or copy "
+                    "FashionMNIST/raw), then set AEOPT_DATA_DIR or pass --data-dir to the folder that "
+                    "holds FashionMNIST/raw")
         return "digits"
 
 
@@ -65,14 +71,21 @@ def pick_dataset(data_dir: str | None) -> str:
 class QuickstartResult:
     study: optuna.Study
     spec: SearchSpec
-    best_path: Path
+    best_path: Path | None  # None: no trial completed (stopped early), nothing exported
+    stopped_because: str = ""
+    signal: int | None = None  # the signal that stopped the run, if one did
+
+    # The lead wires `aeopt refit` here: the exported best config trained on the full training
+    # split, tested once; its checkpoint path joins the result and the printed next steps.
+    refit_path: Path | None = None
 
 
 def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials: int = 12,
                    train_subset: int = 6000, max_epochs: int = 10, workers: int = 1,
                    data_dir: str | None = None, device: str | None = None,
-                   out: str | Path = "quickstart") -> QuickstartResult:
-    """Create (or continue) the quickstart study, run it to `n_trials`, export the best config."""
+                   out: str | Path = "quickstart", timeout: float | None = None) -> QuickstartResult:
+    """Create (or continue) the quickstart study, run it to `n_trials` (or until `timeout` seconds or a
+    stop signal), export the best config."""
     dataset = pick_dataset(data_dir)
     subset = train_subset if dataset in ("fashion_mnist", "mnist") else None
     spec = quickstart_spec(dataset, subset, max_epochs)
@@ -81,16 +94,41 @@ def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials
     write_study_note(study, spec)
     log.info("study '%s' in %s: %d trials of a conv autoencoder on %s, %d-fold CV, TPE + Hyperband",
              study_name, storage.display, n_trials, dataset, spec.cv.folds)
+    stopped_because, signum = _run_trials(storage, study_name, n_trials=n_trials, workers=workers,
+                                          device=device, data_dir=data_dir, timeout=timeout)
+    study, spec = load_study(storage, study_name)
+    best_path: Path | None = Path(out) / "best.yaml"
+    if best_trial_exists(study):
+        write_export(export_best(study, spec), best_path)
+    else:
+        best_path = None
+    return QuickstartResult(study, spec, best_path, stopped_because, signum)
+
+
+def _run_trials(storage: Storage, study_name: str, *, n_trials: int, workers: int, device: str | None,
+                data_dir: str | None, timeout: float | None) -> tuple[str, int | None]:
+    """Run the trials in this process or in `workers` processes: (why it stopped, the stop signal)."""
     if workers > 1:
-        code = launch(storage, study_name, workers, devices=device, n_trials=n_trials, data_dir=data_dir)
+        code = launch(storage, study_name, workers, devices=device, n_trials=n_trials, data_dir=data_dir,
+                      timeout=timeout)
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            return f"stopped by signal {signal.Signals(code - 128).name}", code - 128
         if code:
             raise AeoptError(f"a quickstart worker failed (exit {code}); see logs/{study_name}/")
-    else:
-        run_worker(storage, study_name, n_trials=n_trials, device=device, data_dir=data_dir)
-    study, spec = load_study(storage, study_name)
-    best_path = Path(out) / "best.yaml"
-    write_export(export_best(study, spec), best_path)
-    return QuickstartResult(study, spec, best_path)
+        return "", None
+    try:
+        summary = run_worker(storage, study_name, n_trials=n_trials, device=device, data_dir=data_dir,
+                             timeout=timeout)
+    except StopSignal as stop:
+        return f"stopped by signal {signal.Signals(stop.signum).name}", stop.signum
+    except KeyboardInterrupt:  # raised outside the worker's handlers (before they were installed)
+        return "stopped by signal SIGINT", signal.SIGINT.value
+    # Its target reached, the worker's reason says nothing new; a budget that ran out does.
+    return ("" if summary.stopped_because.startswith("the study holds") else summary.stopped_because), None
+
+
+def best_trial_exists(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
 def summary_table(study: optuna.Study, top: int = 8) -> str:

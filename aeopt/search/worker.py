@@ -8,6 +8,10 @@ after `max_consecutive_failures` failed trials in a row of its own, or before st
 study that holds more failed trials than its failure budget. Every trial it fails carries a
 `fail_reason`; a dead worker's trials are failed ("worker lost") and re-queued by the next worker,
 which looks for them when it starts and before each trial (`aeopt.search.heartbeat`).
+
+A `timeout` is a wall-clock budget from the worker's start: no trial starts after it, and the
+running trial stops at the first epoch boundary past it (`aeopt.search.objective.stop_at_deadline`).
+After each finished trial the worker logs an estimate of the time the study has left.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.config import SearchSpec
 from aeopt.errors import AeoptError
-from aeopt.progress import Progress, progress
+from aeopt.progress import Progress, duration_text, progress, time_left
 from aeopt.search.env import env_int
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
-from aeopt.search.objective import TRIAL_ERRORS, SurplusTrialError, fail_reason
+from aeopt.search.objective import DEADLINE_REASON, TRIAL_ERRORS, SurplusTrialError, fail_reason
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
 from aeopt.search.samplers import build_pruner, build_sampler
 from aeopt.search.space import grid_size
@@ -157,7 +161,9 @@ def run_worker(
     """Run trials of the study until the study-wide target, the timeout, or the grid's end.
 
     Raises `TooManyFailuresError` when trials keep failing (see `FailureLimits`; None here: the
-    env vars, else the defaults)."""
+    env vars, else the defaults). Stopped by a signal, it logs what it finished and raises `StopSignal`."""
+    # The budget counts from here: loading the data and the study is part of it.
+    deadline = time.monotonic() + timeout if timeout else None
     if threads:
         torch.set_num_threads(threads)
     _stop_on_sigterm()
@@ -170,16 +176,40 @@ def run_worker(
     target = study_target(spec, n_trials)
     objective = make_objective(spec, data_dir=data_dir, device=device, amp=amp, target_trials=target,
                                storage=storage)
-    log.info("worker %d on %s: study '%s' (%s), target %s finished trials", worker_index, objective.device,
-             study_name, spec.model.kind, target if target else "unlimited")
+    _give_deadline(objective, deadline, spec.task)
+    log.info("worker %d on %s: study '%s' (%s), target %s finished trials%s", worker_index, objective.device,
+             study_name, spec.model.kind, target if target else "unlimited",
+             f", {duration_text(timeout)} budget" if timeout else "")
     summary = WorkerSummary()
-    with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
-        heartbeat = storage.optuna if storage.heartbeat else None
-        summary.stopped_because = run_trials(study, objective, target=target, heartbeat=heartbeat,
-                                             timeout=timeout, poll_seconds=poll_seconds,
-                                             callbacks=[_TrialLines(summary, bar)], limits=limits)
+    try:
+        with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
+            heartbeat = storage.optuna if storage.heartbeat else None
+            remaining = max(0.0, deadline - time.monotonic()) if deadline else None
+            summary.stopped_because = run_trials(
+                study, objective, target=target, heartbeat=heartbeat, timeout=remaining,
+                poll_seconds=poll_seconds, callbacks=[_TrialLines(summary, bar, target)], limits=limits)
+    except StopSignal as stop:
+        summary.stopped_because = f"stopped by signal {signal.Signals(stop.signum).name}"
+        log.warning("worker %d stopped: %s (%s)", worker_index, summary.counts.text(),
+                    summary.stopped_because)
+        raise
+    if summary.stopped_because == TIMEOUT_REASON:
+        summary.stopped_because = f"the time budget of {duration_text(timeout or 0)} ran out"
     log.info("worker %d done: %s (%s)", worker_index, summary.counts.text(), summary.stopped_because)
     return summary
+
+
+TIMEOUT_REASON = "timeout"  # what run_trials returns when its time is up
+
+
+def _give_deadline(objective: object, deadline: float | None, task: str) -> None:
+    """Hand the budget to the objective, which stops a running trial there."""
+    if deadline is None:
+        return
+    if hasattr(objective, "deadline"):
+        objective.deadline = deadline
+    else:  # an objective that does not stop mid-trial: the budget holds between trials only
+        log.warning("%s trials do not stop at the deadline: the running one finishes first", task)
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int | None,
@@ -207,7 +237,7 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
                 streak: _FailureStreak) -> str:
     while True:
         if deadline and time.monotonic() >= deadline:
-            return "timeout"
+            return TIMEOUT_REASON
         if heartbeat is not None:
             fail_stale_trials(study, heartbeat)
         trials = study.get_trials(deepcopy=False)
@@ -264,8 +294,10 @@ class _NoTrialTracebacks(logging.Filter):
 
 
 def _is_surplus(trial: FrozenTrial) -> bool:
-    # A surplus trial failed on purpose (two workers raced for the last one): not a failing study.
-    return (TrialRecord.of(trial).fail_reason or "").startswith(SurplusTrialError.__name__)
+    # A surplus trial failed on purpose (two workers raced for the last one), or one the time budget
+    # ended before it reported anything: not a failing study.
+    reason = TrialRecord.of(trial).fail_reason or ""
+    return reason.startswith(SurplusTrialError.__name__) or reason == DEADLINE_REASON
 
 
 def _check_study_budget(name: str, trials: list[FrozenTrial], limits: FailureLimits,
@@ -335,19 +367,42 @@ def _grid_exhausted(study: optuna.Study) -> bool:
 
 
 class _TrialLines:
-    """Optuna callback: one line per finished trial, above the progress bar or as a log line."""
+    """Optuna callback: one line per finished trial, above the progress bar or as a log line, then
+    the study's estimated time left (when it has a target)."""
 
-    def __init__(self, summary: WorkerSummary, bar: Progress):
-        self.summary, self.bar = summary, bar
+    def __init__(self, summary: WorkerSummary, bar: Progress, target: int | None = None):
+        self.summary, self.bar, self.target = summary, bar, target
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.summary.trials.append(trial)
         line, best = trial_line(trial), best_value_text(study)
         if self.bar.bar is None:  # not a terminal: one plain line per trial
             log.info("[%d finished by this worker] %s (best %s)", self.summary.counts.finished, line, best)
-            return
-        self.bar.update({"best": best}, n=StudyCounts.of([trial]).finished)
-        self.bar.write(line)
+        else:
+            self.bar.update({"best": best}, n=StudyCounts.of([trial]).finished)
+            self.bar.write(line)
+        left = study_eta_line(study.get_trials(deepcopy=False), self.target)
+        if left:
+            log.info(left)
+
+
+def study_eta_line(trials: list[FrozenTrial], target: int | None) -> str | None:
+    """'study: 5 of 12 trials finished, about 4 min 10 s left (2 workers)', or None without a target
+    or a finished trial. Workers: this one plus those running a trial now."""
+    if not target:
+        return None
+    counts = StudyCounts.of(trials)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
+               if t.datetime_complete and t.datetime_start]
+    remaining = max(0, target - counts.finished)
+    workers = counts.running + 1
+    left = time_left(seconds, remaining, workers)
+    if left is None or not remaining:
+        return None
+    # The trials now running elsewhere are part-done: the estimate is an upper bound by that much.
+    return (f"study: {counts.finished} of {target} trials finished, about {duration_text(left)} left "
+            f"({workers} worker{'s' if workers > 1 else ''})")
 
 
 def trial_line(t: FrozenTrial) -> str:
