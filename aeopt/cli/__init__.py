@@ -14,11 +14,13 @@ import matplotlib
 import optuna
 import typer
 
+from aeopt.cli.common import HelpGroup
 from aeopt.errors import AeoptError
 from aeopt.threads import apply_process_defaults
 
 app = typer.Typer(
     name="aeopt",
+    cls=HelpGroup,  # --help as flowing prose, and no `<bool>` beside flags: see tidy_help
     help="Tune the homework's autoencoders (conv, denoising, VAE) on Fashion-MNIST with Optuna.\n\n"
     "Start with `aeopt quickstart`, or `aeopt train configs/conv_ae.yaml --data-dir DIR`.",
     no_args_is_help=True,
@@ -45,7 +47,7 @@ def _root(
 COMMANDS = {
     "train": "train", "study": "study", "worker": "worker", "launch": "launch", "storage": "storage",
     "quickstart": "quickstart", "export": "export", "finetune": "finetune", "baseline": "baseline",
-    "compare": "baseline", "dashboard": "dashboard", "report": "report", "refit": "refit",
+    "compare": "baseline", "dashboard": "dashboard", "report": "report", "configs": "configs", "refit": "refit",
 }
 
 

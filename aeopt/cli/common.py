@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from aeopt.errors import AeoptError, DataNotFoundError
 
@@ -69,3 +71,65 @@ StorageOpt = Annotated[
                  show_default=False),
 ]
 StudyOpt = Annotated[str, typer.Option("--study", "-s", envvar="AEOPT_STUDY", help="Study name.")]
+
+
+# ----- --help that reads as prose ----------------------------------------------------------------
+
+
+def flowing(text: str | None) -> str | None:
+    """Help text as flowing paragraphs: the lines of a paragraph hard-wrapped in the source are joined,
+    so the terminal wraps them (typer's rich help keeps source line breaks, and breaks sentences mid-line).
+
+    A paragraph whose later lines are indented (examples aligned under each other) is a layout and keeps
+    its lines; so does one that starts with click's no-rewrap mark "\\b".
+    """
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(_flow(p) for p in paragraphs)
+
+
+def _flow(paragraph: str) -> str:
+    lines = paragraph.split("\n")
+    if paragraph.startswith("\b") or any(line[:1].isspace() for line in lines[1:]):
+        return paragraph
+    return " ".join(line.strip() for line in lines)
+
+
+def tidy_help(command: Any) -> None:
+    """Every command under `command` (a click command or group): prose help flows, and flags show no
+    value metavar (typer's rich help prints `<bool>` beside options that take no value)."""
+    command.help = flowing(command.help)
+    command.short_help = flowing(command.short_help)
+    for param in command.params:
+        _no_metavar(param)
+        if getattr(param, "help", None):
+            param.help = flowing(param.help)
+    if not getattr(command.get_help_option, "tidied", False):
+        command.get_help_option = _help_option_without_metavar(command.get_help_option)
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+
+
+def _no_metavar(param: Any) -> Any:
+    if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""  # shown as nothing; the plain formatter never shows a flag's metavar
+    return param
+
+
+def _help_option_without_metavar(get_help_option: Any) -> Any:
+    # --help itself is a flag that click makes on first use, with names the context decides.
+    def wrapped(ctx: Any) -> Any:
+        return _no_metavar(get_help_option(ctx))
+
+    wrapped.tidied = True
+    return wrapped
+
+
+class HelpGroup(TyperGroup):
+    """The root group: tidies the help of every command before any of it is parsed or shown, so each
+    command is written in its source as it reads best there (typer builds the tree on every call)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        tidy_help(self)
+        return super().make_context(info_name, args, parent=parent, **extra)
