@@ -47,7 +47,8 @@ def _root(
 COMMANDS = {
     "train": "train", "study": "study", "worker": "worker", "launch": "launch", "storage": "storage",
     "quickstart": "quickstart", "export": "export", "finetune": "finetune", "baseline": "baseline",
-    "compare": "baseline", "dashboard": "dashboard", "report": "report", "configs": "configs", "refit": "refit",
+    "compare": "baseline", "dashboard": "dashboard", "report": "report", "refit": "refit",
+    "configs": "configs",
 }
 
 

@@ -26,7 +26,9 @@ from aeopt.search.studies import (
 
 study_app = typer.Typer(help="Create, list, inspect and delete studies in a storage.", no_args_is_help=True)
 
-SpecArg = Annotated[Path, typer.Argument(help="Study spec YAML (studies/conv_ae.yaml, ...).")]
+SpecArg = Annotated[Path, typer.Argument(
+    help="Study spec: a YAML file, or the name of a shipped one (conv_ae, denoising_ae, vae, aae, seed_grid, "
+    "classifier; `aeopt configs` lists them).", show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
                                              help=f"Name (default: the spec's `name`): {NAME_RULE}.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-if-exists", help="Reuse an existing study of that name.")]
@@ -50,7 +52,7 @@ def create(
 
     A worker anywhere then needs only --storage and --study.
 
-    Example: aeopt study create studies/conv_ae.yaml --set data.train_subset=12000
+    Example: aeopt study create conv_ae --set data.train_subset=12000
     """
     spec_obj = load_study_spec(spec, set_ or [])
     name = study_name or spec_obj.name or spec.stem
@@ -73,7 +75,7 @@ def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     if not rows:
-        typer.echo("no studies yet: aeopt study create studies/conv_ae.yaml")
+        typer.echo("no studies yet: aeopt study create conv_ae")
         return
     typer.echo(f"{'study':<28} {'model':<13} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>8}"
                "  best")

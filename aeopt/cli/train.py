@@ -1,4 +1,4 @@
-"""`aeopt train CONFIG.yaml`: one run configuration, early-stopped, evaluated once on test."""
+"""`aeopt train CONFIG`: one run configuration, early-stopped, evaluated once on test."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from aeopt.config import load_run_config
 
 def train(
     config: Annotated[Path, typer.Argument(
-        help="Run config YAML (configs/*.yaml, or an `aeopt export` file).")],
+        help="Run config: a YAML file (an `aeopt export` file too), or the name of a shipped one "
+        "(conv_ae, denoising_ae, vae, aae; `aeopt configs` lists them).", show_default=False)],
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -27,7 +28,7 @@ def train(
     Prints the metrics and writes metrics.json, a self-describing checkpoint.pt and a PNG of test
     reconstructions to --out (default runs/<config name>).
 
-    Example: aeopt train configs/conv_ae.yaml --data-dir ../shared/data --set budget.max_epochs=5
+    Example: aeopt train conv_ae --data-dir ../shared/data --set budget.max_epochs=5
     """
     # The config is checked before torch is imported: a typo costs a fraction of a second.
     cfg = load_run_config(config, set_ or [])

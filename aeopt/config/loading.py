@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from aeopt.config.keys import first_unknown, section_keys, unknown_key_message
 from aeopt.config.models import MODEL_KINDS
 from aeopt.errors import ConfigError
 
 # Discriminator tags pydantic puts in error locations (model.conv_ae.c1, space.x.searched.int.low):
 # not part of the YAML path.
 _TAGS = (*MODEL_KINDS, "int", "float", "categorical", "searched", "fixed")
+# Names pydantic gives the validators it wraps a field in (tagged-union[...], function-before[...]):
+# its internals, never a key the user wrote.
+_INTERNAL = re.compile(r"^[a-z-]+\[.*\]$")
 # Sections keyed by dotted run-config paths (space: {model.c1: ...}): `--set space.model.c1.high=32`
 # names the entry 'model.c1', and a new entry's key is the whole rest of the path.
 _DOTTED_SECTIONS = ("space",)
@@ -33,21 +39,27 @@ def _split_key(d: dict[str, Any], dotted: str) -> tuple[str, str | None]:
 
 
 def set_path(d: dict[str, Any], dotted: str, value: Any, *, must_exist: bool = False) -> None:
-    head, rest = _split_key(d, dotted)
-    if rest is None:
-        if must_exist and head not in d:
+    """Set `dotted` (sections joined by dots) in the raw dict `d`, making missing sections unless
+    `must_exist`."""
+    node, rest, done = d, dotted, []
+    while True:
+        head, rest = _split_key(node, rest)
+        if rest is None:
+            if must_exist and head not in node:
+                raise ConfigError(f"unknown key '{dotted}'")
+            node[head] = value
+            return
+        done.append(head)
+        child = node.get(head)
+        if child is None and not must_exist:
+            child = node[head] = {}
+        if child is None:
             raise ConfigError(f"unknown key '{dotted}'")
-        d[head] = value
-        return
-    child = d.get(head)
-    if child is None and not must_exist:
-        child = d[head] = {}
-    if not isinstance(child, dict):
-        raise ConfigError(f"unknown key '{dotted}': '{head}' is not a section")
-    try:
-        set_path(child, rest, value, must_exist=must_exist)
-    except ConfigError:
-        raise ConfigError(f"unknown key '{dotted}'") from None
+        if not isinstance(child, dict):
+            where = ".".join(done)
+            raise ConfigError(f"{where} is a value ({child!r}), not a section; "
+                              f"set it whole: --set {where}=VALUE")
+        node = child
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -64,13 +76,30 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted_entry(section: dict[str, Any], name: str, rest: str, value: Any) -> None:
+def _unknown_in(schema: type[BaseModel], path: list[str], raw: Any) -> str | None:
+    """What is wrong with the dotted path `path` in `schema` (an unknown key, with the closest known one
+    and the valid keys of its section), or None when the schema knows it."""
+    bad = first_unknown(schema, path, raw)
+    if bad is None:
+        return None
+    message = unknown_key_message(path[bad], section_keys(schema, path[:bad], raw))
+    if bad < len(path) - 1:  # name the key when it is not the last part: `--set optmi.lr`
+        message = message.replace("unknown key", f"unknown key '{path[bad]}'", 1)
+    return message
+
+
+def _set_dotted_entry(section: dict[str, Any], name: str, rest: str, value: Any,
+                      schema: type[BaseModel], raw: dict[str, Any]) -> None:
     """`--set NAME.REST=VALUE` in a section whose keys are dotted paths (the study spec's space)."""
     entry, tail = _split_key(section, rest)
     if entry in section:
         if tail is None:
             section[entry] = value
         elif isinstance(section[entry], dict):
+            field = tail.split(".")[0]
+            valid = section_keys(schema, [name, entry], raw)
+            if valid is not None and field not in valid:
+                raise ConfigError(unknown_key_message(field, valid))
             set_path(section[entry], tail, value)
         else:
             raise ConfigError(f"{name}.{entry} is the fixed value {section[entry]!r}; replace it whole, "
@@ -78,40 +107,56 @@ def _set_dotted_entry(section: dict[str, Any], name: str, rest: str, value: Any)
         return
     head, _, last = rest.rpartition(".")
     if head and last in _PARAM_FIELDS:
-        raise ConfigError(f"{name}.{head} is not in the {name} yet; add it whole, for example "
+        close = difflib.get_close_matches(head, list(section), n=1, cutoff=0.8)
+        meant = f" (did you mean '{name}.{close[0]}'?)" if close else ""
+        raise ConfigError(f"{name}.{head} is not in the {name} yet{meant}; add it whole, for example "
                           f"--set {name}.{head}='{{type: int, low: 8, high: 32}}'")
     section[rest] = value
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
-    """Apply `--set key=value` items to a raw config dict; keys must name fields of `schema`."""
+    """Apply `--set key=value` items to a raw config dict; keys must name fields of `schema`.
+
+    An unknown key is caught here, before validation, so that the error names the `--set` that made
+    it, the closest known key and the valid keys of that section."""
     d = copy.deepcopy(d)
     for item in overrides:
         key, value = parse_override(item)
         top, _, rest = key.partition(".")
-        if top not in schema.model_fields:
-            raise ConfigError(f"--set {key}: unknown key '{top}' (known: {', '.join(schema.model_fields)})")
         try:
-            if top in _DOTTED_SECTIONS and rest:
+            if top in _DOTTED_SECTIONS and top in schema.model_fields and rest:
                 section = d.get(top)
                 if section is None:
                     section = d[top] = {}
                 if not isinstance(section, dict):
                     raise ConfigError(f"'{top}' is not a mapping")
-                _set_dotted_entry(section, top, rest, value)
+                _set_dotted_entry(section, top, rest, value, schema, d)
             else:
+                problem = _unknown_in(schema, key.split("."), d)
+                if problem:
+                    raise ConfigError(problem)
                 set_path(d, key, value)
         except ConfigError as exc:
             raise ConfigError(f"--set {key}: {exc}") from None
     return d
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per bad field, naming the field and the value."""
+def _unknown_field(err: Any, schema: type[BaseModel] | None) -> str:
+    """An unknown key of a file: the closest known key and the valid keys of its section."""
+    path = [str(p) for p in err["loc"] if not _INTERNAL.match(str(p))]
+    valid = section_keys(schema, path[:-1]) if schema is not None and path else None
+    return unknown_key_message(path[-1] if path else "", valid)
+
+
+def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel] | None = None) -> str:
+    """One line per bad field, naming the field and the value, in the YAML's terms.
+
+    `schema` (the one validated against) lets an unknown key name the valid keys of its section."""
     lines = []
     for err in exc.errors():
-        # Drop discriminator tags (model.conv_ae.c1 -> model.c1) so paths match the YAML.
-        loc = [str(p) for p in err["loc"] if p not in _TAGS]
+        # Drop discriminator tags (model.conv_ae.c1 -> model.c1) and pydantic's names for its own
+        # validators so paths match the YAML.
+        loc = [str(p) for p in err["loc"] if p not in _TAGS and not _INTERNAL.match(str(p))]
         field = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if not loc and isinstance(err.get("input"), dict):
@@ -123,7 +168,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             expected = err.get("ctx", {}).get("expected_tags")
             lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {expected}")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{field}'")
+            lines.append(f"{source}: {field}: {_unknown_field(err, schema)}")
         elif err["type"] == "union_tag_not_found":
             tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
             lines.append(f"{source}: {field}.{tag} is required")
@@ -144,14 +189,16 @@ def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
     try:
         return schema.model_validate(d)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, schema)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        what = "a folder, not a file" if p.is_dir() else "no such file"
-        raise ConfigError(f"{p}: {what}; pass the path of a YAML config (for example configs/conv_ae.yaml)")
+        looked = p.expanduser().absolute()
+        what = "a folder, not a file" if p.is_dir() else f"no such file (looked for {looked})"
+        raise ConfigError(f"{p}: {what}; pass the path of a YAML file, or the name of a shipped one "
+                          "(`aeopt configs` lists them)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -162,7 +209,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file; pass a YAML config") from None
     if data is None:
-        raise ConfigError(f"{p}: the file is empty; start from configs/conv_ae.yaml")
+        raise ConfigError(f"{p}: the file is empty; start from a copy of a shipped one "
+                          "(`aeopt configs` lists them with their paths)")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (model, data, budget, optim), "
                           f"got {type(data).__name__}")

@@ -8,8 +8,10 @@ from typing import Literal
 from pydantic import Field
 
 from aeopt.config.base import Strict
+from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
 from aeopt.config.models import ConvAEConfig, ModelConfig
+from aeopt.config.presets import RUN_CONFIG, resolve
 from aeopt.errors import ConfigError
 
 
@@ -53,14 +55,16 @@ class RunConfig(Strict):
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    raw = read_yaml(path)
+    """A run config from a YAML file, or the shipped run config of that bare name (`conv_ae`)."""
+    raw = read_yaml(resolve(path, RUN_CONFIG))
     # An export carries metrics and provenance beside the run config; `train` reads only the run.
     run = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     # `finetune:` (aeopt finetune's section) is allowed too, so one file serves both commands.
     allowed = {*RunConfig.model_fields, "metrics", "provenance", "finetune"}
     unknown = [k for k in raw if k not in allowed]
     if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(RunConfig.model_fields)})")
+        message = unknown_key_message(unknown[0], list(RunConfig.model_fields))
+        raise ConfigError(f"{path}: {unknown[0]}: {message}")
     run = apply_overrides(run, overrides or [], RunConfig)
     return validate(RunConfig, run, str(path))
 

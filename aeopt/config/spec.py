@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -23,7 +24,9 @@ from pydantic import (
 )
 
 from aeopt.config.base import Strict
+from aeopt.config.keys import did_you_mean, section_keys
 from aeopt.config.loading import apply_overrides, parse_override, read_yaml, set_path, validate
+from aeopt.config.presets import RUN_CONFIG, STUDY_SPEC, is_bare_name, preset_names, resolve
 from aeopt.config.run import RunConfig
 from aeopt.config.supervised import FinetuneRun
 from aeopt.errors import ConfigError
@@ -149,6 +152,15 @@ def _check_grid(space: dict[str, Any]) -> None:
                              "use larger steps, fewer choices or another sampler")
 
 
+def _meant(schema: type[BaseModel], path: str, raw: dict[str, Any]) -> str:
+    """`did you mean 'model.c1'? valid keys of model: kind, c1, ...` for a space path the run lacks."""
+    *section, key = path.split(".")
+    hint = did_you_mean(key, section_keys(schema, section, raw))
+    prefix = ".".join(section)
+    hint = re.sub(r"did you mean '([^']+)'", lambda m: f"did you mean '{prefix}.{m.group(1)}'", hint)
+    return hint.replace("valid keys:", f"valid keys of {prefix}:") if prefix else hint
+
+
 class CVConfig(Strict):
     folds: int = Field(5, ge=2, le=20)
     # Fixed per study so every trial sees the same folds (paired comparison between trials).
@@ -194,8 +206,8 @@ class SearchSpec(Strict):
         for path, param in self.space.items():
             section = path.split(".")[0]
             if section not in schema.model_fields:
-                known = ", ".join(schema.model_fields)
-                raise ValueError(f"space.{path}: '{section}' is not a run config section ({known})")
+                raise ValueError(f"space.{path}: '{section}' is not a run config section; "
+                                 f"{did_you_mean(section, list(schema.model_fields))}")
             for value in _probes(param):
                 trial_dict = copy.deepcopy(base)
                 try:
@@ -203,7 +215,8 @@ class SearchSpec(Strict):
                     schema.model_validate(trial_dict)
                 except (ConfigError, ValidationError) as exc:
                     if isinstance(exc, ValidationError) and exc.errors()[0]["type"] == "extra_forbidden":
-                        raise ValueError(f"space.{path}: not a field of the run config") from None
+                        raise ValueError(f"space.{path}: not a field of the run config; "
+                                         f"{_meant(schema, path, trial_dict)}") from None
                     first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
                     raise ValueError(f"space.{path}: the value {value!r} gives an invalid run: "
                                      f"{first}") from None
@@ -259,12 +272,7 @@ class ClassifierStudySpec(FinetuneRun, SearchSpec):
         ref = raw.pop("autoencoder", None)
         if ref is None:
             return raw
-        path = Path(ref)
-        if not path.is_absolute() and not path.exists():
-            path = spec_path.parent / ref
-        if not path.is_file():
-            raise ConfigError(f"{spec_path}: autoencoder = {ref!r}: no such file; export one with "
-                              "`aeopt export --study NAME -o best.yaml`")
+        path = _autoencoder_file(str(ref), spec_path)
         exported = read_yaml(path)
         if isinstance(exported, list):  # an export with --top K: its first (best) entry
             exported = exported[0]
@@ -272,6 +280,22 @@ class ClassifierStudySpec(FinetuneRun, SearchSpec):
             if key in exported and key not in raw:
                 raw[key] = exported[key]
         return raw
+
+
+def _autoencoder_file(ref: str, spec_path: Path) -> Path:
+    """A classifier spec's `autoencoder:`: a path from here, else from the spec's folder, else the shipped
+    run config of that bare name."""
+    path = Path(ref).expanduser()
+    candidates = [path] if path.is_absolute() else [path, spec_path.parent / path]
+    if is_bare_name(ref):
+        candidates.append(RUN_CONFIG.where / f"{ref}.yaml")
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(c.absolute()) for c in candidates)
+        raise ConfigError(f"{spec_path}: autoencoder = {ref!r}: no such file (looked for {looked}); "
+                          "export one with `aeopt export --study NAME -o best.yaml`, or name a shipped run "
+                          f"config ({', '.join(preset_names(RUN_CONFIG))})")
+    return found
 
 
 def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
@@ -285,7 +309,8 @@ def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
 
 
 def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
-    raw = read_yaml(path)
+    """A study spec from a YAML file, or the shipped spec of that bare name (`conv_ae`)."""
+    raw = read_yaml(resolve(path, STUDY_SPEC))
     overrides = list(overrides or [])
     # `--set task=...` / `--set autoencoder=best.yaml` shape how the rest is read: apply them first.
     for item in [o for o in overrides if o.split("=", 1)[0].strip() in ("task", "autoencoder")]:
@@ -294,6 +319,6 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Sea
         overrides.remove(item)
     schema = spec_schema(raw)
     if hasattr(schema, "prepare_raw"):
-        raw = schema.prepare_raw(raw, Path(path))
+        raw = schema.prepare_raw(raw, resolve(path, STUDY_SPEC))
     raw = apply_overrides(raw, overrides, schema)
     return validate(schema, raw, str(path))

@@ -1,0 +1,122 @@
+"""The run configs and study specs that ship with aeopt, found by name from any folder.
+
+`aeopt train conv_ae` and `aeopt study create conv_ae` work outside the checkout: an argument that is a
+file is read as a file (a path wins), and a bare name (no folder, no .yaml) that is not a file names a
+shipped preset. The files live at the top of the repository (configs/, studies/); aeopt/presets/configs
+and aeopt/presets/studies are links to those folders, so that the installed package carries the same
+files (pyproject.toml's package-data takes only their *.yaml: never a database or artifacts).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from aeopt.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class PresetKind:
+    folder: str  # under aeopt/presets/ (and at the top of the repository)
+    noun: str  # in messages: "run config", "study spec"
+    command: str  # what takes it, for the hints
+
+    @property
+    def where(self) -> Path:
+        return PRESETS_DIR / self.folder
+
+
+RUN_CONFIG = PresetKind("configs", "run config", "aeopt train")
+STUDY_SPEC = PresetKind("studies", "study spec", "aeopt study create")
+KINDS = (RUN_CONFIG, STUDY_SPEC)
+
+
+@dataclass(frozen=True)
+class Preset:
+    kind: PresetKind
+    name: str
+    path: Path
+    description: str
+
+
+def preset_paths(kind: PresetKind) -> list[Path]:
+    return sorted(kind.where.glob("*.yaml")) if kind.where.is_dir() else []
+
+
+def preset_names(kind: PresetKind) -> list[str]:
+    return [p.stem for p in preset_paths(kind)]
+
+
+def describe(path: Path) -> str:
+    """One line about a YAML file: its `description:`, else the first sentence of its leading comment."""
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("description"), str) and data["description"].strip():
+        return " ".join(data["description"].split())
+    lead: list[str] = []
+    for line in text.splitlines():
+        body = line[1:] if line.startswith("#") else None
+        # The leading paragraph ends at the first line that is not a comment, an empty comment line, or an
+        # indented example (`#   aeopt export ...`).
+        if body is None or not body.strip() or body.startswith("   "):
+            break
+        lead.append(body.strip())
+    # Its first clause: up to a colon, a semicolon or a full stop followed by a space (not the stop of
+    # "al., " or "1e-3").
+    return re.split(r"(?<=[.:;])\s", " ".join(lead), maxsplit=1)[0].rstrip(".:;")
+
+
+def list_presets() -> list[Preset]:
+    return [Preset(kind, p.stem, p.resolve(), describe(p)) for kind in KINDS for p in preset_paths(kind)]
+
+
+def is_bare_name(arg: str | Path) -> bool:
+    """A name, not a path: no folder part and no .yaml suffix (conv_ae, not conv_ae.yaml)."""
+    p = Path(arg)
+    return len(p.parts) == 1 and p.suffix not in _SUFFIXES and str(arg) not in (".", "..")
+
+
+def resolve(arg: str | Path, kind: PresetKind) -> Path:
+    """The file `arg` names: itself when it exists (a path wins), else the shipped preset of that bare name.
+
+    A miss is one line that says where aeopt looked and lists the shipped names."""
+    p = Path(arg).expanduser()
+    if p.exists():
+        return p
+    if is_bare_name(arg):
+        preset = kind.where / f"{arg}.yaml"
+        if preset.is_file():
+            return preset.resolve()
+    raise ConfigError(missing_message(arg, kind))
+
+
+def missing_message(arg: str | Path, kind: PresetKind) -> str:
+    """Where aeopt looked for `arg` (the path from here; for a bare name, the shipped presets too), the
+    shipped names, and the closest one."""
+    names = preset_names(kind)
+    here = Path(arg).expanduser().absolute()
+    stem = Path(arg).stem
+    close = difflib.get_close_matches(stem, names, n=1, cutoff=0.6)
+    if is_bare_name(arg):
+        looked = f"no such file ({here}) and no shipped {kind.noun} of that name (in {kind.where.resolve()})"
+    else:
+        looked = f"no such file (looked for {here})"
+    if not is_bare_name(arg) and stem in names:
+        hint = f"the shipped {kind.noun} of that name runs with `{kind.command} {stem}`"
+    elif close:
+        hint = f"did you mean '{close[0]}'? shipped {kind.noun}s: {', '.join(names)}"
+    elif names:
+        hint = f"shipped {kind.noun}s: {', '.join(names)} (`aeopt configs` lists them)"
+    else:
+        hint = f"pass the path of a {kind.noun} YAML"
+    return f"{arg}: {looked}; {hint}"
