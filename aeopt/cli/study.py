@@ -26,7 +26,8 @@ from aeopt.search.studies import (
 
 study_app = typer.Typer(help="Create, list, inspect and delete studies in a storage.", no_args_is_help=True)
 
-SpecArg = Annotated[Path, typer.Argument(
+# A string, not a Path: pathlib would turn "./conv_ae" (a file here) into "conv_ae" (a shipped name).
+SpecArg = Annotated[str, typer.Argument(
     help="Study spec: a YAML file, or the name of a shipped one (conv_ae, denoising_ae, vae, aae, seed_grid, "
     "classifier; `aeopt configs` lists them).", show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
@@ -55,7 +56,7 @@ def create(
     Example: aeopt study create conv_ae --set data.train_subset=12000
     """
     spec_obj = load_study_spec(spec, set_ or [])
-    name = study_name or spec_obj.name or spec.stem
+    name = study_name or spec_obj.name or Path(spec).stem
     if not skip_if_exists:  # before the storage is opened (and maybe created); reusing an old name is fine
         check_study_name(name)
     opened = open_storage(storage)

@@ -13,7 +13,8 @@ from aeopt.config import load_run_config
 
 
 def train(
-    config: Annotated[Path, typer.Argument(
+    # A string, not a Path: pathlib would turn "./conv_ae" (a file here) into "conv_ae" (a shipped name).
+    config: Annotated[str, typer.Argument(
         help="Run config: a YAML file (an `aeopt export` file too), or the name of a shipped one "
         "(conv_ae, denoising_ae, vae, aae; `aeopt configs` lists them).", show_default=False)],
     set_: SetOpt = None,
@@ -34,7 +35,7 @@ def train(
     cfg = load_run_config(config, set_ or [])
     from aeopt.stages.train import train_run  # noqa: PLC0415 (imports torch: seconds, only when training)
 
-    out = out or Path("runs") / config.stem
+    out = out or Path("runs") / Path(config).stem
     _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     typer.echo(json.dumps(summary, indent=2))

@@ -82,8 +82,10 @@ def list_presets() -> list[Preset]:
 
 def is_bare_name(arg: str | Path) -> bool:
     """A name, not a path: no folder part and no .yaml suffix (conv_ae, not conv_ae.yaml)."""
-    p = Path(arg)
-    return len(p.parts) == 1 and p.suffix not in _SUFFIXES and str(arg) not in (".", "..")
+    text = str(arg)
+    # Judged on the text: "./conv_ae" names a file here, though pathlib drops the "./".
+    return bool(text) and not any(sep in text for sep in "/\\") and Path(text).suffix not in _SUFFIXES \
+        and text not in (".", "..", "~")
 
 
 def resolve(arg: str | Path, kind: PresetKind) -> Path:

@@ -118,7 +118,8 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
 
 def folder_problem(path: str | Path) -> str:
     """Why `path` cannot be a data folder (it does not exist, or is a file), with what to pass instead."""
-    what = "not a folder" if Path(path).expanduser().exists() else "no such folder"
+    full = Path(path).expanduser().absolute()
+    what = f"not a folder ({full} is a file)" if full.exists() else f"no such folder (looked for {full})"
     return f"{what}; pass the folder that holds FashionMNIST/raw (or MNIST/raw)"
 
 

@@ -1,0 +1,111 @@
+"""Shipped presets: a bare name finds the packaged run config or study spec from any folder, a path wins,
+and a miss says where aeopt looked and what ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aeopt.config import RunConfig, load_run_config, load_study_spec
+from aeopt.config.presets import (
+    KINDS,
+    PRESETS_DIR,
+    RUN_CONFIG,
+    STUDY_SPEC,
+    describe,
+    is_bare_name,
+    list_presets,
+    preset_names,
+    resolve,
+)
+from aeopt.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_every_top_level_yaml_ships_under_its_name():
+    for kind in KINDS:
+        top = sorted(p.name for p in (REPO / kind.folder).glob("*.yaml"))
+        assert top, f"no YAML in {kind.folder}/"
+        assert sorted(f"{n}.yaml" for n in preset_names(kind)) == top
+        # The packaged folder is the top-level folder (a link in the checkout), not a stale copy.
+        assert (PRESETS_DIR / kind.folder).resolve() == (REPO / kind.folder).resolve()
+
+
+def test_a_bare_name_resolves_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve("conv_ae", RUN_CONFIG).read_text() == (REPO / "configs" / "conv_ae.yaml").read_text()
+    assert resolve("conv_ae", STUDY_SPEC).read_text() == (REPO / "studies" / "conv_ae.yaml").read_text()
+    assert load_run_config("vae").model.kind == "vae"
+    spec = load_study_spec("seed_grid", ["data.dataset=digits"])
+    assert spec.sampler.name == "grid" and spec.data.dataset == "digits"
+
+
+def test_a_file_wins_over_the_preset_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine = RunConfig().model_dump(mode="json")
+    mine["model"] = {"kind": "vae", "latent_dim": 7}
+    Path("conv_ae").write_text(yaml.safe_dump(mine))  # a file named like a preset, no suffix
+    assert resolve("conv_ae", RUN_CONFIG) == Path("conv_ae")
+    assert load_run_config("conv_ae").model.latent_dim == 7
+
+
+def test_a_classifier_spec_finds_its_autoencoder_beside_it_and_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # studies/classifier.yaml names ../configs/conv_ae.yaml, relative to itself: found from anywhere.
+    spec = load_study_spec("classifier")
+    assert spec.model.kind == "conv_ae"
+    spec = load_study_spec("classifier", ["autoencoder=vae"])  # a shipped run config by name
+    assert spec.model.kind == "vae"
+
+
+@pytest.mark.parametrize("arg,bare", [("conv_ae", True), ("conv_ae.yaml", False), ("configs/conv_ae", False),
+                                      ("./conv_ae", False), ("..", False)])
+def test_what_counts_as_a_bare_name(arg, bare):
+    assert is_bare_name(arg) is bare
+
+
+def test_a_missing_name_says_where_aeopt_looked_and_what_ships(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_run_config("conv_aee")
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert str(tmp_path / "conv_aee") in message  # the file it looked for here
+    assert str((PRESETS_DIR / "configs").resolve()) in message  # and the shipped folder
+    assert "did you mean 'conv_ae'?" in message
+    assert "aae, conv_ae, denoising_ae, vae" in message
+
+
+def test_a_missing_path_names_the_shipped_file_of_that_name_not_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_study_spec("studies/conv_ae.yaml")
+    message = str(err.value)
+    assert f"looked for {tmp_path}/studies/conv_ae.yaml" in message
+    assert message.endswith("`aeopt study create conv_ae`")
+    assert "for example studies/conv_ae.yaml" not in message  # the old hint: the very path that failed
+
+
+def test_a_missing_unrelated_name_lists_the_shipped_specs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_study_spec("xyz")
+    assert "did you mean" not in str(err.value)
+    assert "shipped study specs: " + ", ".join(preset_names(STUDY_SPEC)) in str(err.value)
+
+
+def test_descriptions_are_one_line_from_the_file(tmp_path):
+    by_name = {(p.kind.folder, p.name): p for p in list_presets()}
+    assert by_name["studies", "conv_ae"].description == yaml.safe_load(
+        (REPO / "studies" / "conv_ae.yaml").read_text())["description"]
+    assert by_name["configs", "vae"].description == "The report's variational autoencoder"
+    assert all(p.description and "\n" not in p.description for p in by_name.values())
+    assert all(p.path.is_file() for p in by_name.values())
+    f = tmp_path / "x.yaml"
+    f.write_text("# A thing (Smith et al., 2020) at 1e-3. More words.\n#   aeopt x\nmodel: {}\n")
+    assert describe(f) == "A thing (Smith et al., 2020) at 1e-3"
+    f.write_text("model: {}\n")
+    assert describe(f) == ""
