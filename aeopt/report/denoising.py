@@ -10,16 +10,18 @@ are trained, except a side the report already trained from the very same configu
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from aeopt.config import RunConfig
+from aeopt.errors import AeoptError
 from aeopt.figures import image_rows
 from aeopt.report import analysis
 from aeopt.report.drawing import figure_item, lines
-from aeopt.report.page import Section
+from aeopt.report.page import Grid, Section
 from aeopt.report.source import ShownModel, Workbench
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,59 @@ DEFAULT_NOISE = 0.3  # the denoising partner's noise std when no configuration n
 N_LEVELS = 6  # noise std 0.0 .. 0.5
 WHY = ("the comparison repeats the experiment: one architecture trained twice the same way on the 80/20 "
        "split, without and with input noise, so that only the noise differs")
+
+
+@dataclass(frozen=True)
+class DenoisingChoice:
+    """What the report does for the denoising comparison (`--denoising`), and whether the default chose it."""
+
+    mode: str  # "skip", "train" (a plain and a denoising AE trained here) or "reuse" (a study's best model)
+    study: str | None = None  # the denoising_ae study, for "reuse"
+    default: bool = False
+
+    @property
+    def flag(self) -> str:
+        return f"--denoising study:{self.study}" if self.mode == "reuse" else f"--denoising {self.mode}"
+
+    def chosen_by(self, device_type: str) -> str:
+        if self.default and self.mode != "reuse":
+            return f"the default on {'CUDA' if device_type == 'cuda' else 'a CPU'}"
+        return self.flag
+
+    def others(self) -> str:
+        """How to get the other choices, as one sentence."""
+        ways = {"skip": "--denoising skip leaves the comparison out",
+                "train": "--denoising train trains a plain and a denoising AE of this architecture here "
+                         "(minutes on a CPU)",
+                "reuse": "--denoising study:NAME compares with the best model of a denoising_ae study"}
+        rest = "; ".join(v for k, v in ways.items() if k != self.mode)
+        return f"{rest[0].upper()}{rest[1:]}."
+
+    def note(self, device_type: str) -> str:
+        """Which choice made this section, and how to get the others, for the page."""
+        return f"Chosen by {self.chosen_by(device_type)}. {self.others()}"
+
+
+def choose_denoising(value: str | None, study: str | None, device_type: str) -> DenoisingChoice:
+    """--denoising skip | train | study:NAME (--denoising-study NAME is study:NAME). By default a named
+    study is reused; otherwise the pair is trained on CUDA and skipped on a CPU, where it takes minutes."""
+    if value in (None, "", "auto"):
+        if study:
+            return DenoisingChoice("reuse", study, default=True)
+        return DenoisingChoice("train" if device_type == "cuda" else "skip", default=True)
+    if value.startswith("study:"):
+        name = value.removeprefix("study:").strip()
+        if not name:
+            raise AeoptError("--denoising study: needs a study name, e.g. --denoising study:denoising_ae")
+        if study and study != name:
+            raise AeoptError(f"--denoising {value} and --denoising-study {study} name different studies; "
+                             "pass one")
+        return DenoisingChoice("reuse", name)
+    if value in ("skip", "train"):
+        if study:
+            raise AeoptError(f"--denoising {value} and --denoising-study {study} disagree; pass one of them")
+        return DenoisingChoice(value)
+    raise AeoptError(f"--denoising {value}: use skip, train, or study:NAME (a denoising_ae study to reuse)")
 
 
 def partner_config(cfg: RunConfig, kind: str, noise: float = 0.0) -> RunConfig:
@@ -83,22 +138,24 @@ def _examples(plain: ShownModel, den: ShownModel, x: torch.Tensor, stds: list[fl
 
 
 def denoising_section(plain: ShownModel, den: ShownModel, x: torch.Tensor,
-                      out: Path) -> tuple[Section, dict[str, Any]]:
+                      out: Path, note: str = "") -> tuple[Section, dict[str, Any]]:
     """Noisy inputs at std 0.1 * i, both models' outputs, and the MSE of each per noise level."""
     stds = analysis.noise_levels(N_LEVELS)
     curves = analysis.denoising_mse({"plain": plain.model, "denoising": den.model}, x, stds)
     section = Section("Denoising", "Gaussian noise of std 0.1 * i added to test images (clamped to [0, 1]). "
                                    f"Conv AE: {plain.source}. Denoising AE (trained with noise std "
-                                   f"{den.cfg.model.noise_std:g}): {den.source}.", key="denoising")
+                                   f"{den.cfg.model.noise_std:g}): {den.source}. {note}".rstrip(),
+                      key="denoising")
     section.items.append(figure_item(out, "denoising_examples", "Noisy inputs and outputs",
                                      _examples(plain, den, x, stds)))
     fig, pfig = lines(stds, {"conv AE": curves["plain"], "denoising AE": curves["denoising"]},
                       "Reconstruction error from noisy inputs", ("noise std", "MSE to the clean image"))
     caption = "Mean squared error between each model's output and the clean test image."
     section.items.append(figure_item(out, "denoising_mse", "MSE per noise level", fig, pfig, caption))
-    section.table = [("noise std", "  ".join(f"{s:.1f}" for s in stds)),
-                     ("conv AE MSE", "  ".join(f"{v:.4f}" for v in curves["plain"])),
-                     ("denoising AE MSE", "  ".join(f"{v:.4f}" for v in curves["denoising"]))]
+    rows = [[f"{s:.1f}", f"{a:.4f}", f"{b:.4f}"]
+            for s, a, b in zip(stds, curves["plain"], curves["denoising"], strict=True)]
+    section.grids.append(Grid(["noise std", "conv AE MSE", "denoising AE MSE"], rows,
+                              "MSE to the clean test image, per noise std of the input"))
     for who, side in (("conv AE", plain), ("denoising AE", den)):
         if side.trained is not None:
             section.table += side.trained.rows(who)
@@ -109,6 +166,12 @@ def denoising_section(plain: ShownModel, den: ShownModel, x: torch.Tensor,
     return section, numbers
 
 
-def skipped_section() -> Section:
-    return Section("Denoising", "Skipped: a VAE has no autoencoder to compare; pass --denoising-study NAME "
-                                "to add one.", key="denoising")
+def skipped_section(choice: DenoisingChoice | None = None, device_type: str = "cpu") -> Section:
+    """The section when nothing is compared: skipped by choice (which, and how to get the comparison), or
+    a VAE with no denoising study to take an architecture from."""
+    if choice is not None and choice.mode == "skip":
+        why = (f"{choice.chosen_by(device_type)}, as the comparison trains two autoencoders here"
+               if choice.default else choice.flag)
+        return Section("Denoising", f"Skipped ({why}). {choice.others()}", key="denoising")
+    return Section("Denoising", "Skipped: a VAE has no autoencoder to compare; pass --denoising study:NAME "
+                                "(a denoising_ae study) to add one.", key="denoising")

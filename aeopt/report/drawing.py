@@ -101,9 +101,13 @@ def accuracy_bars(values: dict[str, float], title: str,
         ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    pfig = go.Figure(go.Bar(x=names, y=heights, marker_color=BAR_COLOR))
+    pfig = go.Figure(go.Bar(x=names, y=heights, marker_color=BAR_COLOR, name="per class"))
+    if overall is not None:
+        # The PNG's dashed overall line, with its legend entry, in the page's twin too.
+        pfig.add_trace(go.Scatter(x=names, y=[overall] * len(names), mode="lines",
+                                  name=f"overall {overall:.3f}", line={"color": "#c44e52", "dash": "dash"}))
     pfig.update_layout(title=title, yaxis_range=[0, 1], yaxis_title="test accuracy", height=450,
-                       template="plotly_white")
+                       template="plotly_white", showlegend=overall is not None)
     return fig, pfig
 
 

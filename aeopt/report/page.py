@@ -29,12 +29,22 @@ class Item:
 
 
 @dataclass
+class Grid:
+    """A table of numbers with a header row: one row per case, one column per model or measure."""
+
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
 class Section:
     title: str
     intro: str = ""
     items: list[Item] = field(default_factory=list)
-    table: list[tuple[str, str]] = field(default_factory=list)
+    table: list[tuple[str, str]] = field(default_factory=list)  # label: value rows
     key: str = ""  # the section's id on the page (its position when empty)
+    grids: list[Grid] = field(default_factory=list)
 
 
 _CSS = """
@@ -46,7 +56,8 @@ figure { margin: 1.5rem 0; } figcaption { color: #555; font-size: 0.9rem; }
 img { max-width: 100%; height: auto; } table { border-collapse: collapse; margin: 1rem 0; }
 td, th { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; font-size: 0.9rem; }
 .missing { color: #a33; font-style: italic; } .meta { color: #666; font-size: 0.85rem; }
-nav a { margin-right: 1rem; }
+nav a { margin-right: 1rem; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; color: #555; font-size: 0.9rem; padding-bottom: 0.3rem; }
 """
 
 
@@ -55,6 +66,9 @@ def _item_html(item: Item, out: Path) -> str:
     if item.missing:
         parts.append(f'<p class="missing">Not available: {html.escape(item.missing)}</p>')
     elif item.plotly is not None:
+        # Axis titles and tick labels push the margins out instead of being cut off at the plot's edge.
+        item.plotly.update_xaxes(automargin=True)
+        item.plotly.update_yaxes(automargin=True)
         parts.append(pio.to_html(item.plotly, include_plotlyjs=False, full_html=False, default_width="100%",
                                  div_id=f"plot-{item.key}",
                                  config={"displaylogo": False, "responsive": True}))
@@ -70,6 +84,14 @@ def _item_html(item: Item, out: Path) -> str:
     return "\n".join(parts)
 
 
+def _grid_html(grid: Grid) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in grid.header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{html.escape(v)}</td>' for v in row) + "</tr>"
+                   for row in grid.rows)
+    caption = f"<caption>{html.escape(grid.caption)}</caption>" if grid.caption else ""
+    return f'<table class="grid">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _section_html(section: Section, anchor: str, out: Path) -> str:
     parts = [f'<section id="{anchor}"><h2>{html.escape(section.title)}</h2>']
     if section.intro:
@@ -78,6 +100,7 @@ def _section_html(section: Section, anchor: str, out: Path) -> str:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                        for k, v in section.table)
         parts.append(f"<table>{rows}</table>")
+    parts.extend(_grid_html(grid) for grid in section.grids)
     parts.extend(_item_html(item, out) for item in section.items)
     parts.append("</section>")
     return "\n".join(parts)

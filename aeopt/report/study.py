@@ -51,6 +51,10 @@ def study_table(study: Any, spec: StudySpec) -> list[tuple[str, str]]:
 
 def _draw(plot: StudyPlot, study: Any, out: Path) -> Item:
     item = Item(plot.key, plot.title, caption=plot.caption)
+    item.missing = plot.why_not(study) or ""
+    if item.missing:
+        log.info("%s not drawn: %s", plot.title.lower(), item.missing)
+        return item
     try:
         item.png = plot.png(study, out / f"study_{plot.key}.png")
         item.plotly = plot.plotly(study)

@@ -1,6 +1,7 @@
 """Per-trial artifacts through Optuna's artifact store, so optuna-dashboard shows them.
 
-Each finished trial uploads a PNG of validation reconstructions; a trial that is the best so far
+Each finished trial uploads a PNG of validation reconstructions (a pruned one, of its model when it
+was pruned), titled with the trial's value; a trial that is the best so far
 also uploads a self-describing checkpoint of its model (fold 0 at the trial's best epoch, the model
 its value describes; the checkpoint says which fold and epoch), which `aeopt report` reuses
 instead of training the best configuration again. Files live in a folder (a FileSystemArtifactStore); the
@@ -14,6 +15,7 @@ Where the folder is: AEOPT_ARTIFACTS, else the study's user attr "aeopt:artifact
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from aeopt.config import RunConfig
 from aeopt.figures import reconstruction_figure, save_figure
 from aeopt.search.records import best_trial
 from aeopt.search.storage import Storage
-from aeopt.search.studies import artifact_dir, default_artifact_dir
+from aeopt.search.studies import artifact_dir, default_artifact_dir, kind_metric
 from aeopt.training.checkpoint import save_checkpoint
 from aeopt.training.cv import CVResult
 from aeopt.training.data import add_noise
@@ -77,6 +79,27 @@ def _reconstruction_png(path: Path, model: torch.nn.Module, cfg: RunConfig, x: t
     save_figure(reconstruction_figure(x, recon, noisy, title), path)
 
 
+# Content types given at upload (optuna-dashboard serves the one recorded then): a guess from ".pt"
+# is a SNES page table.
+PNG_TYPE = "image/png"
+CHECKPOINT_TYPE = "application/octet-stream"
+
+
+def artifact_title(trial_number: int, cfg: RunConfig, result: CVResult, *,
+                   pruned_at: int | None = None) -> str:
+    """The PNG's title: the trial's value as Optuna records it, then what it is made of."""
+    name = kind_metric(cfg.model.kind)
+    if pruned_at is not None:
+        # A pruned trial's value is its last reported one: the mean CV loss of that epoch.
+        value = result.history[-1] if result.history else math.nan
+        return (f"trial {trial_number}: {cfg.model.kind}, pruned at epoch {pruned_at}, {name} {value:.5g} "
+                f"(fold {result.model_fold} at epoch {pruned_at})")
+    value = result.value + result.penalty
+    parts = f" = CV loss {result.value:.5g} + prior penalty {result.penalty:.3g}" if result.penalty else ""
+    return (f"trial {trial_number}: {cfg.model.kind}, {name} {value:.5g}{parts} "
+            f"(fold {result.model_fold} at epoch {result.best_epoch})")
+
+
 def upload_trial_artifacts(trial: optuna.Trial, storage: Storage, cfg: RunConfig, result: CVResult, *,
                            is_best: bool) -> None:
     """Upload the PNG of `result.model`'s validation reconstructions, and its checkpoint when `is_best`.
@@ -86,34 +109,50 @@ def upload_trial_artifacts(trial: optuna.Trial, storage: Storage, cfg: RunConfig
     full disk must not fail the trial. Call it from the objective before it returns: Optuna
     refuses to attach artifacts (system attrs) to a trial that is already finished.
     """
+    _upload(trial, storage, cfg, result, checkpoint=is_best, pruned_at=None)
+
+
+def upload_pruned_artifacts(trial: optuna.Trial, storage: Storage, cfg: RunConfig, result: CVResult, *,
+                            epoch: int) -> None:
+    """Upload the PNG of a trial being pruned at `epoch`: `result.model` is fold 0's model as it is
+    then (`result` is the CVResult that cross_validate is filling). Call it before raising
+    optuna.TrialPruned, for the same reason as above; never raises."""
+    _upload(trial, storage, cfg, result, checkpoint=False, pruned_at=epoch)
+
+
+def _upload(trial: optuna.Trial, storage: Storage, cfg: RunConfig, result: CVResult, *, checkpoint: bool,
+            pruned_at: int | None) -> None:
     study = trial.study
     try:
         folder = artifact_dir(study)
-        if folder is None:
+        if folder is None or result.model is None or result.sample is None:
             log.debug("study %s has no artifact folder; not uploading trial %d's artifacts", study.study_name,
                       trial.number)
             return
         store = open_store(folder)
-        model = result.model
         with tempfile.TemporaryDirectory(prefix="aeopt-artifacts-") as tmp:
             png = Path(tmp) / artifact_name(RECONSTRUCTIONS_PREFIX, trial.number, ".png")
-            title = (f"trial {trial.number}: {cfg.model.kind}, mean CV loss {result.value:.5g} "
-                     f"(fold {result.model_fold} at epoch {result.best_epoch})")
-            images = _images(result.sample, next(model.parameters()).device)
-            _reconstruction_png(png, model, cfg, images, title)
+            images = _images(result.sample, next(result.model.parameters()).device)
+            title = artifact_title(trial.number, cfg, result, pruned_at=pruned_at)
+            _reconstruction_png(png, result.model, cfg, images, title)
             upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial,
-                            storage=storage.optuna)
-            if is_best:
-                ckpt = Path(tmp) / artifact_name(CHECKPOINT_PREFIX, trial.number, ".pt")
-                extra = {"study": study.study_name, "trial": trial.number, "fold": result.model_fold,
-                         "epoch": result.best_epoch, "params": dict(trial.params)}
-                metrics = {"cv_mean": result.value, "fold_loss": _fold_loss(result)}
-                save_checkpoint(ckpt, model, cfg, metrics, extra=extra)
-                upload_artifact(artifact_store=store, file_path=str(ckpt), study_or_trial=trial,
-                                storage=storage.optuna)
+                            storage=storage.optuna, mimetype=PNG_TYPE)
+            if checkpoint:
+                _upload_checkpoint(Path(tmp), store, trial, storage, cfg, result)
         log.debug("uploaded trial %d's artifacts to %s", trial.number, folder)
     except Exception as exc:  # artifacts are a convenience: a full disk must not fail the trial
         log.warning("could not upload trial %d's artifacts: %s: %s", trial.number, type(exc).__name__, exc)
+
+
+def _upload_checkpoint(tmp: Path, store: FileSystemArtifactStore, trial: optuna.Trial, storage: Storage,
+                       cfg: RunConfig, result: CVResult) -> None:
+    ckpt = tmp / artifact_name(CHECKPOINT_PREFIX, trial.number, ".pt")
+    extra = {"study": trial.study.study_name, "trial": trial.number, "fold": result.model_fold,
+             "epoch": result.best_epoch, "params": dict(trial.params)}
+    metrics = {"cv_mean": result.value, "fold_loss": _fold_loss(result)}
+    save_checkpoint(ckpt, result.model, cfg, metrics, extra=extra)
+    upload_artifact(artifact_store=store, file_path=str(ckpt), study_or_trial=trial, storage=storage.optuna,
+                    mimetype=CHECKPOINT_TYPE)
 
 
 def _fold_loss(result: CVResult) -> float | None:

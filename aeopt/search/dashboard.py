@@ -22,7 +22,13 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from aeopt.config import SearchSpec, dump_yaml
 from aeopt.errors import AeoptError
 from aeopt.search.storage import Storage
-from aeopt.search.studies import ARTIFACTS_ATTR, ARTIFACTS_ENV, default_artifact_dir
+from aeopt.search.studies import (
+    ARTIFACTS_ATTR,
+    ARTIFACTS_ENV,
+    default_artifact_dir,
+    name_objectives,
+    study_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +151,29 @@ def make_app(storage: Storage, artifacts: str | Path | None = None) -> tuple[Any
     return wsgi(storage.optuna, artifact_store=FolderArtifactStore(folders)), folders
 
 
+def prepare_studies(storage: Storage) -> list[str]:
+    """The storage's study names, after naming the objective of aeopt studies made before studies were
+    created with one (the dashboard would say "Objective 0"). Warns when there are no studies: an empty
+    dashboard is most often the wrong --storage."""
+    names = study_names(storage)
+    if not names:
+        log.warning("warning: %s holds no studies yet; create one with `aeopt study create SPEC.yaml` "
+                    "or pass the --storage your workers use", storage.display)
+        return names
+    try:
+        for name in name_objectives(storage):
+            log.info("named study %s's objective for the dashboard", name)
+    except Exception as exc:  # a read-only database still serves; the axis just says "Objective 0"
+        log.warning("could not name the studies' objectives: %s: %s", type(exc).__name__, exc)
+    return names
+
+
 def serve(storage: Storage, host: str = "127.0.0.1", port: int = 8080,
           artifacts: str | Path | None = None) -> None:
     """Serve optuna-dashboard until interrupted."""
     if not is_loopback(host):
         log.warning("warning: %s", PUBLIC_WARNING.format(host=host, port=port))
+    prepare_studies(storage)
     app, folders = make_app(storage, artifacts)
     server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
     try:

@@ -20,6 +20,7 @@ import optuna.visualization as vis
 import optuna.visualization.matplotlib as vis_mpl
 
 from aeopt.figures import save_figure
+from aeopt.search.studies import objective_name
 
 # A drawer takes one of Optuna's two plotting modules and the study, and returns that module's figure.
 Drawer = Callable[[Any, optuna.Study], Any]
@@ -32,6 +33,11 @@ class StudyPlot:
     caption: str
     size: tuple[float, float]  # inches, for the PNG
     draw: Drawer
+    # Why the plot would mislead for this study (then it is not drawn), or None.
+    unavailable: Callable[[optuna.Study], str | None] | None = None
+
+    def why_not(self, study: optuna.Study) -> str | None:
+        return self.unavailable(study) if self.unavailable is not None else None
 
     def png(self, study: optuna.Study, path: str | Path) -> Path:
         """Draw with Optuna's matplotlib backend and save to `path`."""
@@ -57,22 +63,99 @@ class StudyPlot:
         return self.draw(vis, study)
 
 
+# Importances as optuna-dashboard computes them (optuna_dashboard/_importance.py): PED-ANOVA with its
+# defaults, over complete trials only. It compares where the top 10 % of trials lie with all trials;
+# Optuna's docs advise at least 5 trials in that top 10 % for a stable estimate, hence 50 complete
+# trials before the report shows any (the dashboard shows them from 2 complete trials on).
+IMPORTANCE_TOP_QUANTILE = 0.1
+IMPORTANCE_MIN_TOP_TRIALS = 5
+MIN_IMPORTANCE_TRIALS = round(IMPORTANCE_MIN_TOP_TRIALS / IMPORTANCE_TOP_QUANTILE)
+IMPORTANCE_WHY = (f"importances need at least {MIN_IMPORTANCE_TRIALS} complete trials: PED-ANOVA (what "
+                  f"optuna-dashboard uses) compares the top {IMPORTANCE_TOP_QUANTILE:.0%} of trials with "
+                  f"all of them, and Optuna advises at least {IMPORTANCE_MIN_TOP_TRIALS} trials in that "
+                  f"top {IMPORTANCE_TOP_QUANTILE:.0%}")
+LEGEND_MAX_TRIALS = 20  # more lines than this get a label at their end instead of a legend (PNG)
+
+
+def complete_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def importance_shortfall(study: optuna.Study) -> str | None:
+    """Why the study's importances would mean nothing, or None when it has enough complete trials."""
+    n = complete_trials(study)
+    if n >= MIN_IMPORTANCE_TRIALS:
+        return None
+    return f"{IMPORTANCE_WHY}; this study has {n}"
+
+
+def importance_evaluator() -> optuna.importance.BaseImportanceEvaluator:
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_TOP_QUANTILE)
+
+
 def _importances(module: Any, study: optuna.Study) -> Any:
-    # fANOVA with a fixed seed: the same study gives the same importances in both renderings.
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return module.plot_param_importances(study, evaluator=evaluator)
+    shortfall = importance_shortfall(study)
+    if shortfall is not None:
+        raise ValueError(shortfall)
+    return module.plot_param_importances(study, evaluator=importance_evaluator(),
+                                         target_name=objective_name(study))
+
+
+def _history(module: Any, study: optuna.Study) -> Any:
+    return module.plot_optimization_history(study, target_name=objective_name(study))
+
+
+def _intermediate(module: Any, study: optuna.Study) -> Any:
+    fig = module.plot_intermediate_values(study)
+    name = f"{objective_name(study)} per epoch"
+    if module is vis:
+        # Optuna hides the legend: name each line "trial N" and show it (click an entry to hide a trial).
+        for trace in fig.data:
+            trace.name = trace.name.replace("Trial", "trial ")
+        fig.update_layout(showlegend=True, legend_title_text="trial", xaxis_title="epoch", yaxis_title=name)
+        return fig
+    fig.set_xlabel("epoch")
+    fig.set_ylabel(name)
+    _label_line_ends(fig)
+    return fig
+
+
+def _label_line_ends(ax: Any) -> None:
+    """Many trials make a legend taller than the plot: label each line's end with its trial instead."""
+    lines = ax.get_lines()
+    legend = ax.get_legend()
+    for line in lines:
+        line.set_label(line.get_label().replace("Trial", "trial "))
+    if len(lines) <= LEGEND_MAX_TRIALS:
+        if legend is not None:
+            ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0.0, fontsize=8)
+        return
+    if legend is not None:
+        legend.remove()
+    for line in lines:
+        x, y = line.get_xdata(), line.get_ydata()
+        if len(x):
+            ax.annotate(line.get_label().removeprefix("trial "), (x[-1], y[-1]), fontsize=6,
+                        xytext=(2, 0), textcoords="offset points", color=line.get_color())
+
+
+def _parallel(module: Any, study: optuna.Study) -> Any:
+    return module.plot_parallel_coordinate(study, target_name=objective_name(study))
 
 
 STUDY_PLOTS: tuple[StudyPlot, ...] = (
     StudyPlot("optimization_history", "Optimization history",
-              "The objective of each finished trial and the best so far.", (9, 5),
-              lambda m, s: m.plot_optimization_history(s)),
+              "The objective of each complete trial and the best so far.", (9, 5), _history),
     StudyPlot("intermediate_values", "Intermediate values",
-              "The value each trial reported per epoch: curves that stop early were pruned.", (9, 5),
-              lambda m, s: m.plot_intermediate_values(s)),
+              "The value each trial reported per epoch: curves that stop early were pruned. One line per "
+              "trial, named in the legend (click an entry to hide that trial); in the PNG, a study of more "
+              f"than {LEGEND_MAX_TRIALS} trials has the trial's number at the end of its line instead.",
+              (10, 5), _intermediate),
     StudyPlot("param_importances", "Parameter importances",
-              "fANOVA importance of each searched parameter for the objective.", (9, 5), _importances),
+              "PED-ANOVA importance of each searched parameter for the objective, computed as "
+              "optuna-dashboard computes it (so both show the same numbers), over complete trials.", (9, 5),
+              _importances, importance_shortfall),
     StudyPlot("parallel_coordinate", "Parallel coordinates",
-              "Each line is a finished trial through its parameter values, coloured by objective.", (14, 6),
-              lambda m, s: m.plot_parallel_coordinate(s)),
+              "Each line is a complete trial through its parameter values, coloured by objective.", (14, 6),
+              _parallel),
 )

@@ -48,6 +48,48 @@ def path_safe(name: str) -> str:
     return safe[:200] or "study"
 
 
+# What a study's value measures, named in optuna-dashboard and on the report's axes instead of
+# "Objective 0": the validation loss of the kind (aeopt.training.kinds), or a classifier's error.
+METRIC_NAMES = {"vae": "CV loss (neg. ELBO / image)", "aae": "CV loss (MSE) + prior penalty"}
+DEFAULT_METRIC = "CV loss (MSE)"
+CLASSIFIER_METRIC = "CV error"
+
+
+def kind_metric(kind: str | None) -> str:
+    """What an autoencoder study of this model kind minimizes."""
+    return METRIC_NAMES.get(kind or "", DEFAULT_METRIC)
+
+
+def metric_name(spec: SearchSpec) -> str:
+    return CLASSIFIER_METRIC if spec.task == "classifier" else kind_metric(spec.model.kind)
+
+
+def objective_name(study: optuna.Study) -> str:
+    """The study's metric name as set at create, else from its stored spec, else Optuna's default."""
+    if study.metric_names:
+        return study.metric_names[0]
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if not raw:
+        return "Objective value"
+    if raw.get("task") == "classifier":
+        return CLASSIFIER_METRIC
+    return kind_metric((raw.get("model") or {}).get("kind"))
+
+
+def name_objectives(storage: Storage) -> list[str]:
+    """Give every aeopt study created before metric names were set its name; returns the studies named."""
+    named = []
+    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
+        if SPEC_ATTR not in summary.user_attrs:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage.optuna)
+        if study.metric_names:
+            continue
+        study.set_metric_names([objective_name(study)])
+        named.append(summary.study_name)
+    return named
+
+
 def _quiet_optuna() -> None:
     # Optuna logs every trial at INFO; aeopt prints its own one-line summaries instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,6 +117,7 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     spec = spec.model_copy(update={"name": name})
     study = optuna.create_study(study_name=name, storage=storage.optuna, direction="minimize")
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    study.set_metric_names([metric_name(spec)])
     study.set_user_attr(VERSION_ATTR, __version__)
     if artifacts:
         study.set_user_attr(ARTIFACTS_ATTR, str(artifacts))
