@@ -21,9 +21,14 @@ CheckpointOpt = Annotated[Path | None, typer.Option(
          "`aeopt train best.yaml`); without --study the search section is left out.")]
 FinetuneOpt = Annotated[Path | None, typer.Option(
     "--finetune", help="An `aeopt finetune --out` folder: adds its confusion matrix and per-class accuracy.")]
+DenoisingOpt = Annotated[str | None, typer.Option(
+    "--denoising", metavar="<mode>",
+    help="The denoising comparison: skip (leave it out), train (a plain and a denoising AE of the shown "
+         "model's architecture, trained here: minutes on a CPU) or study:NAME (a denoising_ae study's "
+         "best model). "
+         "Default: reuse the study --denoising-study names; else train on CUDA and skip on a CPU.")]
 DenoisingStudyOpt = Annotated[str | None, typer.Option(
-    "--denoising-study",
-    help="A denoising_ae study whose best model is compared with the plain AE under noise.")]
+    "--denoising-study", help="Same as --denoising study:NAME.")]
 MaxPointsOpt = Annotated[int, typer.Option(
     "--max-points", min=10, help="Test images in the latent maps (t-SNE time grows with it).")]
 
@@ -34,6 +39,7 @@ def report(
     checkpoint: CheckpointOpt = None,
     storage: StorageOpt = None,
     finetune: FinetuneOpt = None,
+    denoising: DenoisingOpt = None,
     denoising_study: DenoisingStudyOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -54,11 +60,11 @@ def report(
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
     # Opened once, and only when a study is read: --checkpoint alone must not create a database.
-    reads_a_study = study is not None or denoising_study is not None
+    reads_a_study = study is not None or denoising_study is not None or (denoising or "").startswith("study:")
     opened = open_storage(storage, create=False) if reads_a_study else None
     path = build_report(study, out, storage=opened, checkpoint=checkpoint, finetune=finetune,
-                        data_dir=data_dir, device=device, denoising_study=denoising_study,
-                        max_points=max_points)
+                        data_dir=data_dir, device=device, denoising=denoising,
+                        denoising_study=denoising_study, max_points=max_points)
     typer.echo(str(path))
 
 

@@ -22,7 +22,13 @@ from aeopt.config import StudySpec
 from aeopt.errors import AeoptError, StudyError
 from aeopt.files import atomic_write_text
 from aeopt.progress import Progress, progress
-from aeopt.report.denoising import denoising_pair, denoising_section, skipped_section
+from aeopt.report.denoising import (
+    DenoisingChoice,
+    choose_denoising,
+    denoising_pair,
+    denoising_section,
+    skipped_section,
+)
 from aeopt.report.finetune import finetune_section, read_run
 from aeopt.report.model import latent_section, load_sample, model_section, samples_section
 from aeopt.report.page import Section, render_html
@@ -43,7 +49,8 @@ class Inputs:
     storage: Storage | None = None  # where the studies are (None with --checkpoint alone)
     study: Any | None = None  # an optuna.Study (only search/ and cli/ import optuna)
     spec: StudySpec | None = None
-    partner: tuple[Any, StudySpec] | None = None  # --denoising-study
+    partner: tuple[Any, StudySpec] | None = None  # --denoising study:NAME (or --denoising-study NAME)
+    denoising: DenoisingChoice = DenoisingChoice("skip", default=True)  # --denoising
     given: ShownModel | None = None  # --checkpoint
     finetune: ClassifierRun | None = None
 
@@ -72,7 +79,7 @@ def read_inputs(study_name: str | None, storage: Storage | None, *, checkpoint: 
         inputs.partner = _load(storage, denoising_study, "--denoising-study")
         kind = inputs.partner[1].model.kind
         if kind != "denoising_ae":
-            raise AeoptError(f"--denoising-study {denoising_study} is a {kind} study; "
+            raise AeoptError(f"--denoising study:{denoising_study} is a {kind} study; "
                              "name a denoising_ae study")
     if finetune is not None:
         inputs.finetune = read_run(finetune)
@@ -97,6 +104,9 @@ def _main_model(inputs: Inputs, bench: Workbench) -> ShownModel:
 
 def _denoising(main: ShownModel, inputs: Inputs, bench: Workbench,
                x: Any) -> tuple[Section, dict[str, Any] | None]:
+    choice, device_type = inputs.denoising, bench.device.type
+    if choice.mode == "skip":
+        return skipped_section(choice, device_type), None
     partner = None
     if inputs.partner is not None:
         partner = best_of_study(*inputs.partner, inputs.storage, bench)
@@ -106,7 +116,8 @@ def _denoising(main: ShownModel, inputs: Inputs, bench: Workbench,
     pair = denoising_pair(main, partner, bench)
     if pair is None:
         return skipped_section(), None
-    return denoising_section(*pair, x, bench.out)
+    section, found = denoising_section(*pair, x, bench.out, choice.note(device_type))
+    return section, {**found, "choice": choice.flag, "by_default": choice.default}
 
 
 def _sections(inputs: Inputs, bench: Workbench, max_points: int,
@@ -152,16 +163,20 @@ def _json_default(v: Any) -> Any:
 def build_report(study_name: str | None, out: str | Path, *, storage: Storage | None = None,
                  checkpoint: str | Path | None = None, finetune: str | Path | None = None,
                  data_dir: str | None = None, device: str | None = None, denoising_study: str | None = None,
+                 denoising: str | None = None,
                  max_points: int = 2000, show_progress: bool = True) -> Path:
     """Write every figure as PNG, report.json and report.html (self-contained) to `out`; returns the page.
 
     `study_name` (read from `storage`) adds the search section and, without `checkpoint`, shows the
     study's best model; `checkpoint` shows that autoencoder instead (no storage needed).
+    `denoising`: skip, train or study:NAME (see `choose_denoising`; `denoising_study` is study:NAME).
     """
     out = Path(out)
     bench = Workbench(out, resolve_device(device), data_dir, show_progress)
+    choice = choose_denoising(denoising, denoising_study, bench.device.type)
     inputs = read_inputs(study_name, storage, checkpoint=checkpoint, finetune=finetune,
-                         denoising_study=denoising_study, bench=bench)
+                         denoising_study=choice.study, bench=bench)
+    inputs.denoising = choice
     out.mkdir(parents=True, exist_ok=True)
     head: dict[str, Any] = {"study": study_name,
                             "storage": inputs.storage.display if inputs.storage is not None else None,
