@@ -211,3 +211,54 @@ def test_there_are_at_least_sixty_distinct_bad_inputs():
     assert commands >= {"train", "study create", "study list", "study show", "study delete", "worker",
                         "launch", "export", "dashboard", "report", "storage proxy", "finetune",
                         "baseline cnn", "compare", "quickstart"}
+
+
+# ----- errors that say what was meant (issue 11): the one line names the closest key, the valid keys, or
+# where aeopt looked. Same harness: exit code, one line, nothing written.
+MEANT: list[tuple[str, list[str], str]] = [
+    ("meant-set-key", ["train", CONFIG, "--set", "optim.lrr=0.01"],
+     "error: --set optim.lrr: unknown key; did you mean 'lr'? valid keys: name, lr, weight_decay,"),
+    ("meant-set-section", ["train", CONFIG, "--set", "optmi.lr=0.01"],
+     "error: --set optmi.lr: unknown key 'optmi'; did you mean 'optim'? valid keys: model, data, budget,"),
+    ("meant-set-vae-key", ["train", "vae", "--set", "model.hiden1=3"],
+     "error: --set model.hiden1: unknown key; did you mean 'hidden1'? valid keys: kind, hidden1, hidden2,"),
+    ("meant-space-key", _create("--set", "space.model.c1.hgh=32"),
+     "error: --set space.model.c1.hgh: unknown key; did you mean 'high'? "
+     "valid keys: type, low, high, step, log"),
+    ("meant-space-path", _create("--set", "space.model.c11={{type: int, low: 1, high: 3}}"),
+     "space.model.c11: not a field of the run config; did you mean 'model.c1'? valid keys of model: kind,"),
+    ("meant-yaml-key", ["train", "{fx}/unknown.yaml"],
+     "unknown.yaml: schedule: unknown key; valid keys: model, data, budget, optim, seed"),
+    ("meant-preset-name", ["train", "conv_aee"],
+     "did you mean 'conv_ae'? shipped run configs: aae, conv_ae,"),
+    ("meant-spec-name", ["study", "create", "vea", "--storage", DB],
+     "did you mean 'vae'? shipped study specs:"),
+    ("meant-old-path", ["train", "configs/conv_ae.yaml"],
+     "no such file (looked for {work}/configs/conv_ae.yaml); the shipped run config of that name runs with "
+     "`aeopt train conv_ae`"),
+    ("meant-missing-file", ["train", "{fx}/missing.yaml"], "no such file (looked for {fx}/missing.yaml)"),
+    ("meant-autoencoder",
+     ["study", "create", "classifier", "--set", "autoencoder=gone.yaml", "--storage", DB],
+     "autoencoder = 'gone.yaml': no such file (looked for {work}/gone.yaml"),
+    ("meant-finetune-key", ["finetune", CONFIG, "--set", "finetune.lrr=1"],
+     "error: --set finetune.lrr: unknown key; did you mean 'lr'?"),
+    ("meant-baseline-key", ["baseline", "cnn", "--set", "train.max_epoch=1"],
+     "error: --set train.max_epoch: unknown key; did you mean 'max_epochs'?"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", [c[1:] for c in MEANT], ids=[c[0] for c in MEANT])
+def test_bad_input_says_what_was_meant(argv, expected, fixtures, tmp_path, monkeypatch, capfd):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = _snapshot(fixtures)
+
+    code = main([a.format(fx=fixtures) for a in argv])
+
+    out, err = capfd.readouterr()
+    assert code == 2, (out, err)
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert expected.format(fx=fixtures, work=work) in err, err
+    assert "Traceback" not in out + err and "tagged-union" not in err
+    assert sorted(os.listdir(work)) == [] and _snapshot(fixtures) == before
