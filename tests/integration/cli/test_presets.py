@@ -42,6 +42,10 @@ def test_study_create_a_preset_by_name_from_an_empty_folder(tmp_path):
     r = run_cli("study", "show", "conv_ae", "--storage", url, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "x.db" in os.listdir(tmp_path) and not (tmp_path / "studies").exists()
+    # The default storage is relative to the working folder: never inside the package beside the presets.
+    r = run_cli("study", "create", "vae", "--set", "data.dataset=digits", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "studies" / "aeopt.db").is_file()
 
 
 def test_a_missing_path_outside_the_checkout_points_at_the_preset(tmp_path):
