@@ -192,7 +192,9 @@ def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
         raise ConfigError(format_validation_error(exc, source, schema)) from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any]:
+    """The mapping in a YAML file; with `first_of_list`, the first entry of a list of them (an
+    `aeopt export --top K` file holds the K best, best first)."""
     p = Path(path)
     if not p.is_file():
         looked = p.expanduser().absolute()
@@ -211,6 +213,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"{p}: the file is empty; start from a copy of a shipped one "
                           "(`aeopt configs` lists them with their paths)")
+    if first_of_list and isinstance(data, list) and data and isinstance(data[0], dict):
+        return data[0]
+    if isinstance(data, list) and data and all(isinstance(e, dict) and "model" in e for e in data):
+        raise ConfigError(f"{p}: a list of {len(data)} configs (an `aeopt export --top K` file?); "
+                          "export one with `aeopt export --study NAME -o best.yaml`")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (model, data, budget, optim), "
                           f"got {type(data).__name__}")

@@ -273,9 +273,7 @@ class ClassifierStudySpec(FinetuneRun, SearchSpec):
         if ref is None:
             return raw
         path = _autoencoder_file(str(ref), spec_path)
-        exported = read_yaml(path)
-        if isinstance(exported, list):  # an export with --top K: its first (best) entry
-            exported = exported[0]
+        exported = read_yaml(path, first_of_list=True)  # an export with --top K: its best entry
         for key in _RUN_SECTIONS:
             if key in exported and key not in raw:
                 raw[key] = exported[key]

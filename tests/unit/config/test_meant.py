@@ -149,3 +149,16 @@ def test_a_missing_file_says_where_aeopt_looked(tmp_path, monkeypatch):
     message = _error(load_study_spec, spec)
     assert f"autoencoder = 'gone.yaml': no such file (looked for {tmp_path}/gone.yaml" in message
     assert "shipped run config (aae, conv_ae, denoising_ae, vae)" in message
+
+
+def test_an_export_of_the_top_k_feeds_a_classifier_spec_and_is_named_when_trained(tmp_path):
+    best = RunConfig().model_dump(mode="json")
+    second = {**best, "model": {"kind": "vae"}}
+    top = tmp_path / "top.yaml"
+    top.write_text(yaml.safe_dump([best, second]))
+    spec = tmp_path / "clf.yaml"
+    spec.write_text("task: classifier\nautoencoder: top.yaml\n")
+    assert load_study_spec(spec).model.kind == "conv_ae"  # the best (first) entry
+    message = _error(load_run_config, top)
+    assert message == (f"{top}: a list of 2 configs (an `aeopt export --top K` file?); export one with "
+                       "`aeopt export --study NAME -o best.yaml`")
