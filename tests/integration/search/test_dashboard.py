@@ -4,6 +4,7 @@ study's spec note, and a trial's uploaded artifacts, and serves the artifact fil
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.artifacts import get_all_artifact_meta
@@ -121,14 +123,21 @@ def test_dashboard_lists_trial_artifacts_and_spec_note(study_with_artifacts, tmp
         detail = json.loads(body)
         assert "```yaml" in detail["note"]["body"] and "denoising_ae" in detail["note"]["body"]
         assert "dashboard test study" in detail["note"]["body"]
+        # The objective is named (study.set_metric_names at create), not "Objective 0".
+        assert detail["objective_names"] == ["CV loss (MSE)"]
+        assert _get(f"{base}/csv/{study_id}")[1].decode().splitlines()[0].count("CV loss (MSE)") == 1
         (trial,) = detail["trials"]
         names = sorted(a["filename"] for a in trial["artifacts"])
         assert names == ["checkpoint_trial0.pt", "reconstructions_trial0.png"]
 
-        # The files themselves come back through the dashboard's artifact route.
+        # The files themselves come back through the dashboard's artifact route, each with its type.
         png = next(a for a in trial["artifacts"] if a["filename"].endswith(".png"))
         status, data, ctype = _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{png['artifact_id']}")
         assert status == 200 and ctype == "image/png" and data.startswith(b"\x89PNG") and len(data) > 2000
+        ckpt = next(a for a in trial["artifacts"] if a["filename"].endswith(".pt"))
+        assert ckpt["mimetype"] == "application/octet-stream"
+        status, data, ctype = _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{ckpt['artifact_id']}")
+        assert status == 200 and ctype == "application/octet-stream" and len(data) > 1000
     finally:
         _stop(proc)
 
@@ -216,3 +225,111 @@ def test_best_checkpoint_found_beside_the_database_from_another_directory(tmp_pa
     # "artifacts" (relative) is not here; the folder beside the SQLite file is.
     path = find_best_checkpoint(study, elsewhere / "b", storage)
     assert path is not None and load_checkpoint(path)[1] == cfg
+
+
+# ----- issue 11: metric names, pruned trials' PNGs, titles, empty storages, importances ------------------
+
+
+def test_a_pruned_trial_gets_its_png_titled_with_its_value(study_with_artifacts):
+    from aeopt.search.artifacts import artifact_title, upload_pruned_artifacts
+
+    url, _, study, model = study_with_artifacts
+    storage = open_storage(url)
+    trial = study.ask()
+    cfg = _spec().run_config({"optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)})
+    result = _result(model, load_dataset("synthetic").test.x[:16], value=0.08)
+    result.history = [0.2, 0.125]
+    for epoch, v in enumerate(result.history, start=1):
+        trial.report(v, epoch)
+    # What the objective does before raising TrialPruned: the model as it is when pruned.
+    upload_pruned_artifacts(trial, storage, cfg, result, epoch=2)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    frozen = study.trials[trial.number]
+    assert frozen.state == optuna.trial.TrialState.PRUNED and frozen.value == 0.125
+    (meta,) = get_all_artifact_meta(frozen, storage=storage.optuna)
+    assert meta.filename == f"reconstructions_trial{trial.number}.png" and meta.mimetype == "image/png"
+    # The title's number is the value Optuna (and the dashboard) shows for the trial.
+    title = artifact_title(trial.number, cfg, result, pruned_at=2)
+    assert f"CV loss (MSE) {frozen.value:.5g}" in title and "pruned at epoch 2" in title
+
+
+def test_a_complete_trials_title_is_its_value_with_a_penalty_spelled_out():
+    from aeopt.search.artifacts import artifact_title
+
+    cfg = _spec("conv_ae").run_config({})
+    result = _result(build_model(cfg), torch.rand(4, 1, 28, 28), value=0.05, epoch=3)
+    assert artifact_title(4, cfg, result) == "trial 4: conv_ae, CV loss (MSE) 0.05 (fold 0 at epoch 3)"
+    result.penalty = 0.01  # an adversarial AE's prior penalty joins the value
+    title = artifact_title(4, cfg, result)
+    assert title.startswith("trial 4: conv_ae, CV loss (MSE) 0.06 = CV loss 0.05 + prior penalty 0.01")
+
+
+def test_older_studies_get_their_metric_named_when_the_dashboard_opens(tmp_path):
+    from aeopt.search.studies import SPEC_ATTR
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    storage = open_storage(url)
+    old = optuna.create_study(study_name="old_vae", storage=storage.optuna)  # as an older aeopt made it
+    spec = _spec("conv_ae").model_dump(mode="json")
+    spec["model"] = {"kind": "vae", "hidden1": 16, "hidden2": 8, "latent_dim": 2}
+    old.set_user_attr(SPEC_ATTR, spec)
+    optuna.create_study(study_name="not_aeopt", storage=storage.optuna)  # left alone
+    assert old.metric_names is None
+    proc, _, port = _start(["--storage", url], cwd=tmp_path)
+    try:
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
+        ids = {s["study_name"]: s["study_id"] for s in studies}
+        detail = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{ids['old_vae']}")[1])
+        assert detail["objective_names"] == ["CV loss (neg. ELBO / image)"]
+        other = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{ids['not_aeopt']}")[1])
+        assert "objective_names" not in other
+    finally:
+        _stop(proc)
+
+
+def test_a_storage_with_no_studies_warns_and_a_missing_one_is_not_created(tmp_path):
+    empty = tmp_path / "empty.db"
+    open_storage(f"sqlite:///{empty}")  # a database with Optuna's tables and no study
+    proc, startup, port = _start(["--storage", f"sqlite:///{empty}"], cwd=tmp_path)
+    try:
+        assert "holds no studies yet" in startup and "aeopt study create" in startup, startup
+        assert json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"] == []
+    finally:
+        _stop(proc)
+    typo = tmp_path / "typo.db"
+    r = subprocess.run([sys.executable, "-m", "aeopt", "dashboard", "--storage", f"sqlite:///{typo}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: no study storage at")
+    assert "Traceback" not in r.stderr
+    assert not typo.exists()
+
+
+def test_the_reports_importances_are_the_dashboards(tmp_path):
+    """The same study's importances from the dashboard's API and from the report's plot agree."""
+    from aeopt.search.plots import MIN_IMPORTANCE_TRIALS, STUDY_PLOTS
+
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    storage = open_storage(url)
+    study = create_study(storage, _spec("conv_ae").model_copy(update={"name": "imp"}))
+    study.sampler = optuna.samplers.RandomSampler(seed=1)
+    for _ in range(MIN_IMPORTANCE_TRIALS + 4):
+        trial = study.ask()
+        lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        wd = trial.suggest_float("optim.weight_decay", 1e-6, 1e-3, log=True)
+        study.tell(trial, (math.log10(lr) + 3) ** 2 + 0.001 * math.log10(wd))
+    plot = next(p for p in STUDY_PLOTS if p.key == "param_importances")
+    assert plot.why_not(study) is None
+    (bar,) = plot.plotly(study).data
+    ours = dict(zip(bar.y, bar.x, strict=True))
+    proc, _, port = _start(["--storage", url], cwd=tmp_path)
+    try:
+        sid = json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"][0]["study_id"]
+        (theirs,) = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{sid}/param_importances")[1])[
+            "param_importances"]
+    finally:
+        _stop(proc)
+    theirs = {i["name"]: i["importance"] for i in theirs}
+    assert set(theirs) == set(ours) == {"optim.lr", "optim.weight_decay"}
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+    assert ours["optim.lr"] > ours["optim.weight_decay"]
