@@ -141,44 +141,72 @@ def apply_overrides(d: dict[str, Any], overrides: list[str], schema: type[BaseMo
     return d
 
 
-def _unknown_field(err: Any, schema: type[BaseModel] | None) -> str:
-    """An unknown key of a file: the closest known key and the valid keys of its section."""
-    path = [str(p) for p in err["loc"] if not _INTERNAL.match(str(p))]
-    valid = section_keys(schema, path[:-1]) if schema is not None and path else None
-    return unknown_key_message(path[-1] if path else "", valid)
+# Pydantic's types for "this should have been a section": its messages name classes (CVConfig).
+_NOT_A_SECTION = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _raw_loc(err: Any) -> list[str]:
+    """The error's location with the union tags kept (the schema walk needs them), pydantic's own
+    validator names dropped."""
+    return [str(p) for p in err["loc"] if not _INTERNAL.match(str(p))]
+
+
+def _shown(parts: list[str]) -> str:
+    """A location as the YAML writes it: without the union tags (model.conv_ae.c1 -> model.c1)."""
+    return ".".join(p for p in parts if p not in _TAGS)
+
+
+def _unknown_line(err: Any, errors: list[Any], schema: type[BaseModel] | None) -> str:
+    """Unknown keys of one section, on one line: the closest known key for one, the list for several
+    (a model kind switched under keys of the old one), and the valid keys of that section."""
+    section = _raw_loc(err)[:-1]
+    keys = [_raw_loc(e)[-1] for e in errors if e["type"] == "extra_forbidden" and _raw_loc(e)[:-1] == section]
+    valid = section_keys(schema, section) if schema is not None else None
+    if len(keys) == 1:
+        return f"{_shown([*section, keys[0]])}: {unknown_key_message(keys[0], valid)}"
+    kind = next((f" for model kind '{p}'" for p in section if p in MODEL_KINDS), "")
+    known = f"; valid keys: {', '.join(valid)}" if valid else ""
+    return f"{_shown(section) or '(top level)'}: unknown keys {', '.join(keys)}{kind}{known}"
+
+
+def _field_line(err: Any, field: str, schema: type[BaseModel] | None) -> str:
+    """One bad field in the user's terms: what was given, and what was expected."""
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
+        if err["type"] == "union_tag_not_found":
+            return f"{field}.{tag} is required"
+        got = given.get(tag) if isinstance(given, dict) else given
+        return f"{field}.{tag} = {got!r}: expected one of {err.get('ctx', {}).get('expected_tags')}"
+    if err["type"] == "missing":
+        return f"{field} is required"
+    if err["type"] in _NOT_A_SECTION:
+        valid = section_keys(schema, _raw_loc(err)) if schema is not None else None
+        return f"{field} = {given!r}: expected a section" + (f" with keys {', '.join(valid)}" if valid else
+                                                              " (a mapping)")
+    if isinstance(given, dict):
+        # A check across fields of a section: the whole section is not worth printing.
+        return f"{field}: {msg}"
+    return f"{field} = {given!r}: {msg}"
 
 
 def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel] | None = None) -> str:
-    """One line per bad field, naming the field and the value, in the YAML's terms.
+    """One line per bad field (per section for unknown keys), naming the field and the value, in the
+    YAML's terms: no union tags, no pydantic class or validator names.
 
     `schema` (the one validated against) lets an unknown key name the valid keys of its section."""
     lines = []
-    for err in exc.errors():
-        # Drop discriminator tags (model.conv_ae.c1 -> model.c1) and pydantic's names for its own
-        # validators so paths match the YAML.
-        loc = [str(p) for p in err["loc"] if p not in _TAGS and not _INTERNAL.match(str(p))]
-        field = ".".join(loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if not loc and isinstance(err.get("input"), dict):
+    errors = exc.errors()
+    for err in errors:
+        field = _shown(_raw_loc(err)) or "(top level)"
+        if not _raw_loc(err) and isinstance(err.get("input"), dict):
             # A check across sections names its own field (space.model.c1: ...).
-            lines.append(f"{source}: {msg}")
-        elif err["type"] == "union_tag_invalid":
-            tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
-            got = err["input"].get(tag) if isinstance(err.get("input"), dict) else err.get("input")
-            expected = err.get("ctx", {}).get("expected_tags")
-            lines.append(f"{source}: {field}.{tag} = {got!r}: expected one of {expected}")
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{source}: {field}: {_unknown_field(err, schema)}")
-        elif err["type"] == "union_tag_not_found":
-            tag = err.get("ctx", {}).get("discriminator", "kind").strip("'")
-            lines.append(f"{source}: {field}.{tag} is required")
-        elif err["type"] == "missing":
-            lines.append(f"{source}: {field} is required")
-        elif isinstance(err.get("input"), dict):
-            # A check across fields of a section: the whole section is not worth printing.
-            lines.append(f"{source}: {field}: {msg}")
+            lines.append(f"{source}: {_unknown_line(err, errors, schema)}")
         else:
-            lines.append(f"{source}: {field} = {err.get('input')!r}: {msg}")
+            lines.append(f"{source}: {_field_line(err, field, schema)}")
     return "\n".join(dict.fromkeys(lines))
 
 

@@ -162,3 +162,20 @@ def test_an_export_of_the_top_k_feeds_a_classifier_spec_and_is_named_when_traine
     message = _error(load_run_config, top)
     assert message == (f"{top}: a list of 2 configs (an `aeopt export --top K` file?); export one with "
                        "`aeopt export --study NAME -o best.yaml`")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("cv=3", "cv = 3: expected a section with keys folds, seed"),
+    ("sampler=tpe", "sampler = 'tpe': expected a section with keys name, seed, n_startup_trials"),
+    ("space=3", "space = 3: expected a section (a mapping)"),
+])
+def test_a_value_where_a_section_belongs_names_no_pydantic_class(override, expected):
+    message = _error(load_study_spec, SPEC, [override])
+    assert message == f"{SPEC}: {expected}"
+    assert "Config" not in message and "instance of" not in message
+
+
+def test_keys_left_over_from_another_model_kind_are_one_line():
+    message = _error(load_run_config, CONFIG, ["model.kind=vae"])
+    assert message == (f"{CONFIG}: model: unknown keys c1, c2, c3, fc, dropout, batch_norm for model kind "
+                       "'vae'; valid keys: kind, hidden1, hidden2, latent_dim, activation, beta")
