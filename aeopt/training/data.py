@@ -119,8 +119,8 @@ def _load_idx_dataset(name: str, folder: Path) -> Dataset:
 def folder_problem(path: str | Path) -> str:
     """Why `path` cannot be a data folder (it does not exist, or is a file), with what to pass instead."""
     full = Path(path).expanduser().absolute()
-    what = f"not a folder ({full} is a file)" if full.exists() else f"no such folder (looked for {full})"
-    return f"{what}; pass the folder that holds FashionMNIST/raw (or MNIST/raw)"
+    what = "not a folder" if full.exists() else "no such folder"
+    return f"{what}; looked for {full}; pass the folder that holds FashionMNIST/raw (or MNIST/raw)"
 
 
 def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, Path]]:
