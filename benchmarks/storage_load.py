@@ -94,18 +94,19 @@ class Client:
         else:
             return
         while time.monotonic() < deadline:
-            if not self._one_trial(study, storage.heartbeat, spec.space, deadline):
+            heartbeat = storage.optuna if storage.heartbeat else None
+            if not self._one_trial(study, heartbeat, spec.space, deadline):
                 break
 
-    def _one_trial(self, study, heartbeat: bool, space: dict, deadline: float) -> bool:
+    def _one_trial(self, study, heartbeat, space: dict, deadline: float) -> bool:
         from aeopt.search.heartbeat import fail_stale_trials
 
         phase = "pre"
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            if heartbeat:
-                fail_stale_trials(study)
+            if heartbeat is not None:  # as aeopt's worker loop: the storage's dead workers first
+                fail_stale_trials(study, heartbeat)
             study.get_trials(deepcopy=False)  # the worker's counts, read before each trial
             self.lat["pre"].append(time.perf_counter() - t0)
             phase = "ask"
@@ -167,7 +168,7 @@ class Client:
         return min(losses)
 
 
-def client_process(url: str, study_name: str, indices: list[int], cfg: dict, go, ready, out) -> None:
+def client_process(urls: list[str], study_name: str, indices: list[int], cfg: dict, go, ready, out) -> None:
     _quiet()
     from aeopt.config import load_study_spec  # noqa: F401  (imports done before the start signal)
     from aeopt.search import heartbeat, samplers, storage  # noqa: F401
@@ -175,7 +176,7 @@ def client_process(url: str, study_name: str, indices: list[int], cfg: dict, go,
     ready.put(os.getpid())
     go.wait()
     deadline = time.monotonic() + cfg["seconds"]
-    clients = [Client(url, study_name, i, cfg) for i in indices]
+    clients = [Client(urls[i % len(urls)], study_name, i, cfg) for i in indices]  # round-robin
     threads = [threading.Thread(target=c.run, args=(deadline,), daemon=True) for c in clients]
     for t in threads:
         t.start()
@@ -194,6 +195,7 @@ class ConnectionSampler(threading.Thread):
     def __init__(self, db: str):
         super().__init__(daemon=True)
         self.db, self.counts, self.totals, self.stop = db, [], [], threading.Event()
+        self.loads: list[float] = []  # the machine's 1-minute load average (other jobs included)
 
     def run(self) -> None:
         import psycopg
@@ -203,6 +205,7 @@ class ConnectionSampler(threading.Thread):
                 row = conn.execute(_COUNT, (self.db,)).fetchone()
                 self.counts.append(row[0])
                 self.totals.append(row[1])
+                self.loads.append(os.getloadavg()[0])
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -219,20 +222,20 @@ def _dispose(storage) -> None:
         engine.dispose()
 
 
-def run_point(target: str, url: str, db: str, clients: int, cfg: dict) -> dict:
+def run_point(target: str, urls: list[str], db: str, clients: int, cfg: dict) -> dict:
     import optuna
 
     from aeopt.search.storage import open_storage
 
     name = f"load_{target}_{clients}_{uuid.uuid4().hex[:4]}"
-    opened = open_storage(url)
+    opened = open_storage(urls[0])
     optuna.create_study(study_name=name, storage=opened.optuna, direction="minimize")
     _dispose(opened.optuna)
     procs = min(cfg["processes"], clients)
     ctx = mp.get_context("spawn")
     go, ready, out = ctx.Event(), ctx.Queue(), ctx.Queue()
     shares = [list(range(i, clients, procs)) for i in range(procs)]
-    workers = [ctx.Process(target=client_process, args=(url, name, s, cfg, go, ready, out)) for s in shares]
+    workers = [ctx.Process(target=client_process, args=(urls, name, s, cfg, go, ready, out)) for s in shares]
     for w in workers:
         w.start()
     for _ in workers:
@@ -246,7 +249,7 @@ def run_point(target: str, url: str, db: str, clients: int, cfg: dict) -> dict:
     sampler.stop.set()
     for w in workers:
         w.join(timeout=30)
-    return summarize(target, clients, procs, results, sampler, wall, open_storage(url), name)
+    return summarize(target, clients, procs, results, sampler, wall, open_storage(urls[0]), name)
 
 
 def summarize(target, clients, procs, results, sampler, wall, storage, name) -> dict:
@@ -270,7 +273,8 @@ def summarize(target, clients, procs, results, sampler, wall, storage, name) -> 
             "conn_mean": round(statistics.fmean(sampler.counts), 1) if sampler.counts else 0,
             "server_conn_max": max(sampler.totals, default=0),
             "asks": len(lat["ask"]), "reports": len(lat["report"]), "tells": len(lat["tell"]),
-            "trial_states": dict(states), **ms, "load_avg": os.getloadavg()[0]}
+            "trial_states": dict(states), **ms,
+            "load_avg_min_max": [min(sampler.loads, default=0), max(sampler.loads, default=0)]}
 
 
 def start_proxy(url: str, port: int) -> subprocess.Popen:
@@ -290,6 +294,15 @@ def start_proxy(url: str, port: int) -> subprocess.Popen:
             time.sleep(0.5)
     proc.terminate()
     raise SystemExit("aeopt storage proxy did not answer within 60 s")
+
+
+def cpu_seconds(procs: list[subprocess.Popen]) -> float:
+    """CPU time (user + system) the proxy processes have used so far, from /proc."""
+    total = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def fresh_database() -> tuple[str, int]:
@@ -313,7 +326,8 @@ def print_row(r: dict) -> None:
     f = lambda v: "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"  # noqa: E731
     print(f"| {r['target']} | {r['clients']} ({r['processes']} proc) | {r['errors']} | {r['conn_max']} "
           f"| {r['server_conn_max']} | {f(r['ask_p50'])} / {f(r['ask_p99'])} | {f(r['tell_p50'])} / "
-          f"{f(r['tell_p99'])} | {f(r['report_p50'])} / {f(r['report_p99'])} | {r['asks']} / {r['tells']} |",
+          f"{f(r['tell_p99'])} | {f(r['report_p50'])} / {f(r['report_p99'])} | {r['asks']} / {r['tells']} "
+          f"| load {r['load_avg_min_max'][0]:.1f}-{r['load_avg_min_max'][1]:.1f} |",
           flush=True)
     for op, text in r["error_samples"].items():
         print(f"    {r['errors_by_op'][op]} x {op}: {text}", flush=True)
@@ -330,32 +344,40 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=8, help="client processes; clients are threads in them")
     p.add_argument("--port", type=int, default=13917, help="port of the gRPC proxy")
     p.add_argument("--keep-db", action="store_true", help="leave the fresh database in place")
+    p.add_argument("--db", help="use this existing database (kept) instead of a fresh one")
+    p.add_argument("--proxies", type=int, default=1,
+                   help="proxies to start on ports --port, --port+1, ...; clients spread round-robin")
+    p.add_argument("--proxy-url", help="use these running proxies (grpc://HOST:PORT,... on --db) instead")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
     _quiet()
     cfg = {"seconds": a.seconds, "epoch_seconds": a.epoch_seconds, "max_epochs": a.max_epochs,
            "processes": a.processes}
-    db, max_conn = fresh_database()
+    db, max_conn = (a.db, 100) if a.db else fresh_database()
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
     print(f"database {db}; max_connections {max_conn}; {os.cpu_count()} CPUs; settings {cfg}", flush=True)
     print("| target | clients | errors | conns (db, max) | conns (server, max) | ask p50 / p99 ms "
           "| tell p50 / p99 ms | report p50 / p99 ms | asks / tells |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    rows, proxy = [], None
+    rows, proxies = [], []
     try:
         for target in a.targets.split(","):
-            if target == "proxy":
-                proxy = start_proxy(url, a.port)
-            target_url = url if target == "postgres" else f"grpc://127.0.0.1:{a.port}"
+            if target == "proxy" and not a.proxy_url:
+                proxies = [start_proxy(url, a.port + k) for k in range(a.proxies)]
+            urls = [f"grpc://127.0.0.1:{a.port + k}" for k in range(a.proxies)]
+            urls = [url] if target == "postgres" else a.proxy_url.split(",") if a.proxy_url else urls
             for n in (int(x) for x in a.clients.split(",")):
-                rows.append(run_point(target, target_url, db, n, cfg))
+                cpu = cpu_seconds(proxies)
+                rows.append(run_point(target, urls, db, n, cfg))
+                rows[-1]["proxies"] = len(urls) if target == "proxy" else 0
+                rows[-1]["proxy_cpu_s"] = round(cpu_seconds(proxies) - cpu, 1)
                 print_row(rows[-1])
                 time.sleep(3)  # let the last point's connections close
     finally:
-        if proxy:
+        for proxy in proxies:
             proxy.terminate()
             proxy.wait(timeout=30)
-        if not a.keep_db:
+        if not (a.keep_db or a.db):
             drop_database(db)
     if a.json:
         Path(a.json).write_text(json.dumps({"max_connections": max_conn, "cpus": os.cpu_count(),

@@ -6,9 +6,9 @@ import logging
 from typing import Annotated
 
 import typer
-from optuna.storages import run_grpc_proxy_server
 
 from aeopt.cli.common import StorageOpt
+from aeopt.search.proxy import serve
 from aeopt.search.storage import open_storage
 
 storage_app = typer.Typer(help="Storage helpers.", no_args_is_help=True)
@@ -25,7 +25,7 @@ def proxy(
     """Serve the storage over gRPC so hundreds of workers share a few database connections.
 
     Workers then use --storage grpc://HOST:PORT. The proxy has no authentication: bind it to a
-    private network only.
+    private network only. Several proxies may serve one database (spread the workers over them).
 
     Example: aeopt storage proxy --storage postgresql://user@db/aeopt --host 0.0.0.0
     """
@@ -35,7 +35,7 @@ def proxy(
     backend = open_storage(storage)
     log.info("gRPC storage proxy for %s on %s:%d (workers: --storage grpc://%s:%d)", backend.display, host,
              port, host, port)
-    run_grpc_proxy_server(backend.optuna, host=host, port=port)
+    serve(backend.optuna, host, port)
 
 
 def register(app: typer.Typer) -> None:

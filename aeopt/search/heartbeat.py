@@ -32,6 +32,7 @@ from optuna.storages import BaseStorage, GrpcStorageProxy
 # Optuna's heartbeat contract lives in a private module; RDBStorage implements it the same way.
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages.journal import BaseJournalBackend, JournalStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,28 @@ class HeartbeatGrpcStorage(LeaseHeartbeat, GrpcStorageProxy):
                  heartbeat_stale_trial_callback: StaleCallback | None = None) -> None:
         GrpcStorageProxy.__init__(self, host=host, port=port)
         self._init_lease(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)
+        # A study's id and directions never change while it exists, yet Optuna asks for them in every
+        # ask, tell and should_prune (Hyperband builds a study per bracket): 16 of a trial's ~50
+        # calls through the proxy. Each is asked once per study here.
+        self._study_ids: dict[str, int] = {}
+        self._directions: dict[int, list[StudyDirection]] = {}
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        study_id = self._study_ids.get(study_name)
+        if study_id is None:
+            study_id = self._study_ids[study_name] = GrpcStorageProxy.get_study_id_from_name(self, study_name)
+        return study_id
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        directions = self._directions.get(study_id)
+        if directions is None:
+            directions = self._directions[study_id] = GrpcStorageProxy.get_study_directions(self, study_id)
+        return list(directions)
+
+    def delete_study(self, study_id: int) -> None:
+        GrpcStorageProxy.delete_study(self, study_id)
+        self._directions.pop(study_id, None)
+        self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
 
 
 def heartbeat_enabled(storage: BaseStorage) -> bool:
