@@ -117,6 +117,15 @@ def upload_pruned_artifacts(trial: optuna.Trial, storage: Storage, cfg: RunConfi
     """Upload the PNG of a trial being pruned at `epoch`: `result.model` is fold 0's model as it is
     then (`result` is the CVResult that cross_validate is filling). Call it before raising
     optuna.TrialPruned, for the same reason as above; never raises."""
+    # Fused folds train stacked copies of the weights: fold 0's current ones are loaded into the model.
+    current = getattr(result, "current_state", None)
+    if current is not None and result.model is not None:
+        try:
+            result.model.load_state_dict(current())
+        except Exception as exc:
+            log.warning("could not read trial %d's model when pruned: %s: %s", trial.number,
+                        type(exc).__name__, exc)
+            return
     _upload(trial, storage, cfg, result, checkpoint=False, pruned_at=epoch)
 
 
