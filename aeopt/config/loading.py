@@ -169,6 +169,12 @@ def _unknown_line(err: Any, errors: list[Any], schema: type[BaseModel] | None) -
     return f"{_shown(section) or '(top level)'}: unknown keys {', '.join(keys)}{kind}{known}"
 
 
+def _closest_choice(given: Any, expected: str) -> str:
+    """`; did you mean 'fashion_mnist'?` when `given` is close to one of the quoted choices in `expected`."""
+    close = difflib.get_close_matches(str(given), re.findall(r"'([^']*)'", expected), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def _field_line(err: Any, field: str, schema: type[BaseModel] | None) -> str:
     """One bad field in the user's terms: what was given, and what was expected."""
     msg = err["msg"].removeprefix("Value error, ")
@@ -178,7 +184,10 @@ def _field_line(err: Any, field: str, schema: type[BaseModel] | None) -> str:
         if err["type"] == "union_tag_not_found":
             return f"{field}.{tag} is required"
         got = given.get(tag) if isinstance(given, dict) else given
-        return f"{field}.{tag} = {got!r}: expected one of {err.get('ctx', {}).get('expected_tags')}"
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        return f"{field}.{tag} = {got!r}: expected one of {expected}{_closest_choice(got, expected)}"
+    if err["type"] == "literal_error":
+        return f"{field} = {given!r}: {msg}{_closest_choice(given, err.get('ctx', {}).get('expected', ''))}"
     if err["type"] == "missing":
         return f"{field} is required"
     if err["type"] in _NOT_A_SECTION:

@@ -179,3 +179,16 @@ def test_keys_left_over_from_another_model_kind_are_one_line():
     message = _error(load_run_config, CONFIG, ["model.kind=vae"])
     assert message == (f"{CONFIG}: model: unknown keys c1, c2, c3, fc, dropout, batch_norm for model kind "
                        "'vae'; valid keys: kind, hidden1, hidden2, latent_dim, activation, beta")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("data.dataset=fashion", "data.dataset = 'fashion': Input should be 'fashion_mnist', 'mnist', "
+                             "'digits' or 'synthetic'; did you mean 'fashion_mnist'?"),
+    ("model.kind=conv", "model.kind = 'conv': expected one of 'conv_ae', 'denoising_ae', 'vae', 'aae'; "
+                        "did you mean 'conv_ae'?"),
+    ("optim.name=adma", "optim.name = 'adma': Input should be 'adam', 'adamw' or 'sgd'; "
+                        "did you mean 'adam'?"),
+    ("model.kind=resnet", "model.kind = 'resnet': expected one of 'conv_ae', 'denoising_ae', 'vae', 'aae'"),
+])
+def test_a_value_outside_the_choices_names_the_closest(override, expected):
+    assert _error(load_run_config, CONFIG, [override]) == f"{CONFIG}: {expected}"
