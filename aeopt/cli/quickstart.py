@@ -7,7 +7,13 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import DataDirOpt, DeviceOpt, StorageOpt
-from aeopt.search.quickstart import run_quickstart, summary_table
+from aeopt.search.quickstart import (
+    QUICKSTART_EPOCHS,
+    QUICKSTART_SUBSET,
+    QUICKSTART_TRIALS,
+    run_quickstart,
+    summary_table,
+)
 from aeopt.search.storage import open_storage
 
 NTrialsOpt = Annotated[int, typer.Option("--n-trials", min=1, help="Finished trials to reach.")]
@@ -25,17 +31,17 @@ OutOpt = Annotated[str, typer.Option("--out", "-o", help="Folder for the exporte
 def quickstart(
     data_dir: DataDirOpt = None,
     storage: StorageOpt = None,
-    n_trials: NTrialsOpt = 12,
+    n_trials: NTrialsOpt = QUICKSTART_TRIALS,
     workers: WorkersOpt = 1,
-    train_subset: SubsetOpt = 6000,
-    max_epochs: EpochsOpt = 10,
+    train_subset: SubsetOpt = QUICKSTART_SUBSET,
+    max_epochs: EpochsOpt = QUICKSTART_EPOCHS,
     device: DeviceOpt = None,
     out: OutOpt = "quickstart",
     timeout: TimeoutOpt = None,
 ) -> None:
     """Run a small pruned, cross-validated study end to end and export the best config.
 
-    Uses SQLite (studies/aeopt.db) and a 6,000-image Fashion-MNIST subset (or scikit-learn's digits
+    Uses SQLite (studies/aeopt.db) and a 5,000-image Fashion-MNIST subset (or scikit-learn's digits
     when Fashion-MNIST is not on disk). Rerunning continues the same study up to --n-trials.
 
     Ctrl-C (or SIGTERM) stops it cleanly: the summary of what finished and the export of the best

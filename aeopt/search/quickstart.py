@@ -31,6 +31,12 @@ from aeopt.training.data import load_dataset
 
 log = logging.getLogger(__name__)
 
+# The default size: 12 trials (4 random, then TPE) of up to 8 epochs on 5,000 images, 3-fold CV. A
+# third smaller than the earlier 12 x 10 epochs x 6,000 (README: about 4 minutes idle, 11 shared;
+# 29 minutes once on a loaded machine), for "about 5 minutes on an idle 2-core CPU" with room for a
+# busy one; measured in BENCHMARKS.md ("Quickstart").
+QUICKSTART_TRIALS, QUICKSTART_SUBSET, QUICKSTART_EPOCHS = 12, 5000, 8
+
 
 def quickstart_spec(dataset: str, train_subset: int | None, max_epochs: int) -> StudySpec:
     return StudySpec.model_validate({
@@ -80,8 +86,9 @@ class QuickstartResult:
     refit_path: Path | None = None
 
 
-def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials: int = 12,
-                   train_subset: int = 6000, max_epochs: int = 10, workers: int = 1,
+def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials: int = QUICKSTART_TRIALS,
+                   train_subset: int = QUICKSTART_SUBSET, max_epochs: int = QUICKSTART_EPOCHS,
+                   workers: int = 1,
                    data_dir: str | None = None, device: str | None = None,
                    out: str | Path = "quickstart", timeout: float | None = None) -> QuickstartResult:
     """Create (or continue) the quickstart study, run it to `n_trials` (or until `timeout` seconds or a
