@@ -159,11 +159,11 @@ def _download(name: str, looked: str) -> Dataset:
 
 
 def _not_found_message(name: str, why: str) -> str:
-    debian = " or `apt-get install dataset-fashion-mnist`," if name == "fashion_mnist" else ","
+    debian = "install it with `apt-get install dataset-fashion-mnist`, " if name == "fashion_mnist" else ""
     return (
-        f"{name} not found ({why}): pass --data-dir DIR (or set AEOPT_DATA_DIR) to a folder holding "
-        f"{_TV_FOLDER[name]}/raw/*-ubyte[.gz]{debian} put the files in {cache_dir()}, "
-        f"or use --set data.dataset=digits to run offline"
+        f"{name} not found ({why}): {debian}pass --data-dir DIR (or set AEOPT_DATA_DIR) to a folder "
+        f"holding {_TV_FOLDER[name]}/raw/*-ubyte[.gz], or put the files in {cache_dir()}; without files, "
+        "--set data.dataset=digits runs on scikit-learn's digits"
     )
 
 

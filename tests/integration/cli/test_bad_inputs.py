@@ -262,3 +262,21 @@ def test_bad_input_says_what_was_meant(argv, expected, fixtures, tmp_path, monke
     assert expected.format(fx=fixtures, work=work) in err, err
     assert "Traceback" not in out + err and "tagged-union" not in err
     assert sorted(os.listdir(work)) == [] and _snapshot(fixtures) == before
+
+
+def test_no_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch, capfd):
+    import aeopt.training.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-copy")  # whatever this machine has
+    data.load_dataset.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AEOPT_DATA_DIR", raising=False)
+
+    assert main(["train", CONFIG, "--set", "budget.max_epochs=1"]) == 2
+
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: fashion_mnist not found (looked in "), err
+    for needle in ("apt-get install dataset-fashion-mnist", "--data-dir DIR", "AEOPT_DATA_DIR",
+                   "--set data.dataset=digits", str(tmp_path / "no-debian-copy")):
+        assert needle in err, (needle, err)
+    assert sorted(os.listdir(tmp_path)) == []
