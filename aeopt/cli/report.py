@@ -31,6 +31,14 @@ DenoisingStudyOpt = Annotated[str | None, typer.Option(
     "--denoising-study", help="Same as --denoising study:NAME.")]
 MaxPointsOpt = Annotated[int, typer.Option(
     "--max-points", min=10, help="Test images in the latent maps (t-SNE time grows with it).")]
+FidClassifierOpt = Annotated[Path | None, typer.Option(
+    "--fid-classifier",
+    help="The classifier.pt of `aeopt baseline cnn` (or its --out folder), trained on the model's dataset: "
+         "adds the Frechet distance of 10,000 new images to the test images on its penultimate features.")]
+CompareGeneratorsOpt = Annotated[str | None, typer.Option(
+    "--compare-generators",
+    help="Comma-separated autoencoder checkpoints (a.pt,b.pt) scored beside the shown model "
+         "(needs --fid-classifier).")]
 
 
 def report(
@@ -44,13 +52,16 @@ def report(
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     max_points: MaxPointsOpt = 2000,
+    fid_classifier: FidClassifierOpt = None,
+    compare_generators: CompareGeneratorsOpt = None,
 ) -> None:
     """Write a self-contained HTML report (plotly.js inline: opens offline) and every figure as PNG.
 
     The search (history, intermediate values, importances, parallel coordinates); the model shown (the
     best trial's checkpoint artifact, its configuration retrained here, or the --checkpoint you give):
     reconstructions, PCA and t-SNE of the latent space, new samples; denoising at noise std 0.1 * i;
-    with --finetune, the classifier's confusion matrix.
+    with --finetune, the classifier's confusion matrix; with --fid-classifier, a Frechet distance for
+    the new images of the shown model and of each --compare-generators checkpoint.
 
     Examples: aeopt report --study conv_ae --data-dir ../shared/data -o reports/conv_ae
               aeopt report --checkpoint runs/best/checkpoint.pt --data-dir ../shared/data -o reports/best
@@ -64,7 +75,10 @@ def report(
     opened = open_storage(storage, create=False) if reads_a_study else None
     path = build_report(study, out, storage=opened, checkpoint=checkpoint, finetune=finetune,
                         data_dir=data_dir, device=device, denoising=denoising,
-                        denoising_study=denoising_study, max_points=max_points)
+                        denoising_study=denoising_study, max_points=max_points,
+                        fid_classifier=fid_classifier,
+                        compare_generators=[Path(p.strip()) for p in (compare_generators or "").split(",")
+                                            if p.strip()])
     typer.echo(str(path))
 
 

@@ -22,6 +22,7 @@ from aeopt.config import StudySpec
 from aeopt.errors import AeoptError, StudyError
 from aeopt.files import atomic_write_text
 from aeopt.progress import Progress, progress
+from aeopt.report.aae import aae_section
 from aeopt.report.denoising import (
     DenoisingChoice,
     choose_denoising,
@@ -30,6 +31,7 @@ from aeopt.report.denoising import (
     skipped_section,
 )
 from aeopt.report.finetune import finetune_section, read_run
+from aeopt.report.generation import GenerationInputs, generation_section, read_generation
 from aeopt.report.model import latent_section, load_sample, model_section, samples_section
 from aeopt.report.page import Section, render_html
 from aeopt.report.source import ShownModel, Workbench, best_of_study, from_file
@@ -53,6 +55,7 @@ class Inputs:
     denoising: DenoisingChoice = DenoisingChoice("skip", default=True)  # --denoising
     given: ShownModel | None = None  # --checkpoint
     finetune: ClassifierRun | None = None
+    generation: GenerationInputs | None = None  # --fid-classifier (and --compare-generators)
 
 
 def _load(storage: Storage | None, name: str, option: str) -> tuple[Any, StudySpec]:
@@ -90,7 +93,7 @@ def read_inputs(study_name: str | None, storage: Storage | None, *, checkpoint: 
 
 def _steps(inputs: Inputs) -> int:
     # model, reconstructions, latent space, samples, denoising, html; plus the search and the fine-tune.
-    return 6 + (inputs.study is not None) + (inputs.finetune is not None)
+    return 6 + (inputs.study is not None) + (inputs.finetune is not None) + (inputs.generation is not None)
 
 
 def _main_model(inputs: Inputs, bench: Workbench) -> ShownModel:
@@ -142,6 +145,13 @@ def _sections(inputs: Inputs, bench: Workbench, max_points: int,
     bar.update({"step": "latent space"})
     sections.append(samples_section(main, sample, bench.out, max_points))
     bar.update({"step": "new samples"})
+    if main.cfg.model.kind == "aae":
+        section, numbers["aae"] = aae_section(main, sample, bench.out, inputs.study)
+        sections.append(section)
+    if inputs.generation is not None:
+        section, numbers["generation"] = generation_section(main, inputs.generation, bench)
+        sections.append(section)
+        bar.update({"step": "generation"})
     section, found = _denoising(main, inputs, bench, sample.x)
     sections.append(section)
     if found is not None:
@@ -164,7 +174,8 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
                  checkpoint: str | Path | None = None, finetune: str | Path | None = None,
                  data_dir: str | None = None, device: str | None = None, denoising_study: str | None = None,
                  denoising: str | None = None,
-                 max_points: int = 2000, show_progress: bool = True) -> Path:
+                 max_points: int = 2000, show_progress: bool = True, fid_classifier: str | Path | None = None,
+                 compare_generators: list[Path] | None = None) -> Path:
     """Write every figure as PNG, report.json and report.html (self-contained) to `out`; returns the page.
 
     `study_name` (read from `storage`) adds the search section and, without `checkpoint`, shows the
@@ -177,6 +188,8 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
     inputs = read_inputs(study_name, storage, checkpoint=checkpoint, finetune=finetune,
                          denoising_study=choice.study, bench=bench)
     inputs.denoising = choice
+    inputs.generation = read_generation(fid_classifier, compare_generators, bench.device,
+                                        shown=inputs.given or inputs.spec)
     out.mkdir(parents=True, exist_ok=True)
     head: dict[str, Any] = {"study": study_name,
                             "storage": inputs.storage.display if inputs.storage is not None else None,
