@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field
 
 from aeopt.config.base import Strict
+from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
+from aeopt.config.presets import RUN_CONFIG, resolve
 from aeopt.config.run import DataConfig, RunConfig
 from aeopt.errors import ConfigError
 
@@ -84,11 +86,11 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
     """A fine-tune config from a run config / export YAML (`finetune:` optional), or from `base`
     (a checkpoint's config) when no file is given; `--set` overrides apply to both."""
     if path is not None:
-        raw = read_yaml(path)
+        raw = read_yaml(resolve(path, RUN_CONFIG))
         unknown = [k for k in raw if k not in FinetuneRun.model_fields and k not in EXPORT_EXTRAS]
         if unknown:
-            known = ", ".join(FinetuneRun.model_fields)
-            raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {known})")
+            why = unknown_key_message(unknown[0], list(FinetuneRun.model_fields))
+            raise ConfigError(f"{path}: {unknown[0]}: {why}")
         raw = {k: v for k, v in raw.items() if k in FinetuneRun.model_fields}
         source = str(path)
     elif base is not None:

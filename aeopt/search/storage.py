@@ -184,8 +184,8 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
     display = redact(url)
     path = _file_path(url)
     if not create and path is not None and not path.is_file():
-        raise StorageError(f"no study storage at {display}: create a study first with "
-                           "`aeopt study create SPEC.yaml`")
+        raise StorageError(f"no study storage at {display} (no file {path.absolute()}): create a study first "
+                           "with `aeopt study create conv_ae`")
     policy = RetryPolicy(window=outage_seconds())
     inner = _open_waiting(url, policy)
     # An RDB storage connected when it was built: it has been reached, a later refusal is an outage.

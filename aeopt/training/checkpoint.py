@@ -43,7 +43,8 @@ def _read(path: str | Path, fmt: str, device: torch.device | str) -> tuple[Path,
     """The payload of a checkpoint of format `fmt`; anything else is one line that says what it is."""
     p = Path(path)
     if not p.is_file():
-        raise AeoptError(f"{p}: no such checkpoint; pass {_HINTS[fmt]}")
+        looked = p.expanduser().absolute()
+        raise AeoptError(f"{p}: no such checkpoint (looked for {looked}); pass {_HINTS[fmt]}")
     try:
         payload = torch.load(p, map_location=device, weights_only=True)
     except Exception as exc:  # unpickling errors differ by torch version

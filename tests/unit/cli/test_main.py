@@ -66,8 +66,9 @@ def test_user_errors_are_one_line_without_the_password(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = run_cli("study", "show", "nope", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"error: no study storage at sqlite:///{tmp_path}/s.db: create a study first "
-                                "with `aeopt study create SPEC.yaml`")
+    db = f"{tmp_path}/s.db"
+    assert r.stderr.strip() == (f"error: no study storage at sqlite:///{db} (no file {db}): "
+                                "create a study first with `aeopt study create conv_ae`")
     assert not (tmp_path / "s.db").exists()  # a read-only command creates no storage
     open_storage(f"sqlite:///{tmp_path}/s.db")
     r = run_cli("study", "show", "nope", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)

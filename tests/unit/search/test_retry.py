@@ -284,8 +284,9 @@ def test_read_only_open_of_a_missing_file_creates_nothing(url, tmp_path):
     url = url.format(d=tmp_path)
     with pytest.raises(StorageError) as caught:
         open_storage(url, create=False)
-    assert str(caught.value) == (f"no study storage at {url}: create a study first with "
-                                 "`aeopt study create SPEC.yaml`")
+    where = url.split(":///", 1)[1]
+    assert str(caught.value) == (f"no study storage at {url} (no file {where}): create a study first "
+                                 "with `aeopt study create conv_ae`")
     assert list(tmp_path.iterdir()) == []
     open_storage(url)  # create=True (study create) makes it, and then a reader opens it
     assert open_storage(url, create=False).optuna.get_all_studies() == []
