@@ -76,7 +76,7 @@ def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     if not rows:
-        typer.echo("no studies yet: aeopt study create studies/conv_ae.yaml")
+        typer.echo("no studies yet: aeopt study create conv_ae")
         return
     typer.echo(f"{'study':<28} {'model':<13} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>8}"
                "  best")

@@ -55,7 +55,7 @@ def test_a_study_command_imports_neither_torch_nor_the_dashboard(tmp_path):
             f"code = main(['study', 'list', '--storage', 'sqlite:///{tmp_path}/s.db']); "
             "print(code, sorted(m for m in ('torch', 'optuna_dashboard', 'plotly') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    expected = ["no studies yet: aeopt study create studies/conv_ae.yaml", "0 []"]
+    expected = ["no studies yet: aeopt study create conv_ae", "0 []"]
     assert r.stdout.splitlines() == expected, r.stderr
 
 
