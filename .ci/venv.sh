@@ -9,7 +9,7 @@
 _venv_pip() {
   # Progress only (what is being fetched, what got installed); this machine's pip also prints a
   # harmless "WARNING: Location ..." line per local index.
-  python -m pip "$@" 2>&1 | { grep --line-buffered -E "^(Collecting|Downloading|Successfully|ERROR|error)" || true; }
+  python -m pip "$@" 2>&1 | { grep --line-buffered -E "^(Collecting|Downloading|Processing|Installing|Successfully|ERROR|error)" || true; }
   return "${PIPESTATUS[0]}"
 }
 
@@ -18,16 +18,39 @@ _venv_stamp() {
   { cat pyproject.toml; python -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1
 }
 
-_venv_torch_ok() {
-  # True when the active environment's torch and torchvision satisfy pyproject.toml's ranges.
-  python - <<'EOF' 2>/dev/null
+_venv_has() {
+  # True when the active environment holds package $1 at a version in [$2, $3) (major.minor).
+  python - "$@" <<'EOF' 2>/dev/null
 import re, sys
 from importlib.metadata import version
 def parts(v):
     return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", v).groups())
-ok = (2, 4) <= parts(version("torch")) < (3, 0) and (0, 19) <= parts(version("torchvision")) < (1, 0)
-sys.exit(0 if ok else 1)
+name, low, high = sys.argv[1:]
+sys.exit(0 if parts(low) <= parts(version(name)) < parts(high) else 1)
 EOF
+}
+
+# pyproject.toml's ranges.
+_venv_torch_ok() { _venv_has torch 2.4 3.0 && _venv_has torchvision 0.19 1.0; }
+
+_venv_install_torch() {
+  local index=(${AEOPT_TORCH_INDEX_URL:+--index-url "$AEOPT_TORCH_INDEX_URL"})
+  if _venv_has torch 2.4 3.0; then
+    # A torch installed beforehand (a CPU-only or a CUDA build) stays: add the torchvision made
+    # for that release (the == match ignores a local label such as +cpu).
+    local v
+    v=$(python -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')
+    echo "== keeping the installed torch $v; installing the torchvision made for it"
+    _venv_pip install "torch==$v" torchvision "${index[@]}" || true
+  else
+    # On Linux the default index's torch is the CUDA build (several GB); see README "Install".
+    echo "== installing torch 2.14.1 and torchvision 0.29.1${AEOPT_TORCH_INDEX_URL:+ from $AEOPT_TORCH_INDEX_URL}"
+    _venv_pip install torch==2.14.1 torchvision==0.29.1 "${index[@]}" || true
+  fi
+  _venv_torch_ok || {
+    echo "error: torch and torchvision did not install into $VIRTUAL_ENV; see pip's message above" >&2
+    return 1
+  }
 }
 
 ensure_venv() {
@@ -64,20 +87,16 @@ _ensure_venv() {
   local stamp
   stamp=$(_venv_stamp)
   if [ -f "$venv/.aeopt-stamp" ] && [ "$(cat "$venv/.aeopt-stamp")" = "$stamp" ] \
-      && python -c 'import aeopt, torch' 2>/dev/null; then
+      && python -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("aeopt") and u.find_spec("torch")))'; then
     echo "== reusing $venv (pyproject.toml unchanged since it was installed)"
     return 0
   fi
   rm -f "$venv/.aeopt-stamp"
   _venv_pip install -q --upgrade pip || { echo "error: pip could not upgrade itself in $venv; see its message above" >&2; return 1; }
   if _venv_torch_ok; then
-    echo "== keeping the installed torch $(python -c 'import torch; print(torch.__version__)')"
+    echo "== keeping the installed torch $(python -c 'from importlib.metadata import version as v; print(v("torch"))')"
   else
-    # On Linux the default index's torch is the CUDA build (about 3 GB of wheels); see README "Install".
-    echo "== installing torch 2.14.1 and torchvision 0.29.1${AEOPT_TORCH_INDEX_URL:+ from $AEOPT_TORCH_INDEX_URL}"
-    _venv_pip install torch==2.14.1 torchvision==0.29.1 \
-      ${AEOPT_TORCH_INDEX_URL:+--index-url "$AEOPT_TORCH_INDEX_URL"} || true
-    _venv_torch_ok || { echo "error: torch did not install into $venv; see pip's message above" >&2; return 1; }
+    _venv_install_torch || return 1
   fi
   echo "== installing aeopt and its dependencies (editable, with [dev])"
   _venv_pip install -e ".[dev]" || { echo "error: pip could not install aeopt into $venv; see its message above" >&2; return 1; }
