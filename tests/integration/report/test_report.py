@@ -27,8 +27,8 @@ from tests.conftest import REPO, _missing, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-STUDY_PLOTS = ["study_optimization_history", "study_intermediate_values", "study_param_importances",
-               "study_parallel_coordinate"]
+# No importances: 3 complete trials are far below what PED-ANOVA needs (the page says so).
+STUDY_PLOTS = ["study_optimization_history", "study_intermediate_values", "study_parallel_coordinate"]
 COMMON = STUDY_PLOTS + ["reconstructions", "latent_pca", "latent_tsne", "interpolations"]
 EXPECTED = {
     "conv_ae": COMMON + ["gaussian_samples", "denoising_examples", "denoising_mse"],
@@ -113,8 +113,9 @@ def _best_epoch(url: str, study_name: str, trial: int) -> int | None:
 def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
     url, _ = studies
     storage = open_storage(url)
+    # --denoising train: the comparison is skipped by default on a CPU; here it is asked for.
     html = build_report(kind, tmp_path / "out", storage=storage, device="cpu", max_points=120,
-                        show_progress=False)
+                        show_progress=False, denoising="train")
     out = html.parent
     pngs = sorted(p.stem for p in out.glob("*.png"))
     assert pngs == sorted(EXPECTED[kind]), pngs
@@ -159,6 +160,12 @@ def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
         noise = "0.3" if kind == "conv_ae" else "0.4"  # the default, or the study's own noise
         assert f"with noise std {noise}, trained here" in den["denoising_source"], den
         section = page.split('<section id="denoising">', 1)[1].split("</section>", 1)[0]
+        assert den["choice"] == "--denoising train" and den["by_default"] is False
+        assert "Chosen by --denoising train." in section and "--denoising skip leaves" in section
+        # The numbers as a table: a header, then one row per noise std with both models' MSE.
+        grid = section.split('<table class="grid">', 1)[1].split("</table>", 1)[0]
+        assert "<th>noise std</th><th>conv AE MSE</th><th>denoising AE MSE</th>" in grid
+        assert f'<td class="num">0.5</td><td class="num">{den["mse_plain"][5]:.4f}</td>' in grid
         for side in ("conv AE", "denoising AE"):
             trained = den[f"{'plain' if side == 'conv AE' else 'denoising'}_trained_here"]
             assert f"{side}: trained for this report because" in section and trained["epochs"] >= 1
@@ -166,6 +173,12 @@ def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
 
     # The search section is there, with the masked storage URL and nothing else of it.
     assert '<section id="search">' in page and escape(storage.display) in page
+    # Importances are left out with the reason, and the charts name the study's metric.
+    search = page.split('<section id="search">', 1)[1].split("</section>", 1)[0]
+    assert "importances need at least 50 complete trials" in search and "this study has 3" in search
+    metric = "CV loss (neg. ELBO / image)" if kind == "vae" else "CV loss (MSE)"
+    # (plotly's JSON writes "/" as "\u002f", so that no string in it can close the <script>)
+    assert f"{metric} per epoch".replace("/", "\\u002f") in search and '"showlegend":true' in search
     # Self-contained: plotly.js inline, images as data URIs, nothing fetched from anywhere.
     assert not re.search(r"<script[^>]+src=", page) and 'src="http' not in page
     assert page.count('class="plotly-graph-div"') >= 5
@@ -175,7 +188,7 @@ def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
 def test_report_cli_with_finetune_and_denoising_study(studies, finetune_dir, tmp_path):
     url, _ = studies
     out = tmp_path / "cli"
-    r = run_cli("report", "--study", "conv_ae", "--storage", url, "--denoising-study", "denoising_ae",
+    r = run_cli("report", "--study", "conv_ae", "--storage", url, "--denoising", "study:denoising_ae",
                 "--finetune", str(finetune_dir), "--device", "cpu", "--max-points", "100", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("report.html")
@@ -192,6 +205,7 @@ def test_report_cli_with_finetune_and_denoising_study(studies, finetune_dir, tmp
     assert den["plain_source"].startswith("checkpoint of trial #")
     assert den["denoising_source"].startswith("checkpoint of trial #")
     assert den["plain_trained_here"] is None and den["denoising_trained_here"] is None
+    assert den["choice"] == "--denoising study:denoising_ae" and den["by_default"] is False
     assert "trained for this report" not in r.stderr and "training" not in r.stderr
     # The plain side is the study's own best model: its clean MSE is the report's test MSE.
     assert den["mse_plain"][0] == pytest.approx(numbers["test_mse"], rel=1e-4)
@@ -249,8 +263,11 @@ def test_report_of_a_checkpoint_without_a_study(digits_run, tmp_path):
     model_part = page.split('<section id="model">', 1)[1].split("</section>", 1)[0]
     assert escape(f"the checkpoint {digits_run} you gave") in model_part
     assert "trained for this report" not in model_part
-    # The denoising partners were trained by the train stage, and the section says so.
-    assert "the given model&#x27;s architecture with noise std 0.3, trained here" in page
+    # On a CPU the denoising comparison is skipped by default (it would train two models), and the
+    # section says so and how to get it.
+    section = page.split('<section id="denoising">', 1)[1].split("</section>", 1)[0]
+    assert "Skipped (the default on a CPU" in section and "--denoising train" in section
+    assert "denoising" not in numbers
 
 
 def test_report_of_a_checkpoint_beside_a_study(studies, digits_run, tmp_path):

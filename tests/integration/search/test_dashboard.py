@@ -333,3 +333,41 @@ def test_the_reports_importances_are_the_dashboards(tmp_path):
     for name, value in theirs.items():
         assert ours[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
     assert ours["optim.lr"] > ours["optim.weight_decay"]
+
+
+@pytest.mark.browser
+def test_the_metric_name_shows_in_the_dashboard_ui(study_with_artifacts, tmp_path):
+    """In headless Chromium, the study's page names the objective "CV loss (MSE)", not "Objective 0"."""
+    import shutil
+
+    from tests.conftest import _missing
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        _missing("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    url, _, _, _ = study_with_artifacts
+    proc, _, port = _start(["--storage", url], cwd=tmp_path)
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1200"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        sid = json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"][0]["study_id"]
+        driver.set_page_load_timeout(60)
+        driver.get(f"http://127.0.0.1:{port}/dashboard/studies/{sid}")
+        text = ""
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and "CV loss (MSE)" not in text:
+            time.sleep(1)
+            text = driver.execute_script("return document.body.innerText")
+    finally:
+        driver.quit()
+        _stop(proc)
+    assert "CV loss (MSE)" in text, text[:2000]
+    assert "Objective 0" not in text
