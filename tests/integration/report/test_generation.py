@@ -19,14 +19,14 @@ from aeopt.search.studies import create_study, load_study
 from aeopt.search.worker import run_worker
 from tests.conftest import REPO, run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ENV = {"OMP_NUM_THREADS": "1"}
 AAE_FIGURES = ["aae_prior_samples", "aae_codes_vs_prior", "aae_interpolations", "aae_manifold"]
 
 
 def _train(root: Path, config: str, name: str, *overrides: str) -> Path:
-    sets = [a for o in ("data.dataset=digits", "budget.max_epochs=2", *overrides) for a in ("--set", o)]
+    sets = [a for o in ("data.dataset=digits", "budget.max_epochs=1", *overrides) for a in ("--set", o)]
     r = run_cli("train", str(REPO / "configs" / f"{config}.yaml"), *sets, "--device", "cpu",
                 "-o", str(root / name), cwd=root, env=ENV)
     assert r.returncode == 0, r.stderr
@@ -37,7 +37,7 @@ def _train(root: Path, config: str, name: str, *overrides: str) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """`aeopt baseline cnn` and `aeopt train` (conv AE, AAE with a 2-D mixture prior) on digits."""
     root = tmp_path_factory.mktemp("generation_runs")
-    r = run_cli("baseline", "cnn", "--set", "data.dataset=digits", "--set", "train.max_epochs=3",
+    r = run_cli("baseline", "cnn", "--set", "data.dataset=digits", "--set", "train.max_epochs=1",
                 "--device", "cpu", "-o", str(root / "cnn"), cwd=root, env=ENV)
     assert r.returncode == 0, r.stderr
     return {"cnn": root / "cnn",
