@@ -81,8 +81,10 @@ class _Real:
 
 
 def _real_images(main: ShownModel, bench: Workbench) -> _Real:
-    # The whole test split (up to N_IMAGES), whatever test subset the model's own run used.
-    data = prepare(main.cfg.data.model_copy(update={"test_subset": None}), bench.data_dir)
+    # The whole test split (up to N_IMAGES), whatever subsets the model's own run used, so that
+    # every model is scored on the same images.
+    whole = main.cfg.data.model_copy(update={"test_subset": None, "train_subset": None})
+    data = prepare(whole, bench.data_dir)
     n = min(N_IMAGES, len(data.test), len(data.train))
     test = data.test.take(stratified_subset(data.test.y, n, 0)) if len(data.test) > n else data.test
     train = data.train.take(stratified_subset(data.train.y, n, 0)) if len(data.train) > n else data.train
