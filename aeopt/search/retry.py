@@ -49,6 +49,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.errors import StorageError
+from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, grace_seconds
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,17 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert isinstance(self._inner, BaseHeartbeat)
-        return self._call(self._inner._get_stale_trial_ids, study_id)
+        stale = self._call(self._inner._get_stale_trial_ids, study_id)
+        # Optuna's own check at the start of every `study.optimize` fails these trials with no reason,
+        # often before aeopt's: the worker that still runs one (stalled past the grace period) then
+        # cannot tell why its trial was failed. The reason goes on first, whoever fails the trial.
+        reason = f"{LOST_REASON}: no heartbeat for {grace_seconds(self._inner)} s"
+        for trial_id in stale:
+            try:
+                self._call(self._inner.set_trial_user_attr, trial_id, FAIL_REASON, reason)
+            except (UpdateFinishedTrialError, KeyError):
+                pass  # already failed by another worker, with its reason
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self._inner.get_heartbeat_interval() if isinstance(self._inner, BaseHeartbeat) else None
