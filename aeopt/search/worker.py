@@ -184,7 +184,7 @@ def run_worker(
     try:
         with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
             heartbeat = storage.optuna if storage.heartbeat else None
-            remaining = max(0.0, deadline - time.monotonic()) if deadline else None
+            remaining = max(0.0, deadline - time.monotonic()) if deadline is not None else None
             summary.stopped_because = run_trials(
                 study, objective, target=target, heartbeat=heartbeat, timeout=remaining,
                 poll_seconds=poll_seconds, callbacks=[_TrialLines(summary, bar, target)], limits=limits)
@@ -221,7 +221,8 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     Raises `TooManyFailuresError` past `limits` (None: no limits)."""
     limits = limits or FailureLimits(consecutive=None)
     streak = _FailureStreak()
-    deadline = time.monotonic() + timeout if timeout else None
+    # 0 is a budget already spent, not "no budget": no trial starts.
+    deadline = time.monotonic() + timeout if timeout is not None else None
     quiet = _NoTrialTracebacks()
     logging.getLogger(_OPTUNA_TRIAL_LOGGER).addFilter(quiet)
     try:
@@ -236,7 +237,7 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
                 callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], limits: FailureLimits,
                 streak: _FailureStreak) -> str:
     while True:
-        if deadline and time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             return TIMEOUT_REASON
         if heartbeat is not None:
             fail_stale_trials(study, heartbeat)
@@ -248,7 +249,7 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             time.sleep(poll_seconds)
             continue
         _check_study_budget(study.study_name, trials, limits, target)
-        remaining = deadline - time.monotonic() if deadline else None
+        remaining = deadline - time.monotonic() if deadline is not None else None
         recorded = _Recorded(objective)
         try:
             study.optimize(recorded, n_trials=1, timeout=remaining, catch=TRIAL_ERRORS, callbacks=callbacks)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 
 from aeopt.progress import duration_text, ticker, time_left
 from aeopt.search.objective import DEADLINE_REASON, STOPPED_BY, DeadlineError, EpochClock, stop_at_deadline
-from aeopt.search.worker import study_eta_line
+from aeopt.search.worker import TIMEOUT_REASON, run_trials, study_eta_line
 
 
 def test_time_left_divides_the_remaining_trials_among_workers():
@@ -92,3 +92,13 @@ def test_epoch_lines_and_the_ticker_for_a_slow_epoch(caplog):
     count = len(caplog.records)
     time.sleep(0.8)
     assert len(caplog.records) == count
+
+
+def test_a_spent_budget_starts_no_trial():
+    # A worker that starts after its launch's deadline (a slow start on a busy machine) gets a budget
+    # of 0 s: it must stop, not run trials that each fail at once as "deadline".
+    study = optuna.create_study()
+    assert run_trials(study, lambda t: 1.0, target=5, heartbeat=None, timeout=0.0) == TIMEOUT_REASON
+    assert study.get_trials() == []
+    assert run_trials(study, lambda t: 1.0, target=2, heartbeat=None, timeout=None) != TIMEOUT_REASON
+    assert len(study.get_trials()) == 2
