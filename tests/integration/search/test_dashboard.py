@@ -336,6 +336,7 @@ def test_the_reports_importances_are_the_dashboards(tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.timeout(300)  # Chromium's start alone takes a minute on a busy 2-core machine
 def test_the_metric_name_shows_in_the_dashboard_ui(study_with_artifacts, tmp_path):
     """In headless Chromium, the study's page names the objective "CV loss (MSE)", not "Objective 0"."""
     import shutil

@@ -107,7 +107,10 @@ def test_flowing_joins_prose_and_keeps_layouts():
 def test_tidy_help_clears_flag_metavars_only():
     group = _tree()
     tidy_help(group)
-    report = group.commands["report"]
-    flags = [p for p in report.params if getattr(p, "is_flag", False)]
-    values = [p for p in report.params if not getattr(p, "is_flag", False)]
-    assert all(p.metavar == "" for p in flags) and all(p.metavar is None for p in values)
+    create = group.commands["study"].commands["create"]
+    flags = [p for p in create.params if getattr(p, "is_flag", False)]
+    values = [p for p in create.params if not getattr(p, "is_flag", False)]
+    # A value option keeps its metavar: none, or its own such as --denoising's <mode>.
+    assert flags and all(p.metavar == "" for p in flags) and all(p.metavar is None for p in values)
+    report = {p.name: p for p in group.commands["report"].params}
+    assert report["denoising"].metavar == "<mode>"
