@@ -36,11 +36,16 @@ _venv_torch_ok() { _venv_has torch 2.4 3.0 && _venv_has torchvision 0.19 1.0; }
 _venv_install_torch() {
   local index=(${AEOPT_TORCH_INDEX_URL:+--index-url "$AEOPT_TORCH_INDEX_URL"})
   if _venv_has torch 2.4 3.0; then
-    # A torch installed beforehand (a CPU-only or a CUDA build) stays: add the torchvision made
-    # for that release (the == match ignores a local label such as +cpu).
+    # A torch installed beforehand (a CPU-only or a CUDA build) stays. Its torchvision must be the
+    # same build from the same index: PyPI's would not load its operators on a CPU-only torch.
     local v
     v=$(python -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')
-    echo "== keeping the installed torch $v; installing the torchvision made for it"
+    if [ -z "${AEOPT_TORCH_INDEX_URL:-}" ]; then
+      echo "error: $VIRTUAL_ENV has torch $v but no torchvision 0.19 to 1.0: install the one built for it from" \
+        "the index torch came from (README \"Install\"), or set AEOPT_TORCH_INDEX_URL to that index" >&2
+      return 1
+    fi
+    echo "== keeping the installed torch $v; installing its torchvision from $AEOPT_TORCH_INDEX_URL"
     _venv_pip install "torch==$v" torchvision "${index[@]}" || true
   else
     # On Linux the default index's torch is the CUDA build (several GB); see README "Install".
@@ -51,6 +56,15 @@ _venv_install_torch() {
     echo "error: torch and torchvision did not install into $VIRTUAL_ENV; see pip's message above" >&2
     return 1
   }
+}
+
+_venv_torch_loads() {
+  # A torchvision from another build than torch (PyPI's beside a CPU-only torch) installs but fails
+  # to load its operators: check once, when installing.
+  python -c 'import torch, torchvision' 2>/dev/null && return 0
+  echo "error: torch and torchvision in $VIRTUAL_ENV do not load together (two different builds?):" \
+    "reinstall both from one index (README \"Install\"); 'python -c \"import torchvision\"' shows why" >&2
+  return 1
 }
 
 ensure_venv() {
@@ -98,6 +112,7 @@ _ensure_venv() {
   else
     _venv_install_torch || return 1
   fi
+  _venv_torch_loads || return 1
   echo "== installing aeopt and its dependencies (editable, with [dev])"
   _venv_pip install -e ".[dev]" || { echo "error: pip could not install aeopt into $venv; see its message above" >&2; return 1; }
   echo "$stamp" >"$venv/.aeopt-stamp"
