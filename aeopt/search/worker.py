@@ -194,7 +194,9 @@ def run_worker(
                     summary.stopped_because)
         raise
     if summary.stopped_because == TIMEOUT_REASON:
-        summary.stopped_because = f"the time budget of {duration_text(timeout or 0)} ran out"
+        # Under a second: what was left of `aeopt launch`'s deadline when this worker was ready.
+        summary.stopped_because = (f"the time budget of {duration_text(timeout)} ran out" if timeout >= 1
+                                   else "the time budget ran out before this worker was ready")
     log.info("worker %d done: %s (%s)", worker_index, summary.counts.text(), summary.stopped_because)
     return summary
 
