@@ -40,9 +40,9 @@ def refit(
     result = refit_study(open_storage(storage, create=False), study, out, set_ or [], data_dir=data_dir,
                          device=device, amp=amp)
     r = result.record
+    epochs = f"{r['epochs']} epoch{'' if r['epochs'] == 1 else 's'} (best {r['best_epoch']})"
     typer.echo(f"refit study '{r['study']}' trial {r['trial']} (CV loss {r['cv_loss']:.5g}): {r['summary']}, "
-               f"{r['epochs']} epochs (best {r['best_epoch']}), {r['seconds']:.1f} s training on "
-               f"{r['n_train']} images -> {out}")
+               f"{epochs}, {r['seconds']:.1f} s training on {r['n_train']} images -> {out}")
     ckpt = shlex.quote(str(result.checkpoint))
     data = f" --data-dir {shlex.quote(data_dir)}" if data_dir else ""
     typer.echo(f"next: aeopt finetune --checkpoint {ckpt}{data}\n"
