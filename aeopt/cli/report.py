@@ -3,6 +3,8 @@ as PNGs and one offline HTML page."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -67,19 +69,26 @@ def report(
               aeopt report --checkpoint runs/best/checkpoint.pt --data-dir ../shared/data -o reports/best
     """
     # Imported here so `aeopt --help` stays fast: the report pulls in plotly, sklearn and torch.
+    from aeopt.files import staged_folder  # noqa: PLC0415
     from aeopt.report import build_report  # noqa: PLC0415
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
+    # Ctrl-C / kill -INT stop the report even when started in the background (SIGINT inherited as
+    # ignored there): one line, exit 130, and the --out folder as it was.
+    with contextlib.suppress(ValueError):  # not the main thread (a test calling it in-process)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Opened once, and only when a study is read: --checkpoint alone must not create a database.
     reads_a_study = study is not None or denoising_study is not None or (denoising or "").startswith("study:")
     opened = open_storage(storage, create=False) if reads_a_study else None
-    path = build_report(study, out, storage=opened, checkpoint=checkpoint, finetune=finetune,
-                        data_dir=data_dir, device=device, denoising=denoising,
-                        denoising_study=denoising_study, max_points=max_points,
-                        fid_classifier=fid_classifier,
-                        compare_generators=[Path(p.strip()) for p in (compare_generators or "").split(",")
-                                            if p.strip()])
-    typer.echo(str(path))
+    # Built beside --out and moved in when complete: Ctrl-C part-way leaves no half-written report.
+    with staged_folder(out) as staging:
+        path = build_report(study, staging, storage=opened, checkpoint=checkpoint, finetune=finetune,
+                            data_dir=data_dir, device=device, denoising=denoising,
+                            denoising_study=denoising_study, max_points=max_points,
+                            fid_classifier=fid_classifier,
+                            compare_generators=[Path(p.strip()) for p in (compare_generators or "").split(",")
+                                                if p.strip()])
+    typer.echo(str(out / path.relative_to(staging)))
 
 
 def register(app: typer.Typer) -> None:

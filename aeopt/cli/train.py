@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +33,10 @@ def train(
 
     Example: aeopt train conv_ae --data-dir ../shared/data --set budget.max_epochs=5
     """
+    # Ctrl-C / kill -INT stop the run even when started in the background (where SIGINT is inherited
+    # as ignored): one line, exit 130, and no output folder (write_run_outputs writes all at once).
+    with contextlib.suppress(ValueError):  # not the main thread (a test calling it in-process)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # The config is checked before torch is imported: a typo costs a fraction of a second.
     cfg = load_run_config(config, set_ or [])
     from aeopt.stages.train import train_run  # noqa: PLC0415 (imports torch: seconds, only when training)

@@ -12,7 +12,7 @@ import torch
 
 from aeopt.config import RunConfig
 from aeopt.figures import reconstruction_figure, save_figure
-from aeopt.files import atomic_write_text
+from aeopt.files import atomic_write_text, staged_folder
 from aeopt.progress import progress
 from aeopt.training.checkpoint import save_checkpoint
 from aeopt.training.data import Prepared, add_noise, prepare, to_float
@@ -70,7 +70,14 @@ def train_run(cfg: RunConfig, *, data_dir: str | None = None, device: str | None
 
 def write_run_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any],
                       test_x: torch.Tensor) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """checkpoint.pt, reconstructions.png and metrics.json, moved into `out` together once all are
+    written: a run stopped part-way leaves no checkpoint without its metrics."""
+    with staged_folder(out, keep_existing=False) as staging:
+        _write_outputs(staging, model, cfg, metrics, test_x)
+
+
+def _write_outputs(out: Path, model: Autoencoder, cfg: RunConfig, metrics: dict[str, Any],
+                   test_x: torch.Tensor) -> None:
     save_checkpoint(out / "checkpoint.pt", model, cfg, {k: v for k, v in metrics.items() if k != "history"})
     sample = test_x[:10]
     model.eval()

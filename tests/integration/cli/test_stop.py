@@ -1,6 +1,8 @@
-"""Stopping on request, with real processes: SIGTERM exits 143 and Ctrl-C (SIGINT) 130, for `aeopt worker`
-and `aeopt launch`; a worker says "stopped by signal" in one line and prints no traceback; launch reports
-no stopped worker as failed; launch writes its logs inside logs/ whatever the study is called."""
+"""Stopping on request, with real processes: SIGTERM exits 143 and Ctrl-C (SIGINT) 130, for `aeopt worker`,
+`aeopt launch`, `aeopt quickstart`, `aeopt train` and `aeopt report`; each says "stopped by signal" in one
+line and prints no traceback; a worker first logs what it finished; the quickstart prints its summary and
+exports the best trial so far; train and report leave no half-written output folder; launch reports no
+stopped worker as failed and writes its logs inside logs/ whatever the study is called."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from aeopt.config import StudySpec
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import SPEC_ATTR, create_study
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +47,10 @@ def _study(tmp_path: Path, name: str) -> str:
     return url
 
 
-def _start(args: list[str], url: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "AEOPT_STORAGE": url, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _start(args: list[str], url: str | None, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if url:
+        env["AEOPT_STORAGE"] = url
     return subprocess.Popen([sys.executable, "-m", "aeopt", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -80,7 +86,9 @@ def test_worker_stops_quietly_on_a_signal(tmp_path, signum, code):
     proc.send_signal(signum)
     out, err = _stopped(proc)
     assert proc.returncode == code, err
-    assert err.strip().splitlines()[-1] == f"stopped by signal {signal.Signals(signum).name}"
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1] == f"stopped by signal {name}"
+    assert f"worker 0 stopped: no trials (stopped by signal {name})" in err  # its counts, then the line
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     trials = optuna.load_study(study_name="s", storage=open_storage(url).optuna).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]  # not left RUNNING
@@ -109,3 +117,106 @@ def test_launch_forwards_a_signal_and_reports_no_failure(tmp_path, signum, code)
         assert text.strip().splitlines()[-1] == "stopped by signal SIGTERM"  # launch forwards SIGTERM
     trials = optuna.load_study(study_name=name, storage=open_storage(url).optuna).get_trials()
     assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+
+
+class _Lines:
+    """A running process's stderr, read line by line in a thread (so the test can wait for a line)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                self.thread.join(5)
+                pytest.fail(f"exited {self.proc.returncode} before '{text}':\n{''.join(self.lines)[-3000:]}")
+            time.sleep(0.2)
+        self.proc.kill()
+        pytest.fail(f"no '{text}' in {timeout:.0f} s:\n{''.join(self.lines)[-3000:]}")
+
+    def stopped(self, timeout: float = 120) -> tuple[str, str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"still running {timeout:.0f} s after the signal:\n{''.join(self.lines)[-3000:]}")
+        self.thread.join(10)
+        return self.proc.stdout.read(), "".join(self.lines)
+
+
+def _clean_stop(proc: subprocess.Popen, err: str, signum: int) -> None:
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == f"stopped by signal {signal.Signals(signum).name}", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_quickstart_stops_with_its_summary_and_the_best_so_far(tmp_path, signum):
+    url = f"sqlite:///{tmp_path}/qs.db"
+    empty = tmp_path / "no-data"  # no Fashion-MNIST: scikit-learn's digits, seconds per trial
+    empty.mkdir()
+    proc = _start(["quickstart", "--n-trials", "40", "--max-epochs", "4", "--data-dir", str(empty),
+                   "--device", "cpu", "--storage", url, "--out", "qs"], None, tmp_path)
+    err = _Lines(proc)
+    err.wait_for(" complete: ")  # a trial has completed; the next one starts
+    proc.send_signal(signum)
+    out, err_text = err.stopped()
+    _clean_stop(proc, err_text, signum)
+    name = signal.Signals(signum).name
+    assert out.startswith(f"stopped by signal {name}; what finished:\n"), out
+    study = optuna.load_study(study_name="quickstart", storage=open_storage(url).optuna)
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials())
+    best = tmp_path / "qs" / "best.yaml"
+    assert best.is_file() and "best config: qs/best.yaml" in out
+    assert f"  trial: {study.best_trial.number}\n" in best.read_text()
+
+
+def _no_partial(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name]
+
+
+def test_train_stops_in_one_line_and_writes_nothing(tmp_path):
+    proc = _start(["train", str(REPO / "configs" / "conv_ae.yaml"), "--set", "data.dataset=digits",
+                   "--set", "budget.max_epochs=500", "--set", "budget.patience=500", "--device", "cpu",
+                   "-o", "run"], None, tmp_path)
+    err = _Lines(proc)
+    err.wait_for("train conv_ae 2/500")  # training: two epochs done
+    proc.send_signal(signal.SIGINT)
+    out, err_text = err.stopped()
+    _clean_stop(proc, err_text, signal.SIGINT)
+    assert not (tmp_path / "run").exists() and not _no_partial(tmp_path)
+
+
+def test_report_stops_in_one_line_and_leaves_no_half_written_folder(tmp_path):
+    trained = run_cli("train", str(REPO / "configs" / "conv_ae.yaml"), "--set", "data.dataset=digits",
+                      "--set", "budget.max_epochs=1", "--device", "cpu", "-o", "run", cwd=tmp_path,
+                      timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoint.pt", "metrics.json", "reconstructions.png"]
+    # An earlier report in the folder: a stopped rebuild leaves it as it was.
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.html").write_text("the earlier report")
+    proc = _start(["report", "--checkpoint", "run/checkpoint.pt", "--device", "cpu", "-o", "rep"], None,
+                  tmp_path)
+    err = _Lines(proc)
+    deadline = time.monotonic() + 300
+    while not any(tmp_path.glob(".rep.partial-*/*.png")):  # part-way: some figures written
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(err.lines)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err_text = err.stopped()
+    _clean_stop(proc, err_text, signal.SIGINT)
+    assert [p.name for p in (tmp_path / "rep").iterdir()] == ["report.html"]
+    assert (tmp_path / "rep" / "report.html").read_text() == "the earlier report"
+    assert not _no_partial(tmp_path)
