@@ -14,19 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aeopt.config import ClassifierStudySpec, RunConfig, apply_overrides, parse_override, validate
-from aeopt.errors import AeoptError, StudyError
-from aeopt.files import atomic_write_text, versions
+from aeopt.errors import StudyError
+from aeopt.files import atomic_write_text, staged_folder, versions
 from aeopt.search.export import export_best, write_export
 from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study, path_safe
@@ -114,24 +110,9 @@ def refit_record(export: dict[str, Any], cfg: RunConfig, metrics: dict[str, Any]
     }
 
 
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
+def staged(out: Path) -> AbstractContextManager[Path]:
     """A temporary folder beside `out`; its files move into `out` only if the block completes."""
-    if out.exists() and not out.is_dir():
-        raise AeoptError(f"-o {out}: a file, not a folder; pass a folder for the refit's outputs")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir, not mkdtemp: the folder gets the mode a plain mkdir gives (mkdtemp's is 0700).
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if not out.exists():
-            os.replace(tmp, out)  # one rename: the folder appears complete
-        else:  # an earlier run's folder: each file replaced whole
-            for item in sorted(tmp.iterdir()):
-                os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return staged_folder(out, keep_existing=False)
 
 
 def _export_of(storage: Storage, name: str) -> dict[str, Any]:
