@@ -75,6 +75,34 @@ class SurplusTrialError(RuntimeError):
     """Two workers asked for the last trial at once: this one is over the study's target."""
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGINT: stop the current trial (FAIL, "stopped by signal N") and the worker."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+# Signals received by this process's worker. Raising from a signal handler is not enough: Python
+# swallows an exception raised inside a weakref callback or __del__ ("Exception ignored in ..."),
+# so the stop is also remembered here and raised again at the next epoch and before the next trial.
+_stop_requests: list[int] = []
+
+
+def request_stop(signum: int) -> None:
+    _stop_requests.append(signum)
+    raise StopSignal(signum)
+
+
+def raise_if_stop_requested() -> None:
+    if _stop_requests:
+        raise StopSignal(_stop_requests[0])
+
+
+def clear_stop_requests() -> None:
+    _stop_requests.clear()
+
+
 class DeadlineError(RuntimeError):
     """The worker's time budget ran out before the trial had reported an epoch."""
 
@@ -137,6 +165,7 @@ class AutoencoderObjective:
         clock = EpochClock(trial.number, cfg.budget.max_epochs, len(self.pool) * (self.spec.cv.folds - 1))
 
         def on_epoch(epoch: int, mean: float, losses: list[float]) -> None:
+            raise_if_stop_requested()
             if not math.isfinite(mean):
                 raise NonFiniteLossError(f"validation loss is {mean} at epoch {epoch}")
             clock.epoch_done(epoch, mean)

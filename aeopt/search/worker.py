@@ -33,7 +33,16 @@ from aeopt.errors import AeoptError
 from aeopt.progress import Progress, duration_text, progress, time_left
 from aeopt.search.env import env_int
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
-from aeopt.search.objective import DEADLINE_REASON, TRIAL_ERRORS, SurplusTrialError, fail_reason
+from aeopt.search.objective import (
+    DEADLINE_REASON,
+    TRIAL_ERRORS,
+    StopSignal,
+    SurplusTrialError,
+    clear_stop_requests,
+    fail_reason,
+    raise_if_stop_requested,
+    request_stop,
+)
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
 from aeopt.search.samplers import build_pruner, build_sampler
 from aeopt.search.space import grid_size
@@ -113,16 +122,8 @@ class WorkerSummary:
         return StudyCounts.of(self.trials)
 
 
-class StopSignal(KeyboardInterrupt):
-    """SIGTERM or SIGINT: stop the current trial (FAIL, "stopped by signal N") and the worker."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
 def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
-    raise StopSignal(signum)
+    request_stop(signum)
 
 
 def _stop_on_sigterm() -> None:
@@ -166,6 +167,7 @@ def run_worker(
     deadline = time.monotonic() + timeout if timeout else None
     if threads:
         torch.set_num_threads(threads)
+    clear_stop_requests()  # a stop from an earlier run in this process (tests) is not this one's
     _stop_on_sigterm()
     limits = FailureLimits.from_env(max_consecutive_failures, max_failed_trials)
     study, spec = load_study(storage, study_name)
@@ -239,6 +241,7 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
                 callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], limits: FailureLimits,
                 streak: _FailureStreak) -> str:
     while True:
+        raise_if_stop_requested()
         if deadline is not None and time.monotonic() >= deadline:
             return TIMEOUT_REASON
         if heartbeat is not None:
