@@ -9,7 +9,7 @@ directives one per line or separated by ` ;; `):
                                     option wins, so `--n-trials 2` shortens `--n-trials 50`)
     replace OLD => NEW              text replaced in the block (placeholders such as cuda:0)
     serve PREFIX: URL               commands starting with PREFIX run until URL answers, then stop
-    timeout: SECONDS                the block's limit (default 300)
+    timeout: SECONDS                the block's limit (default 600)
     # TEXT                          a note for the reader (why a replace or an add is there)
 
 In ARGS, NEW and URL, `{port}` is a free local port (one per block) and `{dataset}` the dataset
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = re.compile(r"<!--\s*readme-test:(.*?)-->", re.S)
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 600.0  # a safety net: a loaded 2-core machine runs blocks many times slower
 # Subcommands that take --set, for the ../shared/data rule.
 TAKES_SET = ("aeopt train", "aeopt study create", "aeopt finetune", "aeopt baseline")
 # What a runnable command may not contain once the markers are applied.
@@ -63,9 +63,22 @@ class Block:
     markers: Markers
 
     @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
+
+    @property
     def name(self) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
-        return f"L{self.line}-{slug}"
+        return f"L{self.line}-{self.slug}"
+
+
+def block_ids(blocks: list[Block]) -> list[str]:
+    """Ids that survive edits elsewhere in the README: the section and the block's rank in it."""
+    seen: dict[str, int] = {}
+    ids = []
+    for b in blocks:
+        seen[b.slug] = seen.get(b.slug, 0) + 1
+        ids.append(f"{b.slug}-{seen[b.slug]}")
+    return ids
 
 
 def _prefix_directive(body: str, kind: str) -> tuple[str, str]:

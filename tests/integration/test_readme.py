@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.readme_blocks import Block, MarkerError, bash_blocks, parse_markers, steps, unhandled
+from tests.readme_blocks import Block, MarkerError, bash_blocks, block_ids, parse_markers, steps, unhandled
 
 BLOCKS = bash_blocks(REPO / "README.md")
 TRACEBACK = "Traceback (most recent call last)"
@@ -93,7 +93,7 @@ def _run(block: Block, workdir: Path) -> tuple[int | None, str, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])
+@pytest.mark.parametrize("block", BLOCKS, ids=block_ids(BLOCKS))
 def test_block_runs(block: Block, workdir: Path):
     if block.markers.skip:
         pytest.skip(f"README {block.name}: {block.markers.skip}")
