@@ -89,8 +89,13 @@ class StopSignal(KeyboardInterrupt):
 _stop_requests: list[int] = []
 
 
-def request_stop(signum: int) -> None:
+def note_stop(signum: int) -> None:
+    """Remember a stop without raising (where Python would swallow the exception and print it)."""
     _stop_requests.append(signum)
+
+
+def request_stop(signum: int) -> None:
+    note_stop(signum)
     raise StopSignal(signum)
 
 

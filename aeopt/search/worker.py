@@ -40,6 +40,7 @@ from aeopt.search.objective import (
     SurplusTrialError,
     clear_stop_requests,
     fail_reason,
+    note_stop,
     raise_if_stop_requested,
     request_stop,
 )
@@ -122,7 +123,14 @@ class WorkerSummary:
         return StudyCounts.of(self.trials)
 
 
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
+def _raise_keyboard_interrupt(signum, frame):
+    # Inside a weakref callback or __del__ an exception is printed ("Exception ignored", with a
+    # traceback) and dropped: there the stop is only noted, and raised at the next epoch or trial.
+    code = getattr(frame, "f_code", None)
+    if code is not None and (code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
+                             or code.co_name == "__del__"):
+        note_stop(signum)
+        return
     request_stop(signum)
 
 
