@@ -35,7 +35,7 @@ import torch
 
 from aeopt.config import RunConfig, SearchSpec, StudySpec
 from aeopt.progress import duration_text, ticker
-from aeopt.search.artifacts import upload_trial_artifacts
+from aeopt.search.artifacts import upload_pruned_artifacts, upload_trial_artifacts
 from aeopt.search.records import StudyCounts, TrialRecord, best_trial
 from aeopt.search.space import suggest
 from aeopt.search.storage import Storage
@@ -169,16 +169,24 @@ class AutoencoderObjective:
         TrialRecord.started(self.device).write(trial)
         clock = EpochClock(trial.number, cfg.budget.max_epochs, len(self.pool) * (self.spec.cv.folds - 1))
 
+        partial = CVResult()  # filled by cross_validate as the folds train: a pruned trial's preview
+
         def on_epoch(epoch: int, mean: float, losses: list[float]) -> None:
             raise_if_stop_requested()
             if not math.isfinite(mean):
                 raise NonFiniteLossError(f"validation loss is {mean} at epoch {epoch}")
             clock.epoch_done(epoch, mean)
             trial.report(mean, epoch)
-            stop_at_deadline(trial, self.deadline, epoch)
-            if trial.should_prune():
-                TrialRecord(epochs=epoch, fold_losses=losses).write(trial)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean validation loss {mean:.5g})")
+            try:
+                stop_at_deadline(trial, self.deadline, epoch)
+                if trial.should_prune():
+                    TrialRecord(epochs=epoch, fold_losses=losses).write(trial)
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean validation loss {mean:.5g})")
+            except optuna.TrialPruned:
+                # Before raising: Optuna refuses artifacts on a finished trial.
+                if self.storage is not None:
+                    upload_pruned_artifacts(trial, self.storage, cfg, partial, epoch=epoch)
+                raise
 
         try:
             # With no pruner, the report's early stopping decides when to stop.
@@ -186,7 +194,7 @@ class AutoencoderObjective:
             with ticker(clock.running_line) as tick:
                 clock.tick = tick
                 result = cross_validate(cfg, self.pool, self.spec.cv.folds, self.spec.cv.seed, self.device,
-                                        on_epoch=on_epoch, amp=self.amp, patience=patience)
+                                        on_epoch=on_epoch, amp=self.amp, patience=patience, result=partial)
         except TRIAL_ERRORS as exc:
             if not isinstance(exc, DeadlineError):
                 TrialRecord(fail_reason=fail_reason(exc)).write(trial)

@@ -49,6 +49,9 @@ class CVResult:
     # What the kind's `score` says of fold 0's best model (Kind.score): added to the value by studies.
     penalty: float = 0.0
     measures: dict[str, float] = field(default_factory=dict)
+    # Fold 0's weights as they are now (fused folds train stacked copies, not `model`): for a pruned
+    # trial's preview.
+    current_state: Callable[[], dict[str, torch.Tensor]] | None = None
 
     @property
     def std(self) -> float:
@@ -112,12 +115,15 @@ def cross_validate(
     amp: bool = False,
     patience: int = 0,
     fused: bool | None = None,
+    result: CVResult | None = None,
 ) -> CVResult:
     """Train one model per stratified fold of `pool` (the training split only), in lockstep.
 
     `patience` > 0 stops when the mean validation loss has not improved for that many epochs
     (the report's early stopping); studies with a pruner leave it at 0 and prune instead.
     `fused`: train the folds in one vmapped step (None: on CUDA only; see `use_fused`).
+    `result`: a CVResult to fill in place, so the caller reaches fold 0's model while the folds train
+    (the objective draws it when the trial is pruned).
     """
     set_seed(cfg.seed)
     x_all = to_float(pool.x, device)
@@ -129,7 +135,10 @@ def cross_validate(
         models.append(build_model(cfg).to(device))
     backend = (_FusedFolds if use_fused(cfg, device, fused) else _SequentialFolds)(
         models, cfg, device, x_all, train_idx, amp=amp)
-    result = CVResult(model=models[0], sample=val_x[0][:16], fused=isinstance(backend, _FusedFolds))
+    # Filled in place when the caller passes one: it reaches fold 0's model while the folds train.
+    result = result if result is not None else CVResult()
+    result.model, result.sample, result.fused = models[0], val_x[0][:16], isinstance(backend, _FusedFolds)
+    result.current_state = lambda: backend.state(0)
     best_state = _run_epochs(backend, cfg, val_x, sum(idx.numel() for idx in train_idx), device, result,
                              on_epoch=on_epoch, patience=patience)
     if best_state is not None:
