@@ -24,7 +24,7 @@ import aeopt
 
 SRC = Path(aeopt.__file__).resolve().parent
 PACKAGES = ("config", "training", "stages", "search", "report", "cli")
-LEAVES = {"errors": set(), "files": set(), "progress": set(), "threads": set(), "figures": {"files"}}
+LEAVES = {"errors": set(), "files": {"errors"}, "progress": set(), "threads": set(), "figures": {"files"}}
 ENTRY_POINTS = {"aeopt", "aeopt.__main__"}
 OPTUNA = {"optuna", "optuna_dashboard"}
 OPTUNA_HOMES = {"search", "cli"}
