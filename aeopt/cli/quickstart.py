@@ -25,7 +25,11 @@ TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", min=1,
     help="Wall-clock budget in seconds: the running trial stops at its next epoch's end, then the summary "
          "and the export of the best so far. Exits 0.")]
-OutOpt = Annotated[str, typer.Option("--out", "-o", help="Folder for the exported best config.")]
+OutOpt = Annotated[str, typer.Option("--out", "-o",
+                                     help="Folder for the exported best config and its refit.")]
+RefitOpt = Annotated[bool, typer.Option(
+    "--refit/--no-refit",
+    help="End by refitting the best config on the search's images and testing it once (OUT/refit).")]
 
 
 def quickstart(
@@ -38,6 +42,7 @@ def quickstart(
     device: DeviceOpt = None,
     out: OutOpt = "quickstart",
     timeout: TimeoutOpt = None,
+    refit: RefitOpt = True,
 ) -> None:
     """Run a small pruned, cross-validated study end to end and export the best config.
 
@@ -51,7 +56,8 @@ def quickstart(
     """
     opened = open_storage(storage)
     res = run_quickstart(opened, n_trials=n_trials, train_subset=train_subset, max_epochs=max_epochs,
-                         workers=workers, data_dir=data_dir, device=device, out=out, timeout=timeout)
+                         workers=workers, data_dir=data_dir, device=device, out=out, timeout=timeout,
+                         refit=refit)
     if res.stopped_because:
         typer.echo(f"{res.stopped_because}; what finished:")
     typer.echo(summary_table(res.study))
@@ -63,6 +69,10 @@ def quickstart(
     else:
         typer.echo(f"best config: {res.best_path}  (retrain it: aeopt train {res.best_path}"
                    + (f" --data-dir {data_dir}" if data_dir else "") + ")")
+    data_flag = f" --data-dir {data_dir}" if data_dir else ""
+    if res.refit_path is not None:
+        typer.echo(f"refit:       {res.refit_headline}  ({res.refit_path}; on the full training split: "
+                   f"aeopt refit --study {res.study.study_name}{storage_flag}{data_flag})")
     typer.echo(f"dashboard:   aeopt dashboard{storage_flag}   then open http://127.0.0.1:8080")
     typer.echo(f"report:      aeopt report --study {res.study.study_name}{storage_flag} -o report")
     if opened.kind == "sqlite":

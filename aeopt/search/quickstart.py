@@ -24,6 +24,7 @@ from aeopt.search.dashboard import write_study_note
 from aeopt.search.export import export_best, write_export
 from aeopt.search.launch import launch
 from aeopt.search.records import StudyCounts, TrialRecord
+from aeopt.search.refit import refit_study
 from aeopt.search.storage import Storage
 from aeopt.search.studies import create_study, default_artifact_dir, load_study
 from aeopt.search.worker import StopSignal, run_worker
@@ -81,18 +82,20 @@ class QuickstartResult:
     stopped_because: str = ""
     signal: int | None = None  # the signal that stopped the run, if one did
 
-    # The lead wires `aeopt refit` here: the exported best config trained on the full training
-    # split, tested once; its checkpoint path joins the result and the printed next steps.
+    # The refit of the best config (search/refit.py) on the images the search used, tested once:
+    # the model the quickstart ends with. None when it was skipped or nothing completed.
     refit_path: Path | None = None
+    refit_headline: str = ""
 
 
 def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials: int = QUICKSTART_TRIALS,
                    train_subset: int = QUICKSTART_SUBSET, max_epochs: int = QUICKSTART_EPOCHS,
                    workers: int = 1,
                    data_dir: str | None = None, device: str | None = None,
-                   out: str | Path = "quickstart", timeout: float | None = None) -> QuickstartResult:
+                   out: str | Path = "quickstart", timeout: float | None = None,
+                   refit: bool = True) -> QuickstartResult:
     """Create (or continue) the quickstart study, run it to `n_trials` (or until `timeout` seconds or a
-    stop signal), export the best config."""
+    stop signal), export the best config and, with `refit`, refit it and test it once."""
     dataset = pick_dataset(data_dir)
     subset = train_subset if dataset in ("fashion_mnist", "mnist") else None
     spec = quickstart_spec(dataset, subset, max_epochs)
@@ -109,7 +112,15 @@ def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials
         write_export(export_best(study, spec), best_path)
     else:
         best_path = None
-    return QuickstartResult(study, spec, best_path, stopped_because, signum)
+    result = QuickstartResult(study, spec, best_path, stopped_because, signum)
+    if refit and best_path is not None and signum is None and not stopped_because:
+        # On the search's own images (the subset), so that the quickstart stays minutes long; the
+        # printed next step refits on the full training split.
+        keep = [f"data.train_subset={subset}"] if subset is not None else []
+        done = refit_study(storage, study_name, Path(out) / "refit", keep, data_dir=data_dir, device=device,
+                           show_progress=False)
+        result.refit_path, result.refit_headline = done.checkpoint, done.record["summary"]
+    return result
 
 
 def _run_trials(storage: Storage, study_name: str, *, n_trials: int, workers: int, device: str | None,

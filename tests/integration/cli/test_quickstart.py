@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -40,6 +41,13 @@ def test_quickstart_on_digits_two_trials(tmp_path):
     # The summary the README shows, and where to go next.
     assert r.stdout.startswith(f"2 trials: {counts.complete} complete, {counts.pruned} pruned, 0 failed\n")
     assert f"best config: {best}  (retrain it: aeopt train {best} --data-dir {empty})" in r.stdout
+    # It ends with the refit of the best config, tested once (search/refit.py), on the search's images.
+    refit = tmp_path / "qs" / "refit"
+    assert (refit / "checkpoint.pt").is_file() and (refit / "refit.json").is_file()
+    record = json.loads((refit / "refit.json").read_text())
+    assert record["trial"] == study.best_trial.number and record["test_mse"] > 0
+    assert (f"refit:       {record['summary']}  ({refit / 'checkpoint.pt'}; on the full training split: "
+            f"aeopt refit --study quickstart --storage URL --data-dir {empty})") in r.stdout
     assert "dashboard:   aeopt dashboard --storage URL" in r.stdout
     assert f"storage:     {url}" in r.stdout
     # The study keeps its artifacts beside the database; the best trial uploaded its checkpoint.
