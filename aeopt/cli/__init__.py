@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
-    _register(argv)
     try:
         # SIGTERM (a scheduler, `docker stop`, `aeopt launch` stopping its workers) stops a command as
         # Ctrl-C does: cleanly, with exit code 143. Not possible outside the main thread (tests).
@@ -157,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], debug: bool) -> int:
     try:
+        # Inside the try: a Ctrl-C during the seconds of imports is a clean stop too.
+        _register(argv)
         # Standalone mode: typer reports usage errors itself (exit 2) and raises SystemExit.
         app(args=argv, prog_name="aeopt")
     except SystemExit as exc:
