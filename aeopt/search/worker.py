@@ -285,8 +285,11 @@ def _lost_while_running(study: optuna.Study, number: int | None) -> bool:
     if trial is None or trial.state != TrialState.FAIL:
         return False
     reason = TrialRecord.of(trial).fail_reason or ""
-    if not reason.startswith(LOST_REASON):
+    # No reason at all: Optuna's own stale check (inside another worker's `study.optimize`) failed it
+    # without one; nothing else fails a trial this worker is running.
+    if reason and not reason.startswith(LOST_REASON):
         return False
+    reason = reason or "failed as stale by Optuna's heartbeat check"
     # A process stalled (swapping, a paused machine) or a storage outage longer than the grace period.
     log.warning("trial %d was failed by another worker while this one ran it (%s): its result is "
                 "dropped and its re-queued copy runs instead; consider a longer AEOPT_GRACE_PERIOD",

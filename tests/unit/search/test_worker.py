@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from aeopt.config import StudySpec
 from aeopt.search.objective import SurplusTrialError, check_surplus
 from aeopt.search.records import StudyCounts
-from aeopt.search.worker import Step, next_step, run_trials, study_target, trial_line
+from aeopt.search.worker import Step, _lost_while_running, next_step, run_trials, study_target, trial_line
 from aeopt.training.engine import NonFiniteLossError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,3 +112,17 @@ def test_trial_lines():
                                        user_attrs={"fail_reason": "OutOfMemoryError: x"})
     failed.number = 4
     assert trial_line(failed) == "trial 4 fail: OutOfMemoryError: x"
+
+
+@pytest.mark.parametrize(("reason", "lost"), [(None, True), ("worker lost: no heartbeat for 60 s", True),
+                                              ("NonFiniteLossError: loss is nan", False)])
+def test_a_trial_failed_under_a_running_worker_is_lost_only_when_failed_as_stale(reason, lost):
+    # Optuna's own stale check fails a trial with no reason; aeopt's names the lost worker. Any other
+    # reason is this worker's own failure, not a trial someone took from it.
+    study = optuna.create_study()
+    trial = study.ask()
+    if reason is not None:
+        trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+    assert _lost_while_running(study, trial.number) is lost
+    assert _lost_while_running(study, trial.number + 1) is False
