@@ -21,12 +21,14 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-# 500 epochs with no pruner and no early stopping: a trial would run for many minutes.
+# 500 epochs with no pruner and no early stopping (patience 0: with no pruner a trial would otherwise
+# stop early, and on an idle machine finish inside the budget): a trial runs for minutes, on all 2,000
+# synthetic images so that an idle machine's epochs are not so fast that the deadline lands past 300.
 SPEC = {
     "name": "s",
     "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
-    "data": {"dataset": "synthetic", "train_subset": 300},
-    "budget": {"max_epochs": 500, "batch_size": 64},
+    "data": {"dataset": "synthetic"},
+    "budget": {"max_epochs": 500, "batch_size": 64, "patience": 0},
     "cv": {"folds": 2},
     "sampler": {"name": "random", "seed": 0},
     "pruner": {"name": "none"},
