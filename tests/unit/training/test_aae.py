@@ -40,7 +40,9 @@ def test_mmd_tells_the_prior_from_something_else():
 def _run(adv_weight: float) -> tuple[float, float]:
     cfg = RunConfig.model_validate({
         "model": {"kind": "aae", "c1": 8, "c2": 16, "c3": 16, "fc": 32, "latent_dim": 4, "disc_hidden": 32,
-                  "adv_weight": adv_weight, "disc_lr": 1e-3},
+                  # disc_lr 3e-3: at 1e-3 the MMD ratio sat at 0.51 on one CPU and under 0.5 on
+                  # another (float order); at 3e-3 it is 0.29, a margin that does not hang on rounding.
+                  "adv_weight": adv_weight, "disc_lr": 3e-3},
         "data": {"dataset": "digits"}, "budget": {"max_epochs": 12, "batch_size": 64, "patience": 0},
         "optim": {"lr": 3e-3}})
     data = prepare(cfg.data)
