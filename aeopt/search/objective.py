@@ -38,6 +38,7 @@ from aeopt.progress import duration_text, ticker
 from aeopt.search.artifacts import upload_pruned_artifacts, upload_trial_artifacts
 from aeopt.search.records import StudyCounts, TrialRecord, best_trial
 from aeopt.search.space import suggest
+from aeopt.search.stopping import raise_if_stop_requested
 from aeopt.search.storage import Storage
 from aeopt.training.cv import CVResult, cross_validate
 from aeopt.training.data import training_pool
@@ -73,39 +74,6 @@ class ObjectiveFactory(Protocol):
 
 class SurplusTrialError(RuntimeError):
     """Two workers asked for the last trial at once: this one is over the study's target."""
-
-
-class StopSignal(KeyboardInterrupt):
-    """SIGTERM or SIGINT: stop the current trial (FAIL, "stopped by signal N") and the worker."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-# Signals received by this process's worker. Raising from a signal handler is not enough: Python
-# swallows an exception raised inside a weakref callback or __del__ ("Exception ignored in ..."),
-# so the stop is also remembered here and raised again at the next epoch and before the next trial.
-_stop_requests: list[int] = []
-
-
-def note_stop(signum: int) -> None:
-    """Remember a stop without raising (where Python would swallow the exception and print it)."""
-    _stop_requests.append(signum)
-
-
-def request_stop(signum: int) -> None:
-    note_stop(signum)
-    raise StopSignal(signum)
-
-
-def raise_if_stop_requested() -> None:
-    if _stop_requests:
-        raise StopSignal(_stop_requests[0])
-
-
-def clear_stop_requests() -> None:
-    _stop_requests.clear()
 
 
 class DeadlineError(RuntimeError):

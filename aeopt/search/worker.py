@@ -36,17 +36,18 @@ from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
 from aeopt.search.objective import (
     DEADLINE_REASON,
     TRIAL_ERRORS,
-    StopSignal,
     SurplusTrialError,
-    clear_stop_requests,
     fail_reason,
-    note_stop,
-    raise_if_stop_requested,
-    request_stop,
 )
 from aeopt.search.records import StudyCounts, TrialRecord, best_value_text
 from aeopt.search.samplers import build_pruner, build_sampler
 from aeopt.search.space import grid_size
+from aeopt.search.stopping import (
+    StopSignal,
+    clear_stop_requests,
+    install_stop_handlers,
+    raise_if_stop_requested,
+)
 from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study
 from aeopt.search.tasks import make_objective
@@ -123,27 +124,6 @@ class WorkerSummary:
         return StudyCounts.of(self.trials)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    # Inside a weakref callback or __del__ an exception is printed ("Exception ignored", with a
-    # traceback) and dropped: there the stop is only noted, and raised at the next epoch or trial.
-    code = getattr(frame, "f_code", None)
-    if code is not None and (code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
-                             or code.co_name == "__del__"):
-        note_stop(signum)
-        return
-    request_stop(signum)
-
-
-def _stop_on_sigterm() -> None:
-    # SIGTERM (from `aeopt launch`, a scheduler, or docker stop) ends the current trial as FAIL
-    # and stops the worker cleanly, like Ctrl-C.
-    try:
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-    except ValueError:  # not the main thread (tests calling run_worker from a thread)
-        pass
-
-
 def study_target(spec: SearchSpec, n_trials: int | None) -> int | None:
     """The study-wide target: `n_trials`, capped by the grid's size for the grid sampler."""
     if spec.sampler.name == "grid":
@@ -176,7 +156,7 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     clear_stop_requests()  # a stop from an earlier run in this process (tests) is not this one's
-    _stop_on_sigterm()
+    install_stop_handlers()
     limits = FailureLimits.from_env(max_consecutive_failures, max_failed_trials)
     study, spec = load_study(storage, study_name)
     # A dead worker's trial first: failed and re-queued before this worker asks for anything.
@@ -198,6 +178,7 @@ def run_worker(
             summary.stopped_because = run_trials(
                 study, objective, target=target, heartbeat=heartbeat, timeout=remaining,
                 poll_seconds=poll_seconds, callbacks=[_TrialLines(summary, bar, target)], limits=limits)
+            raise_if_stop_requested()  # a stop noted during the last trial's final storage writes
     except StopSignal as stop:
         summary.stopped_because = f"stopped by signal {signal.Signals(stop.signum).name}"
         log.warning("worker %d stopped: %s (%s)", worker_index, summary.counts.text(),
