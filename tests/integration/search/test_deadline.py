@@ -60,15 +60,21 @@ def _stopped_at_deadline(url: str, name: str, budget: float) -> list[optuna.tria
     return stopped
 
 
-def test_worker_timeout_stops_the_running_trial(tmp_path):
-    url = _study(tmp_path)
+def _within_budget(budget: int, *args: str, **kwargs):
+    """Run `aeopt *args --timeout budget`: it exits 0, cleanly, within the budget and its margin."""
     start = time.monotonic()
-    r = run_cli("worker", "--study", "s", "--storage", url, "--n-trials", "3", "--timeout", "12",
-                "--device", "cpu", cwd=tmp_path, timeout=400)
+    r = run_cli(*args, "--timeout", str(budget), timeout=400, **kwargs)
     took = time.monotonic() - start
     assert r.returncode == 0, r.stderr
-    assert took < 12 + COMMAND_MARGIN, f"took {took:.0f} s for a 12 s budget"
+    assert took < budget + COMMAND_MARGIN, f"took {took:.0f} s for a {budget} s budget"
     assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def test_worker_timeout_stops_the_running_trial(tmp_path):
+    url = _study(tmp_path)
+    r = _within_budget(12, "worker", "--study", "s", "--storage", url, "--n-trials", "3", "--device", "cpu",
+                       cwd=tmp_path)
     assert "the time budget of 12 s ran out" in r.stdout
     stopped = _stopped_at_deadline(url, "s", 12)
     assert len(stopped) == 1  # the one trial that was running; no trial after it
@@ -77,13 +83,9 @@ def test_worker_timeout_stops_the_running_trial(tmp_path):
 
 def test_launch_timeout_ends_every_worker_in_time(tmp_path):
     url = _study(tmp_path)
-    start = time.monotonic()
     # 40 s: room for both workers to start (import torch, load the data) on a busy machine.
-    r = run_cli("launch", "--study", "s", "--storage", url, "--workers", "2", "--n-trials", "4",
-                "--timeout", "40", cwd=tmp_path, timeout=400)
-    took = time.monotonic() - start
-    assert r.returncode == 0, r.stderr
-    assert took < 40 + COMMAND_MARGIN, f"took {took:.0f} s for a 40 s budget"
+    r = _within_budget(40, "launch", "--study", "s", "--storage", url, "--workers", "2", "--n-trials", "4",
+                       cwd=tmp_path)
     assert "the time budget of 40 s ran out" in r.stderr
     stopped = _stopped_at_deadline(url, "s", 40)
     trials = optuna.load_study(study_name="s", storage=open_storage(url).optuna).get_trials()
@@ -100,14 +102,9 @@ def test_quickstart_timeout_summarizes_what_finished(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "AEOPT_DATA_DIR"}
     empty = tmp_path / "no-data"
     empty.mkdir()
-    start = time.monotonic()
-    r = run_cli("quickstart", "--n-trials", "5", "--max-epochs", "300", "--timeout", "15", "--storage", url,
-                "--data-dir", str(empty), "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path,
-                env=env, timeout=400)
-    took = time.monotonic() - start
-    assert r.returncode == 0, r.stderr
-    assert took < 15 + COMMAND_MARGIN, f"took {took:.0f} s for a 15 s budget"
-    assert "Traceback" not in r.stderr, r.stderr
+    r = _within_budget(15, "quickstart", "--n-trials", "5", "--max-epochs", "300", "--storage", url,
+                       "--data-dir", str(empty), "--device", "cpu", "--out", str(tmp_path / "qs"),
+                       cwd=tmp_path, env=env)
     assert r.stdout.startswith("the time budget of 15 s ran out; what finished:\n"
                                "1 trials: 0 complete, 1 pruned, 0 failed\n")
     assert "best config: none yet (no trial completed)" in r.stdout
