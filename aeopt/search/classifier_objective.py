@@ -11,7 +11,6 @@ first fold's curve. The test split is never touched by a study.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import statistics
@@ -21,9 +20,16 @@ import optuna
 import torch
 
 from aeopt.config import ClassifierStudySpec, FinetuneRun
-from aeopt.search.objective import TRIAL_ERRORS, check_surplus, fail_reason
+from aeopt.search.objective import (
+    TRIAL_ERRORS,
+    DeadlineError,
+    check_surplus,
+    fail_reason,
+    stop_at_deadline,
+)
 from aeopt.search.records import TrialRecord
 from aeopt.search.space import suggest
+from aeopt.search.stopping import raise_if_stop_requested
 from aeopt.search.storage import Storage
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_folds
 from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
@@ -38,15 +44,27 @@ def _uses_pretrained(spec: ClassifierStudySpec, base: FinetuneRun) -> bool:
     return base.finetune.init == "pretrained" or "finetune.init" in spec.space
 
 
-def _prune_on_first_fold(trial: optuna.Trial, fold: int, epoch: int, val_acc: float, val_loss: float) -> None:
-    """The per-epoch hook of the k-fold loop: fail on a diverged run; report and prune on fold 0."""
-    if not math.isfinite(val_loss):
-        raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch} of fold {fold}")
-    # Pruning watches the first fold's learning curve; later folds run to the end.
-    if fold == 0:
-        trial.report(1.0 - val_acc, epoch)
-        if trial.should_prune():
-            TrialRecord(epochs=epoch).write(trial, "epochs")
+class _FoldHook:
+    """The per-epoch hook of the k-fold loop: fail on a diverged run; report and prune on fold 0;
+    stop at the worker's deadline after any fold's epoch (as the autoencoder objective does)."""
+
+    def __init__(self, trial: optuna.Trial, deadline: float | None):
+        self.trial, self.deadline = trial, deadline
+        self.reported: int | None = None  # the last epoch reported (fold 0's curve)
+
+    def __call__(self, fold: int, epoch: int, val_acc: float, val_loss: float) -> None:
+        raise_if_stop_requested()
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch} of fold {fold}")
+        # Pruning watches the first fold's learning curve; later folds run to the end.
+        if fold == 0:
+            self.trial.report(1.0 - val_acc, epoch)
+            self.reported = epoch
+        # A later fold's epoch can cross the deadline too: the trial stops there, pruned at the
+        # last epoch it reported (fold 0's), so `--timeout` holds inside a trial of any length.
+        stop_at_deadline(self.trial, self.deadline, self.reported)
+        if fold == 0 and self.trial.should_prune():
+            TrialRecord(epochs=epoch).write(self.trial, "epochs")
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (validation accuracy {val_acc:.4f})")
 
 
@@ -64,6 +82,7 @@ class ClassifierObjective:
         self.device = resolve_device(device)
         self.amp = amp
         self.target_trials = target_trials
+        self.deadline: float | None = None  # set by the worker from its --timeout
         base = spec.run_config({})
         data = prepare(base.data, data_dir)
         # The labelled pool: the training split only (the autoencoder's train + validation parts).
@@ -100,16 +119,18 @@ class ClassifierObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         check_surplus(trial, self.target_trials)  # the same study-wide target rule as autoencoder studies
+        stop_at_deadline(trial, self.deadline, None)
         cfg: FinetuneRun = self.spec.run_config(suggest(trial, self.spec.space))
         TrialRecord.started(self.device).write(trial)
         start = time.perf_counter()
         try:
-            hook = functools.partial(_prune_on_first_fold, trial)
+            hook = _FoldHook(trial, self.deadline)
             cv = self.spec.cv
             folds = finetune_folds(self._setup(cfg), self._labelled(cfg), cv.folds, cv.seed, on_epoch=hook,
                                    keep_models=False)
         except TRIAL_ERRORS as exc:
-            TrialRecord(fail_reason=fail_reason(exc)).write(trial)
+            if not isinstance(exc, DeadlineError):  # stop_at_deadline wrote its own reason
+                TrialRecord(fail_reason=fail_reason(exc)).write(trial)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import optuna
 import pytest
@@ -13,7 +14,8 @@ from optuna.trial import TrialState
 
 from aeopt.config import ClassifierStudySpec, RunConfig, load_study_spec
 from aeopt.errors import ConfigError
-from aeopt.search.classifier_objective import ClassifierObjective
+from aeopt.search.classifier_objective import ClassifierObjective, _FoldHook
+from aeopt.search.objective import DEADLINE_REASON, STOPPED_BY, DeadlineError
 from aeopt.search.records import TrialRecord
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import load_study
@@ -122,3 +124,34 @@ def test_a_diverged_autoencoder_fails_the_trial_with_its_reason(tmp_path):
     trial = study.trials[0]
     assert trial.state == TrialState.FAIL
     assert TrialRecord.of(trial).fail_reason.startswith("NonFiniteLossError: classifier training loss is nan")
+
+
+def test_the_deadline_stops_a_classifier_trial_at_an_epoch_end(tmp_path):
+    # 200 epochs a fold cannot finish in 3 s: the trial stops at the first epoch end past the deadline,
+    # pruned where it got to and marked, as autoencoder trials are (aeopt.search.objective).
+    ft = {"max_epochs": 200, "patience": 0, "min_steps_per_epoch": 5, "batch_size": 64}
+    objective = ClassifierObjective(_spec(finetune=ft), device="cpu")
+    objective.deadline = time.monotonic() + 3.0
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs[STOPPED_BY] == DEADLINE_REASON
+    assert 1 <= trial.last_step < 200
+    # A deadline already past when a trial starts fails it with that reason, before any training.
+    study.optimize(objective, n_trials=1, catch=(DeadlineError,))
+    assert study.trials[1].state == TrialState.FAIL
+    assert study.trials[1].user_attrs["fail_reason"] == DEADLINE_REASON
+
+
+def test_a_later_folds_epoch_past_the_deadline_stops_the_trial():
+    # The hook after fold 1's epoch (fold 0 finished, reported up to epoch 2): pruned at epoch 2.
+    study = optuna.create_study()
+    trial = study.ask()
+    hook = _FoldHook(trial, deadline=None)
+    hook(0, 1, 0.5, 1.0)
+    hook(0, 2, 0.6, 0.9)
+    hook(1, 1, 0.5, 1.0)  # no deadline: nothing happens
+    hook.deadline = time.monotonic() - 1.0
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        hook(1, 2, 0.6, 0.9)
+    assert trial.user_attrs[STOPPED_BY] == DEADLINE_REASON
