@@ -10,14 +10,30 @@ once, when it loads), which sets OMP_NUM_THREADS to the cores that are idle righ
 from /proc/stat over a tenth of a second; at least 1): every core on an idle machine, only the
 free ones beside busy processes.
 
-Whatever the user set (OMP_NUM_THREADS, or `--threads N`, which calls torch.set_num_threads
-later) wins.
+A choice made once goes stale: a study runs for hours, and other jobs come and go. So while a
+command trains, `tick()` (called once per training step; it costs a clock read) re-counts every
+2 seconds the cores this process could use (the idle ones plus those it used itself) and moves
+torch's thread count to that, within this process's cores and `AEOPT_MAX_THREADS` (`aeopt launch`
+sets it to each CPU worker's share). Measured (benchmarks/threads.py, BENCHMARKS.md): a trial beside
+busy processes, and one whose neighbours arrive after it started, stays within 10 % of the best
+fixed thread count for that load.
+
+Whatever the user set wins: OMP_NUM_THREADS (other than aeopt's own choice, which child processes
+inherit and re-make), or `--threads N` (`hold_threads`, or any torch.set_num_threads call: the
+governor stops at the first thread count it did not set itself).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
+
+log = logging.getLogger(__name__)
+
+AUTO_MARK = "AEOPT_AUTO_THREADS"  # the OMP_NUM_THREADS aeopt chose (not the user): children re-choose
+MAX_THREADS = "AEOPT_MAX_THREADS"  # a cap on the thread count (aeopt launch: each CPU worker's share)
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -52,9 +68,19 @@ def idle_cores(sample_seconds: float = 0.1) -> float | None:
     return idle_share * (os.cpu_count() or 1)
 
 
-def default_threads(sample_seconds: float = 0.1) -> int:
-    """One thread per core that is idle now, within this process's cores; at least one."""
+def thread_cap(env: dict[str, str] | None = None) -> int:
+    """The most threads this process may use: its cores, and AEOPT_MAX_THREADS where set."""
+    env = os.environ if env is None else env
     cores = usable_cores()
+    try:
+        return max(1, min(cores, int(env.get(MAX_THREADS, cores))))
+    except ValueError:
+        return cores
+
+
+def default_threads(sample_seconds: float = 0.1, env: dict[str, str] | None = None) -> int:
+    """One thread per core that is idle now, within this process's cores (and cap); at least one."""
+    cores = thread_cap(env)
     idle = idle_cores(sample_seconds)
     if idle is None:
         return cores
@@ -64,11 +90,96 @@ def default_threads(sample_seconds: float = 0.1) -> int:
 
 
 def apply_process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Set OMP_NUM_THREADS in `env` (default: this process's environment) unless already set;
-    call before torch is imported. Returns what was set."""
+    """Set OMP_NUM_THREADS in `env` (default: this process's environment) unless the user set it;
+    call before torch is imported. Returns what was set. For this process's own environment it
+    also turns the governor on (`tick`)."""
+    own = env is None
     env = os.environ if env is None else env
     chosen: dict[str, str] = {}
-    if "OMP_NUM_THREADS" not in env:
-        chosen["OMP_NUM_THREADS"] = str(default_threads())
+    mine = env.get(AUTO_MARK)
+    if "OMP_NUM_THREADS" not in env or (mine is not None and env["OMP_NUM_THREADS"] == mine):
+        n = str(default_threads(env=env))
+        chosen = {"OMP_NUM_THREADS": n, AUTO_MARK: n}
     env.update(chosen)
+    if own:
+        GOVERNOR.active = bool(chosen)
     return chosen
+
+
+def hold_threads(n: int) -> None:
+    """The user's thread count (`--threads N`): set it and stop the governor."""
+    import torch  # noqa: PLC0415 (torch loads after apply_process_defaults, by design)
+
+    GOVERNOR.active = False
+    torch.set_num_threads(n)
+
+
+class ThreadGovernor:
+    """Moves torch's thread count to the cores this process can use now (see the module docstring).
+
+    Cores usable now = idle cores + the cores this process itself kept busy, both over the last
+    interval: beside one busy process on 2 cores, a 2-thread run keeps about 1.3 cores busy (its
+    share, spinning included) and leaves none idle, so it drops to 1 thread; when the neighbour
+    leaves, the 1-thread run sees a whole idle core beside its own and goes back to 2.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        self.interval = interval
+        self.active = False
+        self._due = 0.0
+        self._last: tuple[float, float, tuple[int, int]] | None = None  # (wall, own CPU s, /proc/stat)
+        self._set: int | None = None  # the thread count the governor last set (or found)
+
+    def tick(self) -> None:
+        """Cheap unless `interval` has passed since the last look: then `adjust()`."""
+        if not self.active:
+            return
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.interval
+        self.adjust()
+
+    def usable_now(self) -> float | None:
+        """Cores this process could have used since the last call (None on the first call)."""
+        stat = _cpu_times()
+        if stat is None:
+            return None
+        times = os.times()
+        sample = (time.monotonic(), times.user + times.system, stat)
+        last, self._last = self._last, sample
+        if last is None or sample[2][1] <= last[2][1] or sample[0] <= last[0]:
+            return None
+        idle = (sample[2][0] - last[2][0]) / (sample[2][1] - last[2][1]) * (os.cpu_count() or 1)
+        own = (sample[1] - last[1]) / (sample[0] - last[0])
+        return idle + own
+
+    def adjust(self) -> int | None:
+        """Set torch's thread count for the cores usable now; returns it (None: left alone)."""
+        torch = sys.modules.get("torch")
+        if torch is None or not self.active:
+            return None
+        current = torch.get_num_threads()
+        if self._set is not None and current != self._set:
+            self.active = False  # someone else chose a thread count: theirs wins
+            log.debug("thread count set elsewhere (%d): the governor stops", current)
+            return None
+        usable = self.usable_now()
+        self._set = current
+        if usable is None:
+            return None
+        # Round half up, as default_threads: a core 60 % free is worth a thread.
+        want = max(1, min(thread_cap(), int(usable + 0.5)))
+        if want != current:
+            torch.set_num_threads(want)
+            self._set = want
+            log.debug("torch threads %d -> %d (%.2f cores usable)", current, want, usable)
+        return self._set
+
+
+GOVERNOR = ThreadGovernor()
+
+
+def tick() -> None:
+    """Called once per training step by aeopt's training loops (aeopt.training)."""
+    GOVERNOR.tick()

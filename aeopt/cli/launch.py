@@ -7,10 +7,14 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, StorageOpt, StudyOpt
+from aeopt.errors import AeoptError
 from aeopt.search.launch import launch as run
 from aeopt.search.storage import open_storage
 
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes to start.")]
+WorkersOpt = Annotated[str, typer.Option(
+    "--workers", "-w",
+    help="Worker processes to start, or auto: one per idle core on CPU, up to 4 per GPU (by free memory "
+         "and cores).")]
 DevicesOpt = Annotated[str | None, typer.Option(
     "--devices",
     help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it).")]
@@ -25,7 +29,7 @@ LogDirOpt = Annotated[str | None, typer.Option("--log-dir", help="Worker logs (d
 
 def launch(
     study: StudyOpt,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = "2",
     devices: DevicesOpt = None,
     n_trials: NTrialsOpt = None,
     timeout: TimeoutOpt = None,
@@ -36,14 +40,19 @@ def launch(
 ) -> None:
     """Start several workers on this machine and show the study's progress live.
 
-    CPU threads are divided among CPU workers. Every CUDA device named must exist here (checked
-    before any worker starts). Ctrl-C or SIGTERM stops all workers (their running trials end as
-    failed) and exits 130 or 143; otherwise the exit code is non-zero if any worker failed. Worker
-    logs go to logs/STUDY/ (the name made a safe folder name) unless --log-dir says otherwise.
+    CPU threads are divided among CPU workers, each following the cores free now. Every CUDA device
+    named must exist here (checked before any worker starts). Ctrl-C or SIGTERM stops all workers
+    (their running trials end as failed) and exits 130 or 143; otherwise the exit code is non-zero if
+    any worker failed. Worker logs go to logs/STUDY/ (the name made a safe folder name) unless
+    --log-dir says otherwise.
 
     Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100
+    (--workers auto: one per idle core on CPU; per GPU, up to 4 as free memory and cores allow)
     """
-    code = run(open_storage(storage, create=False), study, workers, devices=devices, n_trials=n_trials,
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise AeoptError(f"--workers {workers}: give a number of workers (at least 1) or auto")
+    count = workers if workers == "auto" else int(workers)
+    code = run(open_storage(storage, create=False), study, count, devices=devices, n_trials=n_trials,
                timeout=timeout, data_dir=data_dir, log_dir=log_dir, amp=amp)
     raise typer.Exit(code)
 

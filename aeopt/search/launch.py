@@ -3,6 +3,18 @@
 Workers are separate processes (not threads): each has its own CUDA context and Python GIL, and
 one crashing cannot take the others down. Each runs in its own session so Ctrl-C reaches them
 exactly once, through this process, which forwards it as SIGTERM.
+
+`--workers auto` (`plan_workers`), the rule and what backs it:
+- CPU: one single-threaded worker per core idle at launch. On the 2-core machine two 1-thread workers
+  finished 1.25x the trials of one 2-thread worker (BENCHMARKS.md, "Workers on one machine"), and a
+  thread that shares its core with another process stalls every parallel region (aeopt/threads.py);
+  each CPU worker may grow to its share of the cores (AEOPT_MAX_THREADS) when others are idle.
+- GPU: per GPU, as many workers as fit three bounds: GPU_WORKERS (small models are bound by kernel
+  launches from one Python thread, so a second and third worker fill the gaps one leaves; the issue's
+  H100 study: 6 unfused workers kept SMs 52 % busy), one CPU core per worker (each launches its own
+  kernels), and WORKER_GPU_BYTES of free GPU memory per worker (CUDA context, data, fused fold models).
+  GPU_WORKERS and WORKER_GPU_BYTES are provisional until benchmarks/gpu_suite.sh measures SM
+  utilization and memory per worker on an H100 (1 against N workers).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from aeopt.progress import interactive, progress
 from aeopt.search.records import StudyCounts, best_value_text
 from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study, path_safe
+from aeopt.threads import MAX_THREADS, default_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +86,68 @@ def log_folder(study_name: str) -> Path:
     return Path("logs") / path_safe(study_name)
 
 
-def worker_command(study_name: str, index: int, device: str, *, threads: int, n_trials: int | None,
+GPU_WORKERS = 4  # most workers per GPU (see the module docstring)
+WORKER_GPU_BYTES = 2 << 30  # GPU memory set aside per worker
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    devices: list[str]  # one entry per worker
+    cpu_threads: int  # each CPU worker's most threads (AEOPT_MAX_THREADS)
+    why: str  # one line for the log
+
+
+def plan_workers(devices: list[str], *, cores: int, idle: int, gpu_free: dict[str, int] | None = None
+                 ) -> WorkerPlan:
+    """`--workers auto` on `devices` (as parse_devices returns them; a GPU named twice counts once):
+    CPU workers on idle cores, GPU workers by the bounds in the module docstring."""
+    unique = list(dict.fromkeys(devices))
+    gpus = [d for d in unique if d != "cpu"]
+    gpu_free = gpu_free or {}
+    assigned: list[str] = []
+    notes = []
+    if gpus:
+        per_core = max(1, cores // len(gpus))
+        for d in gpus:
+            by_memory = max(1, gpu_free.get(d, WORKER_GPU_BYTES) // WORKER_GPU_BYTES)
+            n = min(GPU_WORKERS, per_core, by_memory)
+            assigned += [d] * n
+            notes.append(f"{n} on {d}")
+    if "cpu" in unique:
+        # CPU workers on the cores the GPU workers leave idle (each GPU worker keeps one busy).
+        n = max(0 if gpus else 1, min(cores, idle) - len(assigned))
+        assigned += ["cpu"] * n
+        if n:
+            notes.append(f"{n} on cpu")
+    n_cpu = assigned.count("cpu")
+    threads = max(1, cores // max(1, n_cpu))
+    if n_cpu:
+        notes.append(f"{threads} thread(s) each at most")
+    return WorkerPlan(assigned, threads, f"--workers auto: {', '.join(notes)} ({cores} cores, {idle} idle)")
+
+
+def _gpu_free(devices: list[str]) -> dict[str, int]:
+    """Free bytes on each CUDA device named (torch imported only when there is one)."""
+    cuda = [d for d in dict.fromkeys(devices) if d != "cpu"]
+    if not cuda:
+        return {}
+    import torch  # noqa: PLC0415
+
+    return {d: torch.cuda.mem_get_info(torch.device(d))[0] for d in cuda}
+
+
+def auto_plan(devices: list[str]) -> WorkerPlan:
+    """`plan_workers` for this machine as it is now."""
+    return plan_workers(devices, cores=usable_cores(), idle=default_threads(0.5), gpu_free=_gpu_free(devices))
+
+
+def worker_command(study_name: str, index: int, device: str, *, threads: int | None, n_trials: int | None,
                    timeout: float | None, data_dir: str | None, amp: bool) -> list[str]:
-    """The argv of one worker process. It names no storage: that travels in the environment."""
+    """The argv of one worker process. It names no storage: that travels in the environment.
+    `threads`: a fixed thread count for a CPU worker (None: the worker's own, aeopt.threads)."""
     cmd = [sys.executable, "-m", "aeopt", "worker", "--study", study_name, "--worker-index", str(index),
            "--device", device]
-    if device == "cpu":
+    if device == "cpu" and threads:
         cmd += ["--threads", str(threads)]
     if n_trials:
         cmd += ["--n-trials", str(n_trials)]
@@ -94,7 +163,7 @@ def worker_command(study_name: str, index: int, device: str, *, threads: int, n_
 def launch(
     storage: Storage,
     study_name: str,
-    workers: int,
+    workers: int | str,
     *,
     devices: str | None = None,
     n_trials: int | None = None,
@@ -104,27 +173,37 @@ def launch(
     amp: bool = False,
     poll_seconds: float = 2.0,
 ) -> int:
-    """Start `workers` worker processes (devices round-robin), show progress, return an exit code."""
-    if workers < 1:
-        raise AeoptError("--workers must be at least 1")
+    """Start `workers` worker processes (devices round-robin; "auto": `plan_workers`), show progress,
+    return an exit code."""
     device_list = parse_devices(devices)
     check_devices(device_list, devices)
+    if workers == "auto":
+        plan = auto_plan(device_list)
+        log.info(plan.why)
+    else:
+        workers = int(workers)
+        if workers < 1:
+            raise AeoptError("--workers must be at least 1 (or auto)")
+        assigned = [device_list[i % len(device_list)] for i in range(workers)]
+        plan = WorkerPlan(assigned, max(1, usable_cores() // max(1, assigned.count("cpu"))), "")
+    assigned, workers = plan.devices, len(plan.devices)
     study, _ = load_study(storage, study_name)  # fail here, once, rather than in every worker
     if storage.single_machine and workers > 4:
         log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
                     "use PostgreSQL for more", workers, storage.kind)
-    assigned = [device_list[i % len(device_list)] for i in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
     log_dir = Path(log_dir) if log_dir else log_folder(study_name)
     log_dir.mkdir(parents=True, exist_ok=True)
     # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
     env.pop("AEOPT_DEADLINE", None)
+    # Each CPU worker picks its own thread count and follows the free cores (aeopt.threads), up to its
+    # share of the machine; a user's OMP_NUM_THREADS still fixes it.
+    env[MAX_THREADS] = str(plan.cpu_threads)
     if timeout:  # one deadline for all workers, counted from now, not from each one's start-up
         env["AEOPT_DEADLINE"] = f"{time.time() + timeout:.3f}"
     procs: list[WorkerProcess] = []
     for i, dev in enumerate(assigned):
-        cmd = worker_command(study_name, i, dev, threads=threads, n_trials=n_trials, timeout=timeout,
+        cmd = worker_command(study_name, i, dev, threads=None, n_trials=n_trials, timeout=timeout,
                              data_dir=data_dir, amp=amp)
         path = log_dir / f"worker-{i}.log"
         with open(path, "w") as fh:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aeopt import threads
 from aeopt.config import RunConfig
 from aeopt.errors import AeoptError
 from aeopt.training.data import add_noise
@@ -111,6 +112,7 @@ class Trainer:
         perm = torch.randperm(n, device=self.device, generator=self.generator)
         total = torch.zeros((), device=self.device)
         for start in range(0, n, bs):
+            threads.tick()  # follow the cores free now (aeopt.threads; a clock read when not due)
             target = x[perm[start : start + bs]]
             if not self.schedule.constant:
                 self._set_lr()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from aeopt import threads
 from aeopt.config import OptimConfig, RunConfig
 from aeopt.training.data import add_noise
 from aeopt.training.engine import EVAL_BATCH, NonFiniteLossError, noise_std
@@ -192,6 +193,7 @@ class FusedFolds:
         full = min(p.numel() for p in perms) // bs
         totals = torch.zeros(self.k, device=self.device)
         for s in range(full):
+            threads.tick()  # follow the cores free now (aeopt.threads)
             idx = torch.stack([p[s * bs:(s + 1) * bs] for p in perms])
             target = x[idx]
             x_in = torch.stack([self._inputs(target[i], g) for i, g in enumerate(self.generators)]) \

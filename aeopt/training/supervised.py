@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aeopt import threads
 from aeopt.config import CNNConfig, FinetuneConfig, SupervisedConfig
 from aeopt.training.engine import NonFiniteLossError, set_seed
 from aeopt.training.models import Autoencoder
@@ -265,6 +266,7 @@ class _EpochLoop:
             idx = order[s * self.batch : (s + 1) * self.batch]
             if idx.numel() == 0:
                 break
+            threads.tick()  # follow the cores free now (aeopt.threads)
             loss, hits = self._loss(idx)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

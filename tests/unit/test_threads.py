@@ -6,17 +6,27 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from aeopt import threads
 
 
 def test_defaults_fill_only_what_the_user_left_unset():
     env: dict[str, str] = {}
     chosen = threads.apply_process_defaults(env)
-    assert chosen == env and list(env) == ["OMP_NUM_THREADS"]
+    assert chosen == env and sorted(env) == ["AEOPT_AUTO_THREADS", "OMP_NUM_THREADS"]
     assert 1 <= int(env["OMP_NUM_THREADS"]) <= threads.usable_cores()
     mine = {"OMP_NUM_THREADS": "7"}
     assert threads.apply_process_defaults(mine) == {}
     assert mine == {"OMP_NUM_THREADS": "7"}
+    # aeopt's own choice, inherited by a child process (a launched worker): the child chooses again.
+    inherited = {"OMP_NUM_THREADS": "7", "AEOPT_AUTO_THREADS": "7"}
+    assert threads.apply_process_defaults(inherited)["OMP_NUM_THREADS"] != "7"
+
+
+def test_the_cap_bounds_the_choice():
+    assert threads.default_threads(0.05, env={"AEOPT_MAX_THREADS": "1"}) == 1
+    assert threads.thread_cap({"AEOPT_MAX_THREADS": "999"}) == threads.usable_cores()
 
 
 def test_idle_cores_is_a_share_of_the_machine():
@@ -44,3 +54,58 @@ def test_torch_in_a_child_takes_the_defaults():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     wanted, got = out.stdout.split()
     assert wanted == got
+
+
+# The governor in a child process that computes for a while beside a spinning process on every core:
+# started at every core, it must give cores back (fewer threads than cores) and stay on.
+GOVERNED = r"""
+import sys, time
+from aeopt import threads
+threads.apply_process_defaults()
+import torch
+threads.GOVERNOR.interval = 0.5
+torch.set_num_threads(threads.usable_cores()); threads.GOVERNOR._set = torch.get_num_threads()
+a = torch.randn(256, 256)
+seen = set()
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    a = (a @ a).tanh()
+    threads.tick()
+    seen.add(torch.get_num_threads())
+print(min(seen), max(seen), threads.GOVERNOR.active)
+"""
+
+
+def test_the_governor_gives_busy_cores_back():
+    cores = threads.usable_cores()
+    if cores < 2:
+        pytest.skip("one core: nothing to give back")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "AEOPT_MAX_THREADS")}
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        out = subprocess.run([sys.executable, "-c", GOVERNED, "4"], env=env, capture_output=True, text=True,
+                             check=True, timeout=120)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    low, high, active = out.stdout.split()
+    assert int(low) < cores and active == "True", out.stdout
+
+
+def test_a_thread_count_set_elsewhere_stops_the_governor():
+    # The governor set 2 threads; then something else sets 1 (a library, `--threads 1`): theirs wins.
+    code = ("from aeopt import threads; threads.apply_process_defaults(); import torch; "
+            "torch.set_num_threads(2); threads.GOVERNOR._set = 2; torch.set_num_threads(1); "
+            "threads.GOVERNOR.adjust(); print(threads.GOVERNOR.active, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "1"]
+
+
+def test_hold_threads_is_the_users_choice():
+    code = ("from aeopt import threads; threads.apply_process_defaults(); import torch; "
+            "threads.hold_threads(1); print(threads.GOVERNOR.active, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "1"]

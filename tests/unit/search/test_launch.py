@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aeopt.errors import AeoptError
-from aeopt.search.launch import parse_devices, worker_command
+from aeopt.search.launch import GPU_WORKERS, WORKER_GPU_BYTES, parse_devices, plan_workers, worker_command
 
 
 @pytest.mark.parametrize("given,devices", [
@@ -35,3 +35,31 @@ def test_worker_command_carries_the_options_and_never_the_storage():
     gpu = worker_command("s", 0, "cuda:1", threads=2, n_trials=None, timeout=None, data_dir=None, amp=False)
     assert "--threads" not in gpu and "--n-trials" not in gpu and "--amp" not in gpu
     assert not any("storage" in a for a in cmd + gpu)
+
+
+def test_a_worker_without_fixed_threads_chooses_its_own():
+    cmd = worker_command("s", 0, "cpu", threads=None, n_trials=None, timeout=None, data_dir=None, amp=False)
+    assert "--threads" not in cmd
+
+
+def test_auto_on_cpu_is_one_single_threaded_worker_per_idle_core():
+    plan = plan_workers(["cpu"], cores=2, idle=2)
+    assert plan.devices == ["cpu", "cpu"] and plan.cpu_threads == 1
+    busy = plan_workers(["cpu"], cores=2, idle=1)  # a core already taken: one worker, which may grow to 2
+    assert busy.devices == ["cpu"] and busy.cpu_threads == 2
+    assert plan_workers(["cpu"], cores=16, idle=0).devices == ["cpu"]  # never none
+    assert "2 on cpu" in plan.why
+
+
+def test_auto_on_gpus_is_bounded_by_cores_memory_and_the_per_gpu_cap():
+    gib = 1 << 30
+    free = {"cuda:0": 70 * gib, "cuda:1": 70 * gib}
+    roomy = plan_workers(["cuda:0", "cuda:1"], cores=16, idle=16, gpu_free=free)
+    assert roomy.devices == ["cuda:0"] * GPU_WORKERS + ["cuda:1"] * GPU_WORKERS
+    few_cores = plan_workers(["cuda:0"], cores=2, idle=2, gpu_free={"cuda:0": 70 * gib})
+    assert few_cores.devices == ["cuda:0", "cuda:0"]
+    little_memory = plan_workers(["cuda:0"], cores=16, idle=16, gpu_free={"cuda:0": WORKER_GPU_BYTES + gib})
+    assert little_memory.devices == ["cuda:0"]
+    # A GPU repeated in --devices is still one GPU; CPU workers take the cores the GPU workers leave.
+    mixed = plan_workers(["cuda:0", "cuda:0", "cpu"], cores=6, idle=6, gpu_free={"cuda:0": 70 * gib})
+    assert mixed.devices == ["cuda:0"] * 4 + ["cpu"] * 2 and mixed.cpu_threads == 3
