@@ -277,12 +277,13 @@ def summarize(target, clients, procs, results, sampler, wall, storage, name) -> 
             "load_avg_min_max": [min(sampler.loads, default=0), max(sampler.loads, default=0)]}
 
 
-def start_proxy(url: str, port: int) -> subprocess.Popen:
+def start_proxy(url: str, port: int, threads: int) -> subprocess.Popen:
     from aeopt.search.storage import open_storage
 
     env = {**os.environ, "AEOPT_STORAGE": url}
     log = tempfile.NamedTemporaryFile("w+", prefix="aeopt_proxy_", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "storage", "proxy", "--port", str(port),
+                             "--threads", str(threads)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     for _ in range(120):
         if proc.poll() is not None:
@@ -336,7 +337,7 @@ def print_row(r: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", default="32,128,256", help="comma-separated client counts")
-    p.add_argument("--targets", default="postgres,proxy", 
+    p.add_argument("--targets", default="postgres,proxy",
                    help="postgres (direct), proxy (aeopt storage proxy)")
     p.add_argument("--seconds", type=float, default=40.0, help="length of each point")
     p.add_argument("--epoch-seconds", type=float, default=2.0, help="simulated epoch period of a trial")
@@ -347,6 +348,8 @@ def main() -> None:
     p.add_argument("--db", help="use this existing database (kept) instead of a fresh one")
     p.add_argument("--proxies", type=int, default=1,
                    help="proxies to start on ports --port, --port+1, ...; clients spread round-robin")
+    p.add_argument("--proxy-threads", type=int, default=16,
+                   help="gRPC handler threads of each proxy (as many database connections)")
     p.add_argument("--proxy-url", help="use these running proxies (grpc://HOST:PORT,... on --db) instead")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
@@ -363,7 +366,7 @@ def main() -> None:
     try:
         for target in a.targets.split(","):
             if target == "proxy" and not a.proxy_url:
-                proxies = [start_proxy(url, a.port + k) for k in range(a.proxies)]
+                proxies = [start_proxy(url, a.port + k, a.proxy_threads) for k in range(a.proxies)]
             urls = [f"grpc://127.0.0.1:{a.port + k}" for k in range(a.proxies)]
             urls = [url] if target == "postgres" else a.proxy_url.split(",") if a.proxy_url else urls
             for n in (int(x) for x in a.clients.split(",")):

@@ -6,9 +6,9 @@ import logging
 from typing import Annotated
 
 import typer
-from optuna.storages import run_grpc_proxy_server
 
 from aeopt.cli.common import StorageOpt
+from aeopt.search.proxy import DEFAULT_THREADS, proxy_storage, serve
 from aeopt.search.storage import open_storage
 
 storage_app = typer.Typer(help="Storage helpers.", no_args_is_help=True)
@@ -21,6 +21,10 @@ def proxy(
     storage: StorageOpt = None,
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 13000,
+    threads: Annotated[int, typer.Option(
+        "--threads", min=1, max=64,
+        help="Requests served at once; the proxy holds as many database connections (+3 in a burst).")
+    ] = DEFAULT_THREADS,
 ) -> None:
     """Serve the storage over gRPC so hundreds of workers share a few database connections.
 
@@ -32,12 +36,10 @@ def proxy(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the gRPC proxy has no authentication; anyone who reaches this port can "
                     "read and change every study", host)
-    backend = open_storage(storage)
+    backend = open_storage(storage, pool_size=threads)
     log.info("gRPC storage proxy for %s on %s:%d (workers: --storage grpc://%s:%d)", backend.display, host,
              port, host, port)
-    # aeopt.search.proxy.serve (shared reads, measured faster) is not used yet: with it the killed-worker
-    # fault test through the proxy never saw the worker's first report (see BENCHMARKS.md, Storage load).
-    run_grpc_proxy_server(backend.optuna, host=host, port=port)
+    serve(proxy_storage(backend), host, port, threads)
 
 
 def register(app: typer.Typer) -> None:

@@ -99,7 +99,7 @@ def _file_path(url: str) -> Path | None:
     return None
 
 
-def _rdb(url: str) -> BaseStorage:
+def _rdb(url: str, pool_size: int = 2) -> BaseStorage:
     interval, grace = _heartbeat_settings()
     engine_kwargs: dict = {}
     if kind(url) == "sqlite":
@@ -111,7 +111,8 @@ def _rdb(url: str) -> BaseStorage:
     else:
         # Many workers x small pools: 2 is the least an Optuna RDB process can run with (the
         # heartbeat thread takes its own connection); pre-ping survives server restarts.
-        engine_kwargs.update(pool_size=2, max_overflow=3, pool_pre_ping=True, pool_recycle=1800)
+        # (`aeopt storage proxy` asks for one connection per gRPC handler thread instead.)
+        engine_kwargs.update(pool_size=pool_size, max_overflow=3, pool_pre_ping=True, pool_recycle=1800)
         if kind(url) == "postgresql":
             # A link that goes silent (cut cable, dead host) is noticed within about a minute instead
             # of TCP's ~15: keepalives for idle pooled connections, a send timeout for busy ones;
@@ -175,11 +176,12 @@ class Storage:
         return self.display
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
+def open_storage(url: str | None = None, *, create: bool = True, pool_size: int = 2) -> Storage:
     """Open the storage at `url` (else AEOPT_STORAGE, else the embedded SQLite default).
 
     `create=False` is for commands that read an existing study: an SQLite or journal file that does
-    not exist is an error, and nothing is created. Storage calls ride out outages (search/retry.py)."""
+    not exist is an error, and nothing is created. Storage calls ride out outages (search/retry.py).
+    `pool_size`: the connections an RDB storage keeps open (3 more in a burst)."""
     url = normalize(resolve_url(url))
     display = redact(url)
     path = _file_path(url)
@@ -187,19 +189,19 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
         raise StorageError(f"no study storage at {display} (no file {path.absolute()}): create a study first "
                            "with `aeopt study create conv_ae`")
     policy = RetryPolicy(window=outage_seconds())
-    inner = _open_waiting(url, policy)
+    inner = _open_waiting(url, policy, pool_size)
     # An RDB storage connected when it was built: it has been reached, a later refusal is an outage.
     reached = kind(url) not in ("redis", "grpc")
     return Storage(RetryingStorage(inner, display=display, policy=policy, reached=reached), url, display)
 
 
-def _open_waiting(url: str, policy: RetryPolicy) -> BaseStorage:
+def _open_waiting(url: str, policy: RetryPolicy, pool_size: int = 2) -> BaseStorage:
     """`_open`, waiting out a server that says it is restarting (an RDB storage connects at once)."""
     started = time.monotonic()
     attempt = 0
     while True:
         try:
-            return _open(url)
+            return _open(url, pool_size)
         except _Transient as exc:
             left = started + policy.window - time.monotonic()
             if left <= 0:
@@ -218,7 +220,7 @@ class _Transient(Exception):
         self.storage_error = storage_error
 
 
-def _open(url: str) -> BaseStorage:
+def _open(url: str, pool_size: int = 2) -> BaseStorage:
     try:
         path = _file_path(url)
         if url.startswith("journal://"):
@@ -235,7 +237,7 @@ def _open(url: str) -> BaseStorage:
                 host=host or "localhost", port=int(port or 13000), heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-        return _rdb(url)
+        return _rdb(url, pool_size)
     except AeoptError:  # already one line for the user (a bad setting, a missing file)
         raise
     except ModuleNotFoundError as exc:
