@@ -19,6 +19,7 @@ from aeopt.config import FinetuneRun, run_config
 from aeopt.progress import Progress, progress
 from aeopt.training.data import Split, add_noise, stratified_folds, to_float
 from aeopt.training.engine import noise_std, set_seed
+from aeopt.training.fused_supervised import fit_classifier_folds
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import Autoencoder, build_model
 from aeopt.training.supervised import (
@@ -160,11 +161,48 @@ class FoldsResult:
         return statistics.pstdev(self.fold_val_acc) if len(self.fits) > 1 else 0.0
 
 
+def use_fused_folds(setup: FinetuneSetup, fused: bool | None = None) -> bool:
+    """Whether the k fold classifiers train fused (aeopt.training.fused_supervised): as asked, else on
+    CUDA only (on the CPU the fused step's grouped convolutions measured slower, BENCHMARKS.md "Fused
+    folds"). Semi-supervised runs (the reconstruction term trains the decoder too) never fuse."""
+    if setup.semi_supervised:
+        return False
+    return setup.device.type == "cuda" if fused is None else fused
+
+
+def _finetune_fused(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, *,
+                    on_epoch: OnFoldEpoch | None, keep_models: bool) -> FoldsResult:
+    """`finetune_folds` with every fold in one vmapped step per batch (probe phase included)."""
+    ft = setup.cfg.finetune
+    trains, vals, models = [], [], []
+    for tr, va in stratified_folds(pool.y, folds, fold_seed):
+        trains.append(split_xy(pool.take(tr), setup.device))
+        vals.append(split_xy(pool.take(va), setup.device))
+        models.append(setup.fresh()[0])
+    aug = augmentation_for(ft.augment, setup.cfg.data.dataset, trains[0][0].shape[0])
+    kw = {"seeds": [setup.cfg.seed + k for k in range(folds)], "augmentation": aug, "amp": setup.amp}
+    probes: list[ClassifierFit | None] = [None] * folds
+    if ft.probe_epochs and ft.mode == "full":  # as finetune_once: a trained head first
+        for m in models:
+            m.freeze_encoder()
+        probe_cfg = ft.model_copy(update={"max_epochs": ft.probe_epochs, "patience": 0})
+        probes = fit_classifier_folds(models, trains, vals, probe_cfg, setup.device, **kw)
+        for m in models:
+            m.unfreeze_encoder()
+    fits = fit_classifier_folds(models, trains, vals, ft, setup.device, encoder_lr_scale=ft.encoder_lr_scale,
+                                on_epoch=on_epoch, **kw)
+    return FoldsResult([_after_probe(f, p) for f, p in zip(fits, probes, strict=True)],
+                       models if keep_models else [])
+
+
 def finetune_folds(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, *,
                    on_epoch: OnFoldEpoch | None = None, keep_models: bool = True,
-                   desc: str = "finetune") -> FoldsResult:
+                   desc: str = "finetune", fused: bool | None = None) -> FoldsResult:
     """Fine-tune on each of `folds` stratified folds of the labelled `pool` (fold assignment fixed
-    by `fold_seed`; fold k trains with seed `cfg.seed + k`), one fold after another."""
+    by `fold_seed`; fold k trains with seed `cfg.seed + k`): one fold after another, or all folds in
+    one fused step per batch (`fused`; None: `use_fused_folds` decides)."""
+    if use_fused_folds(setup, fused):
+        return _finetune_fused(setup, pool, folds, fold_seed, on_epoch=on_epoch, keep_models=keep_models)
     result = FoldsResult()
     for k, (tr, va) in enumerate(stratified_folds(pool.y, folds, fold_seed)):
         hook = functools.partial(on_epoch, k) if on_epoch is not None else None

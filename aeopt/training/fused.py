@@ -47,8 +47,10 @@ class StackedOptimizer:
     """
 
     def __init__(self, params: Tensors, cfg: OptimConfig, k: int, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, lr_factors: dict[str, float] | None = None):
         self.params, self.cfg, self.k = params, cfg, k
+        # Per-parameter multipliers of the learning rate (a parameter group's lr, as torch.optim has).
+        self.lr_factors = lr_factors or {}
         self.betas, self.eps = betas, eps
         device = next(iter(params.values())).device
         self.steps = torch.zeros(k, device=device)
@@ -70,7 +72,7 @@ class StackedOptimizer:
         for name, p in self.params.items():
             if p.grad is None:
                 continue
-            new_p, new_state = self._update(p, p.grad, self.state[name])
+            new_p, new_state = self._update(p, p.grad, self.state[name], self.lr_factors.get(name, 1.0))
             mask = self._mask(active, p)
             if mask is None:
                 p.copy_(new_p)
@@ -81,11 +83,13 @@ class StackedOptimizer:
                 self.state[name] = {key: torch.where(mask, value, old.get(key, torch.zeros_like(value)))
                                     for key, value in new_state.items()}
 
-    def _update(self, p: torch.Tensor, g: torch.Tensor, state: Tensors) -> tuple[torch.Tensor, Tensors]:
+    def _update(self, p: torch.Tensor, g: torch.Tensor, state: Tensors, factor: float = 1.0
+                ) -> tuple[torch.Tensor, Tensors]:
         cfg = self.cfg
         shape = (-1, *([1] * (p.dim() - 1)))
         t = self.steps.view(shape)
-        lr = cfg.lr if self.lr_scale is None else cfg.lr * self.lr_scale.view(shape)
+        base = cfg.lr * factor
+        lr = base if self.lr_scale is None else base * self.lr_scale.view(shape)
         if cfg.name == "sgd":
             g = g + cfg.weight_decay * p if cfg.weight_decay else g
             if not cfg.momentum:

@@ -103,3 +103,39 @@ def test_probe_and_reconstruction_term_run_through_the_loop():
     # One record of both phases: the probe's epoch, then the whole network's two.
     assert fit.epochs == 3 and [row["epoch"] for row in fit.history] == [1, 2, 3] and 1 <= fit.best_epoch <= 3
     assert not model.frozen
+
+
+@pytest.mark.parametrize("changes", [
+    {},  # full fine-tune, cosine schedule, a last partial batch each epoch
+    {"probe_epochs": 1, "encoder_lr_scale": 0.3, "schedule": "onecycle"},  # head first, then all, two lrs
+    {"mode": "frozen", "max_epochs": 6, "patience": 1, "lr": 0.2},  # folds that stop early, each its own
+])
+def test_fused_folds_match_one_fold_after_another(changes):
+    # No dropout and no augmentation: the two paths then draw the same batches from the same seeds,
+    # so they must agree to float rounding (dropout masks come from other random streams when fused).
+    # No batch norm on the code either: the bias of the layer before it has a zero true gradient, and
+    # Adam turns either path's rounding noise there into a whole learning-rate step (seen: 2e-2 apart).
+    cfg = _cfg(head_dropout=0.0, head_norm=False, augment="none", min_steps_per_epoch=1, **changes)
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU)
+    pool = training_pool(cfg.data)
+    seen: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+    runs = {fused: finetune_folds(setup, pool, 3, 5, fused=fused,
+                                  on_epoch=lambda fold, epoch, _a, _l, f=fused: seen[f].append((fold, epoch)))
+            for fused in (False, True)}
+    seq, fused = runs[False], runs[True]
+    assert fused.fold_epochs == seq.fold_epochs
+    for a, b in zip(seq.fits, fused.fits, strict=True):
+        assert [r["epoch"] for r in a.history] == [r["epoch"] for r in b.history]
+        for key in ("val_loss", "train_loss"):
+            assert [r[key] for r in b.history] == pytest.approx([r[key] for r in a.history], rel=1e-3), key
+        assert b.best_epoch == a.best_epoch
+    # Fused, the folds report epoch by epoch (fold 0 first each epoch); the same reports in all.
+    assert sorted(seen[True]) == sorted(seen[False])
+    assert seen[True][:3] == [(0, 1), (1, 1), (2, 1)]
+    # Each fold's best weights are back in its model, as the sequential run leaves them.
+    for m_seq, m_fused in zip(seq.models, fused.models, strict=True):
+        for (name, a), b in zip(m_seq.state_dict().items(), m_fused.state_dict().values(), strict=True):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
+    if "patience" in changes:
+        assert any(f.stopped_early for f in fused.fits)
