@@ -19,6 +19,8 @@ call:
 - **Writes go straight to the database**, each on its own pooled connection (the proxy asks for one
   per gRPC handler thread). A parameter write checks its distribution against the study's cached
   one, as `_CachedStorage` does, instead of reading an older trial's parameter first.
+- A trial read again unchanged keeps its object, so the gRPC server (search/proxy_grpc.py) encodes
+  its answer once, not once per request.
 - A study's directions never change: they are read once.
 
 Optuna's gRPC client caches finished trials itself and asks for the unfinished ones and those
@@ -30,12 +32,11 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Container
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import BaseDistribution
-from optuna.storages import BaseStorage, RDBStorage, run_grpc_proxy_server
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage  # what open_storage wraps an RDB storage in
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -129,7 +130,12 @@ class ProxyStorage(_Forwarding):
                 if t._trial_id in unfinished or t._trial_id > last]
 
     def _merge(self, study_id: int, study: _Study, fresh: list[FrozenTrial]) -> None:
+        changed = False
         for trial in fresh:
+            old = study.trials.get(trial.number)
+            if old is not None and old == trial:
+                continue  # the same object as before (its answer stays encoded): most running trials
+            changed = True
             study.trials[trial.number] = trial
             self._trial_study[trial._trial_id] = study_id
             self._trial_key[trial._trial_id] = (study_id, trial.number)
@@ -138,7 +144,7 @@ class ProxyStorage(_Forwarding):
                 study.unfinished.discard(trial._trial_id)
             else:
                 study.unfinished.add(trial._trial_id)
-        if fresh:
+        if changed:
             study.ordered = None
 
     @staticmethod
@@ -217,5 +223,10 @@ def proxy_storage(storage: Storage) -> BaseStorage:
 
 
 def serve(storage: BaseStorage, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
-    """Serve `storage` (see `proxy_storage`) over gRPC with Optuna's servicer; blocks until stopped."""
-    run_grpc_proxy_server(storage, host=host, port=port, thread_pool=ThreadPoolExecutor(max_workers=threads))
+    """Serve `storage` (see `proxy_storage`) over gRPC; blocks until stopped."""
+    # grpcio is an optional dependency ('aeopt[grpc]'): `aeopt` runs without it until a proxy starts.
+    from aeopt.search.proxy_grpc import make_server  # noqa: PLC0415
+
+    server = make_server(storage, host, port, threads)
+    server.start()
+    server.wait_for_termination()

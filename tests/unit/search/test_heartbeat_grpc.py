@@ -7,11 +7,11 @@ import socket
 import optuna
 import pytest
 from optuna.storages import RDBStorage
-from optuna.storages._grpc.server import make_server  # the server `run_grpc_proxy_server` blocks in
 from optuna.trial import TrialState
 
 from aeopt.search.heartbeat import HEARTBEAT_ATTR, HeartbeatGrpcStorage
 from aeopt.search.proxy import ProxyStorage
+from aeopt.search.proxy_grpc import make_server  # what `aeopt storage proxy` serves
 
 
 class Counting(ProxyStorage):
@@ -39,8 +39,9 @@ def proxied(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     inner = Counting(f"sqlite:///{tmp_path}/proxied.db")
-    server = make_server(inner, "127.0.0.1", port)
+    server = make_server(inner, "127.0.0.1", port, threads=4)
     server.start()
+    inner.servicer = server.servicer
     client = HeartbeatGrpcStorage(host="127.0.0.1", port=port, heartbeat_interval=1, grace_period=3)
     client.wait_server_ready(timeout=30)
     yield inner, client
@@ -79,3 +80,23 @@ def test_deleted_study_forgets_its_id(proxied):
     assert optuna.load_study(study_name="s", storage=client)._study_id == second._study_id
     assert second.trials == []
     assert client.get_all_trials(second._study_id, states=(TrialState.RUNNING,)) == []
+
+
+def test_an_unchanged_trial_is_encoded_once_and_a_change_is_seen(proxied):
+    inner, client = proxied
+    study = optuna.create_study(study_name="s", storage=client)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    running = study.ask()  # a worker's running trial
+    other = HeartbeatGrpcStorage(host=client._host, port=client._port, heartbeat_interval=1, grace_period=3)
+    watcher = optuna.load_study(study_name="s", storage=other)  # another worker, reading each epoch
+    try:
+        assert len(watcher.get_trials()) == 4
+        encoded = inner.servicer.encoded
+        for _ in range(3):  # the running trial is sent each time, unchanged: not encoded again
+            assert watcher.get_trials()[-1].intermediate_values == {}
+        assert inner.servicer.encoded == encoded
+        running.report(0.5, 1)
+        assert watcher.get_trials()[-1].intermediate_values == {1: 0.5}
+        assert inner.servicer.encoded == encoded + 1
+    finally:
+        other.close()
