@@ -2,7 +2,10 @@
 
 Both paths train the same k models (same initial weights, same batches) on real Fashion-MNIST
 folds; each repeat runs one epoch of each path, alternating, so both see the same machine load.
-Prints seconds per k-fold epoch and training images per second for each, and their ratio.
+Prints seconds per k-fold epoch and training images per second for each, and their ratio. On CUDA a
+third path, fused + CUDA graphs (aeopt.training.fused.use_graphs), with its one-time capture cost.
+Each row also gives the seconds of a whole k-fold x `--trial-epochs` trial, estimated as that many
+epochs of training plus one validation pass over every fold per epoch (+ the capture, once).
 
     python benchmarks/fused_folds.py --data-dir ../shared/data --device cpu --threads 1 --subset 12000
     python benchmarks/fused_folds.py --data-dir ../shared/data --device cuda --json fused_cuda.json
@@ -11,6 +14,7 @@ Prints seconds per k-fold epoch and training images per second for each, and the
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -49,28 +53,60 @@ def measure(model: dict, args: argparse.Namespace, device: torch.device) -> dict
         twin = build_model(cfg)
         twin.load_state_dict(m.state_dict())
         trainers.append(Trainer(twin, cfg, device, seed=k))
-    fused = FusedFolds(models, cfg, device, seeds=list(range(args.folds)))
+    paths = {"fused": FusedFolds([copy.deepcopy(m) for m in models], cfg, device,
+                                 seeds=list(range(args.folds)), graphs=False)}
+    if device.type == "cuda":
+        paths["fused+graphs"] = FusedFolds([copy.deepcopy(m) for m in models], cfg, device,
+                                           seeds=list(range(args.folds)), graphs=True)
     fold_x = [x[f.to(device)] for f in folds]
-    times: dict[str, list[float]] = {"sequential": [], "fused": []}
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
+    val_x = [x[va.to(device)] for _, va in stratified_folds(pool_y, args.folds, 0)]
+
+    def sequential() -> None:
         for t, fx in zip(trainers, fold_x, strict=True):
             t.train_epoch(fx)
-        _sync(device)
-        t1 = time.perf_counter()
-        fused.train_epoch(x, folds)
-        _sync(device)
-        t2 = time.perf_counter()
-        times["sequential"].append(t1 - t0)
-        times["fused"].append(t2 - t1)
+
+    def sequential_eval() -> None:
+        for t, vx in zip(trainers, val_x, strict=True):
+            t.evaluate(vx)
+
+    runs = {"sequential": (sequential, sequential_eval)}
+    for name, fused in paths.items():
+        runs[name] = (lambda f=fused: f.train_epoch(x, folds),
+                      lambda f=fused: [f.evaluate(i, vx) for i, vx in enumerate(val_x)])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    evals: dict[str, list[float]] = {name: [] for name in runs}
+    first: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for name, (train, evaluate) in runs.items():
+            t0 = time.perf_counter()
+            train()
+            _sync(device)
+            t1 = time.perf_counter()
+            evaluate()
+            _sync(device)
+            times[name].append(t1 - t0)
+            evals[name].append(time.perf_counter() - t1)
+            first.setdefault(name, t1 - t0)
+    return _row(model, args, folds, times, evals, first, list(paths))
+
+
+def _row(model: dict, args: argparse.Namespace, folds: list, times: dict[str, list[float]],
+         evals: dict[str, list[float]], first: dict[str, float], fused_paths: list[str]) -> dict:
     images = sum(len(f) for f in folds)
-    row = {"model": model or "report", "folds": args.folds, "images_per_epoch": images}
+    row = {"model": model or "report", "folds": args.folds, "images_per_epoch": images,
+           "trial_epochs": args.trial_epochs}
     for path, ts in times.items():
-        # The first repeat pays one-time costs (allocator warm-up, kernel selection).
+        # The first repeat pays one-time costs (allocator warm-up, kernel selection, graph capture).
         med = statistics.median(ts[1:] if len(ts) > 2 else ts)
+        ev = statistics.median(evals[path][1:] if len(ts) > 2 else evals[path])
+        once = max(0.0, first[path] - med)
         row[f"{path}_s_per_epoch"] = round(med, 3)
         row[f"{path}_images_per_s"] = round(images / med)
-    row["fused_speedup"] = round(row["sequential_s_per_epoch"] / row["fused_s_per_epoch"], 2)
+        row[f"{path}_eval_s_per_epoch"] = round(ev, 3)
+        row[f"{path}_first_epoch_extra_s"] = round(once, 3)
+        row[f"{path}_s_per_trial"] = round(args.trial_epochs * (med + ev) + once, 1)
+    for path in fused_paths:
+        row[f"{path}_speedup"] = round(row["sequential_s_per_epoch"] / row[f"{path}_s_per_epoch"], 2)
     return row
 
 
@@ -84,18 +120,23 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--wide", action="store_true", help="also the wide conv AE (64/128/128, fc 256)")
+    p.add_argument("--trial-epochs", type=int, default=50, help="epochs of the estimated whole trial")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rows = [measure({}, args, device)] + ([measure(WIDE, args, device)] if args.wide else [])
-    print(f"{'model':>8} {'folds':>5} {'seq s/epoch':>12} {'fused s/epoch':>14} {'seq img/s':>10} "
-          f"{'fused img/s':>12} {'speedup':>8}   ({device}, {torch.get_num_threads()} threads)")
+    print(f"({device}, {torch.get_num_threads()} threads; trial = {args.folds} folds x {args.trial_epochs} "
+          "epochs, estimated from the epochs measured)")
+    print("| network | path | s / k-fold epoch | images / s | eval s / epoch | one-time s | s / trial | "
+          "speedup |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         name = "report" if r["model"] == "report" else "wide"
-        print(f"{name:>8} {r['folds']:>5} {r['sequential_s_per_epoch']:>12} {r['fused_s_per_epoch']:>14} "
-              f"{r['sequential_images_per_s']:>10} {r['fused_images_per_s']:>12} {r['fused_speedup']:>8}")
+        for path in [k[:-len("_s_per_epoch")] for k in r if k.endswith("_s_per_epoch") and "eval" not in k]:
+            print(f"| {name} | {path} | {r[f'{path}_s_per_epoch']} | {r[f'{path}_images_per_s']:,} | "
+                  f"{r[f'{path}_eval_s_per_epoch']} | {r[f'{path}_first_epoch_extra_s']} | "
+                  f"{r[f'{path}_s_per_trial']} | {r.get(f'{path}_speedup', 1.0)} |")
     if args.json:
         meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}

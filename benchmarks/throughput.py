@@ -82,8 +82,70 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader num_workers (default 0)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--flops", action="store_true",
+                    help="also measure the training step's FLOPs and this device's matmul peak, and print "
+                         "the engine's FLOP/s against it (what 2x over the DataLoader loop would need)")
     ap.add_argument("--json", default=None, help="write the results here")
     return ap.parse_args(argv)
+
+
+def step_flops_per_image(cfg: RunConfig, device: torch.device, bs: int) -> float:
+    """Floating-point operations of one training step (forward + backward), per image, as torch's
+    FlopCounterMode counts them (convolutions and matrix multiplies; elementwise ops and Adam not)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg).to(device).train()
+    x = torch.rand(bs, 1, 28, 28, device=device)
+    with FlopCounterMode(display=False) as counter:
+        reconstruction_loss(model, x, x).backward()
+    return counter.get_total_flops() / bs
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 8, tries: int = 3) -> float:
+    """FLOP/s of a large float32 matrix multiply on `device` (the best of `tries`): the most this
+    device's BLAS gets out of its cores, the ceiling for any training step here."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = 0.0
+    for _ in range(tries):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def _flops_report(result: dict, flops: float, peak: float) -> dict:
+    """The engine's FLOP/s against the matmul peak, and what a 2x speedup would need."""
+    n = result["train_size"]
+    engine_s = result["engine"]["seconds_per_epoch"]
+    loader_s = result["dataloader"]["seconds_per_epoch"]
+    out = {
+        "step_gflop_per_image": flops / 1e9,
+        "epoch_gflop": flops * n / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "engine_gflops": flops * n / engine_s / 1e9,
+        "dataloader_gflops": flops * n / loader_s / 1e9,
+        # The epoch's arithmetic alone, were every FLOP done at the matmul peak.
+        "epoch_seconds_at_peak": flops * n / peak,
+        # 2x over the DataLoader loop means the whole engine epoch within half the loop's time.
+        "gflops_needed_for_2x": flops * n / (loader_s / 2) / 1e9,
+    }
+    out["engine_share_of_peak"] = out["engine_gflops"] / out["matmul_peak_gflops"]
+    out["share_of_peak_needed_for_2x"] = out["gflops_needed_for_2x"] / out["matmul_peak_gflops"]
+    print(f"training step: {out['step_gflop_per_image'] * 1e3:.2f} MFLOP per image, "
+          f"{out['epoch_gflop']:.0f} GFLOP per {n}-image epoch")
+    print("| | GFLOP/s | share of matmul peak |\n|---|---:|---:|")
+    print(f"| matrix multiply peak (2048 x 2048, float32) | {out['matmul_peak_gflops']:.1f} | 100 % |")
+    print(f"| aeopt engine, training step | {out['engine_gflops']:.1f} | "
+          f"{100 * out['engine_share_of_peak']:.0f} % |")
+    print(f"| DataLoader loop, training step | {out['dataloader_gflops']:.1f} | "
+          f"{100 * out['dataloader_gflops'] / out['matmul_peak_gflops']:.0f} % |")
+    print(f"| needed for 2x over the DataLoader loop | {out['gflops_needed_for_2x']:.1f} | "
+          f"{100 * out['share_of_peak_needed_for_2x']:.0f} % |")
+    return out
 
 
 class NaiveLoop:
@@ -218,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   / result["engine"]["cpu_seconds_per_epoch"])
     result["engine_seconds_per_48000"] = 48_000 / result["engine"]["images_per_second"]
     _print_table(result, args.epochs)
+    if args.flops:
+        result["flops"] = _flops_report(result, step_flops_per_image(cfg, device, bs), matmul_peak(device))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

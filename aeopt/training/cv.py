@@ -13,6 +13,7 @@ launches; sequential on the CPU, where the grouped convolutions of the fused ste
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -59,11 +60,14 @@ class CVResult:
 
 
 def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -> bool:
-    """Whether to fuse the folds: as asked, else on CUDA only. A kind with its own training step
-    (more than one optimizer, say) always trains its folds one after another."""
+    """Whether to fuse the folds: as asked, else on CUDA only (AEOPT_FUSED=0 turns that off: the
+    benchmarks' "today" path). A kind with its own training step (more than one optimizer, say)
+    always trains its folds one after another."""
     if kind_of(cfg).train_step is not gradient_step:
         return False
-    return device.type == "cuda" if fused is None else fused
+    if fused is None:
+        return device.type == "cuda" and os.environ.get("AEOPT_FUSED", "1") != "0"
+    return fused
 
 
 class _SequentialFolds:

@@ -91,7 +91,7 @@ class _Folds:
         factors = [1.0] * self.k
         for i in folds:
             factors[i] = self.schedules[i].next()
-        self.optimizer.lr_scale = torch.tensor(factors, device=self.device)
+        self.optimizer.lr_scale.copy_(torch.tensor(factors), non_blocking=True)
 
     def _step(self, loss: torch.Tensor, folds: list[int]) -> None:
         self.optimizer.zero_grad()

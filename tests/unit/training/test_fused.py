@@ -143,3 +143,47 @@ def test_fused_folds_on_cuda_match_the_cpu_sequential_path(model):
     tol = 5e-2 if model["kind"] == "vae" else 1e-2
     assert [fused.evaluate(i, val.to(cuda)) for i in range(len(SIZES))] == pytest.approx(
         [t.evaluate(val) for t in sequential], rel=tol)
+
+
+def test_cuda_graphs_are_off_on_the_cpu():
+    from aeopt.training.fused import use_graphs
+
+    assert use_graphs(CPU) is False and use_graphs(CPU, True) is False
+    cfg, _, fused = _pair({"kind": "conv_ae", "dropout": 0.0}, "adam", SIZES)
+    assert fused.graphed is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gpu_suite.sh runs it)")
+@pytest.mark.parametrize("model", [{"kind": "conv_ae", "dropout": 0.0, "batch_norm": True},
+                                   {"kind": "denoising_ae", "dropout": 0.0, "noise_std": 0.3}])
+def test_cuda_graphs_match_the_eager_fused_step_and_are_captured_once_per_architecture(model):
+    import aeopt.training.fused as fused_module
+
+    cuda = torch.device("cuda")
+    cfg = RunConfig.model_validate({"model": model, "budget": {"batch_size": 32, "max_epochs": 3},
+                                    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+                                              "schedule": "cosine"}})
+    x, folds, val = _data(SIZES)
+    x, val = x.to(cuda), val.to(cuda)
+
+    def run(graphs: bool) -> tuple[list[list[float]], list[float]]:
+        models = []
+        for k in range(len(SIZES)):
+            torch.manual_seed(k)
+            models.append(build_model(cfg))
+        fused = FusedFolds(models, cfg, cuda, seeds=list(range(len(SIZES))), graphs=graphs)
+        assert (fused.graphed is not None) == graphs
+        # 3 epochs of 3 full steps each: warm-up, capture, then replays (and eager tails every epoch).
+        losses = [fused.train_epoch(x, folds) for _ in range(3)]
+        return losses, [fused.evaluate(i, val) for i in range(len(SIZES))]
+
+    eager = run(False)
+    before = fused_module.CAPTURES
+    graphed = run(True)
+    assert fused_module.CAPTURES == before + 1
+    again = run(True)  # a second trial of the same architecture: the same graph, its own weights
+    assert fused_module.CAPTURES == before + 1
+    for result in (graphed, again):
+        for got, want in zip(result[0], eager[0], strict=True):
+            assert got == pytest.approx(want, rel=1e-3)
+        assert result[1] == pytest.approx(eager[1], rel=1e-3)
