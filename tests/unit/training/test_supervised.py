@@ -243,3 +243,33 @@ def test_early_stopping_counts_epochs_since_the_best():
     _, fit = fit_classifier(clf, (x[:48], y[:48]), (x[48:], y[48:]), cfg, torch.device("cpu"), seed=0)
     assert fit.stopped_early and fit.epochs == 3 and fit.best_epoch == 1 and len(fit.history) == 3
     assert len({(row["val_acc"], row["val_loss"]) for row in fit.history}) == 1
+
+
+@pytest.mark.parametrize("sizes", [(100, 70), (100, 40)])  # 40 < the batch: that fold runs alone
+def test_fused_classifier_folds_match_fit_classifier_fold_by_fold(sizes):
+    from aeopt.training.fused_supervised import fit_classifier_folds
+
+    cfg = SupervisedConfig(lr=3e-3, max_epochs=3, patience=0, batch_size=64, min_steps_per_epoch=1,
+                           schedule="cosine", augment="none")
+    gen = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(n, 1, 28, 28, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+    trains, vals = [images(n) for n in sizes], [images(30) for _ in sizes]
+
+    def net(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    sequential = [fit_classifier(net(k), trains[k], vals[k], cfg, torch.device("cpu"), seed=k)
+                  for k in range(len(sizes))]
+    models = [net(k) for k in range(len(sizes))]
+    cpu = torch.device("cpu")
+    fused = fit_classifier_folds(models, trains, vals, cfg, cpu, seeds=list(range(len(sizes))))
+    for (model, fit), got, mine in zip(sequential, fused, models, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert [r[key] for r in got.history] == pytest.approx([r[key] for r in fit.history], rel=1e-4)
+        assert got.best_epoch == fit.best_epoch
+        for a, b in zip(model.state_dict().values(), mine.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
