@@ -1,4 +1,5 @@
-"""`aeopt baseline cnn` (the plain supervised CNN from scratch) and `aeopt compare DIR...`."""
+"""`aeopt baseline cnn` (the plain supervised CNN from scratch), `aeopt baseline few-labels` (pretrained
+encoders at few labels, over label draws) and `aeopt compare DIR...`."""
 
 from __future__ import annotations
 
@@ -47,9 +48,55 @@ def cnn(
     typer.echo(f"wrote {out}/metrics.json, {out}/confusion_matrix.json, {out}/confusion_matrix.png", err=True)
 
 
+@baseline_app.command("few-labels")
+def few_labels(
+    encoder: Annotated[list[str], typer.Option(
+        "--encoder", "-e", help="NAME=CHECKPOINT of a trained autoencoder (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for label_draws.json.")],
+    random_like: Annotated[Path | None, typer.Option(
+        "--random-like", help="Also this checkpoint's network from random initialisation.")] = None,
+    budgets: Annotated[str, typer.Option("--budgets", help="Label budgets, comma-separated.")] = "100,1000",
+    draws: Annotated[int, typer.Option("--draws", min=1, help="Label draws per budget.")] = 3,
+    pseudo_rounds: Annotated[int, typer.Option("--pseudo-rounds", min=0, help="Pseudo-label rounds.")] = 1,
+    per_class: Annotated[int, typer.Option(
+        "--pseudo-per-class", min=1, help="Pseudo-labelled images kept per predicted class.")] = 400,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Classifiers on pretrained encoders (and random initialisation) at few labels, mean +- std
+    over label draws from the training split; the test split scores each classifier once.
+
+    Example: aeopt baseline few-labels -e aae=runs/aae/checkpoint.pt -e conv_ae=runs/ae/checkpoint.pt
+    --random-like runs/ae/checkpoint.pt -o runs/few; then aeopt compare runs/few
+    """
+    if any("=" not in e for e in encoder):
+        raise typer.BadParameter("give each encoder as NAME=CHECKPOINT", param_hint="--encoder")
+    # Imported on use: the stage imports torch (seconds).
+    from aeopt.stages.few_labels import (  # noqa: PLC0415
+        RECIPE,
+        PseudoLabels,
+        label_budget,
+        load_encoders,
+        write_label_draws,
+    )
+    from aeopt.training.engine import resolve_device  # noqa: PLC0415
+
+    dev = resolve_device(device)
+    overrides = RECIPE + list(set_ or [])
+    encoders, sources = load_encoders(dict(e.split("=", 1) for e in encoder), random_like, overrides, dev)
+    pseudo = PseudoLabels(rounds=pseudo_rounds, per_class=per_class)
+    results = label_budget(encoders, [int(b) for b in budgets.split(",")], draws, pseudo=pseudo, device=dev,
+                           data_dir=data_dir)
+    write_label_draws(out, results, {"encoders": sources, "recipe": overrides, "pseudo": vars(pseudo),
+                                     "draws": draws, "device": str(dev)})
+    typer.echo(format_table(compare_rows([out])))
+
+
 def compare(
     runs: Annotated[list[Path], typer.Argument(
-        help="Folders written by `aeopt finetune --out` / `aeopt baseline cnn --out`.")],
+        help="Folders written by `aeopt finetune --out` / `aeopt baseline cnn --out` / "
+             "`aeopt baseline few-labels --out`.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Accuracy and time of classifier runs side by side, as the report's table.

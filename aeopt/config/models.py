@@ -68,10 +68,15 @@ class AAEConfig(Strict):
     # The distribution the codes are pushed towards: N(0, I), or a mixture of 10 Gaussians whose
     # means sit on a circle in the first two code dimensions (Makhzani et al.'s 2-D mixture).
     prior: Literal["gaussian", "mixture10"] = "gaussian"
+    # With the Gaussian prior, the encoder's last layer is a batch norm without scale and shift, so
+    # the codes have the prior's mean and variance from the first step and the discriminator shapes
+    # the rest; without it, 3 epochs left the codes far from N(0, I) (MMD 1.8) or collapsed them.
+    code_norm: bool = True
     disc_hidden: int = Field(256, ge=4, le=8192)  # two hidden layers of this width
     disc_lr: float = Field(2e-4, gt=0.0, le=1.0)  # the discriminator's and the encoder's adversarial steps
-    # Weight of the encoder's adversarial loss against the reconstruction's.
-    adv_weight: float = Field(0.05, ge=0.0, le=100.0)
+    # The generator step's learning rate is adv_weight * disc_lr (a weight on its loss would be divided
+    # out by Adam); 0 switches the adversarial term off.
+    adv_weight: float = Field(1.0, ge=0.0, le=100.0)
     # A search must not win by switching the adversarial term off: a study adds
     # mmd_weight * max(0, MMD(validation codes, prior) - mmd_tolerance) to the trial's value.
     mmd_tolerance: float = Field(0.05, ge=0.0)

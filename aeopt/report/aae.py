@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 
 from aeopt.figures import image_rows
 from aeopt.report import analysis
-from aeopt.report.drawing import CLASS_COLORS, figure_item, mosaic
+from aeopt.report.drawing import figure_item, mosaic, scatter
 from aeopt.report.model import GRID_N, Sample
 from aeopt.report.page import Item, Section
 from aeopt.report.source import ShownModel
@@ -57,7 +57,12 @@ def _mmd_numbers(shown: ShownModel, codes: np.ndarray, record: TrialRecord | Non
 
 def _table(shown: ShownModel, found: dict[str, Any]) -> list[tuple[str, str]]:
     t = found["test"]
-    rows = [("prior", _prior_name(shown.model.cfg)), ("adversarial weight", f"{found['adv_weight']:g}"),
+    cfg = shown.model.cfg
+    rows = [("prior", _prior_name(cfg)),
+            ("adversarial weight", f"{found['adv_weight']:g} (learning rates: the encoder's adversarial "
+                                   f"step {found['adv_weight'] * cfg.disc_lr:g}, the discriminator's "
+                                   f"{cfg.disc_lr:g})"),
+            ("codes standardized (batch norm)", "yes" if cfg.code_norm and cfg.prior == "gaussian" else "no"),
             ("MMD of test codes to the prior (computed here)",
              f"{t['prior_mmd']:.4f} over {t['n_codes']} codes; penalty {t['penalty']:.5f} "
              f"(= {found['mmd_weight']:g} x max(0, MMD - {found['mmd_tolerance']:g}))")]
@@ -79,27 +84,13 @@ def _prior_samples(shown: ShownModel, out: Path) -> Item:
 
 def _codes_figures(emb: np.ndarray, prior: np.ndarray, labels: np.ndarray, classes: list[str],
                    axis: tuple[str, str]) -> tuple[Figure, go.Figure]:
+    def density(ax: Any, pfig: go.Figure) -> None:  # the prior's, under the codes
+        ax.hexbin(prior[:, 0], prior[:, 1], gridsize=40, cmap="Greys", mincnt=1, linewidths=0)
+        pfig.add_trace(go.Histogram2dContour(x=prior[:, 0], y=prior[:, 1], colorscale="Greys",
+                                             showscale=False, name="prior density", ncontours=12))
+
     title = "Test codes over the prior's density (PCA fitted on the codes)"
-    fig = Figure(figsize=(8, 6.5))
-    ax = fig.subplots()
-    ax.hexbin(prior[:, 0], prior[:, 1], gridsize=40, cmap="Greys", mincnt=1, linewidths=0)
-    pfig = go.Figure(go.Histogram2dContour(x=prior[:, 0], y=prior[:, 1], colorscale="Greys", showscale=False,
-                                           name="prior density", ncontours=12))
-    for c, name in enumerate(classes):
-        m = labels == c
-        if m.any():
-            color = CLASS_COLORS[c % len(CLASS_COLORS)]
-            ax.scatter(emb[m, 0], emb[m, 1], s=5, alpha=0.6, color=color, label=name)
-            pfig.add_trace(go.Scatter(x=emb[m, 0], y=emb[m, 1], mode="markers", name=name,
-                                      marker={"size": 4, "color": color, "opacity": 0.7}))
-    ax.set_xlabel(axis[0])
-    ax.set_ylabel(axis[1])
-    ax.set_title(title)
-    ax.legend(markerscale=3, fontsize=8, loc="best")
-    fig.tight_layout()
-    pfig.update_layout(title=title, xaxis_title=axis[0], yaxis_title=axis[1], height=560,
-                       template="plotly_white")
-    return fig, pfig
+    return scatter(emb, labels, classes, title, axis, under=density)
 
 
 def _codes_vs_prior(shown: ShownModel, codes: np.ndarray, sample: Sample, out: Path) -> Item:

@@ -24,21 +24,29 @@ def figure_item(out: Path, key: str, title: str, fig: Figure, plotly: Any = None
     return Item(key, title, save_figure(fig, out / f"{key}.png"), plotly, caption)
 
 
-def scatter(emb: np.ndarray, labels: np.ndarray, classes: list[str], title: str,
-            axis: tuple[str, str]) -> tuple[Figure, go.Figure]:
-    """2-D points coloured by class."""
-    fig = Figure(figsize=(8, 6.5))
-    ax = fig.subplots()
-    pfig = go.Figure()
+def class_points(ax: Any, pfig: go.Figure, emb: np.ndarray, labels: np.ndarray, classes: list[str], *,
+                 size: float = 6, opacity: float = 0.7) -> None:
+    """2-D points coloured by class, added to a matplotlib axes and its plotly twin."""
     for c, name in enumerate(classes):
         m = labels == c
         if not m.any():
             continue
         color = CLASS_COLORS[c % len(CLASS_COLORS)]
-        ax.scatter(emb[m, 0], emb[m, 1], s=6, alpha=0.7, color=color, label=name)
+        ax.scatter(emb[m, 0], emb[m, 1], s=size, alpha=opacity, color=color, label=name)
         # SVG scatter, not WebGL: the page must render where there is no GPU (headless, CI).
         pfig.add_trace(go.Scatter(x=emb[m, 0], y=emb[m, 1], mode="markers", name=name,
-                                  marker={"size": 5, "color": color, "opacity": 0.75}))
+                                  marker={"size": size - 1, "color": color, "opacity": opacity + 0.05}))
+
+
+def scatter(emb: np.ndarray, labels: np.ndarray, classes: list[str], title: str,
+            axis: tuple[str, str], *, under: Any = None) -> tuple[Figure, go.Figure]:
+    """2-D points coloured by class; `under(ax, pfig)` draws first, below the points (a density)."""
+    fig = Figure(figsize=(8, 6.5))
+    ax = fig.subplots()
+    pfig = go.Figure()
+    if under is not None:
+        under(ax, pfig)
+    class_points(ax, pfig, emb, labels, classes)
     ax.set_xlabel(axis[0])
     ax.set_ylabel(axis[1])
     ax.set_title(title)

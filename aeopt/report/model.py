@@ -17,6 +17,7 @@ from aeopt.report.page import Item, Section
 from aeopt.report.source import ShownModel
 from aeopt.training.data import Prepared, Split, prepare, stratified_subset, to_float
 from aeopt.training.engine import mse, noise_std
+from aeopt.training.kinds.aae import AdversarialAutoencoder as AAE
 from aeopt.training.models import VAE
 
 MIN_TSNE_POINTS = 5
@@ -126,15 +127,19 @@ def _vae_samples(model: VAE, out: Path) -> list[Item]:
 
 
 def samples_section(shown: ShownModel, sample: Sample, out: Path, max_points: int) -> Section:
-    """New images: from the VAE's prior, or from a Gaussian fitted to a plain autoencoder's training codes."""
+    """New images: from the VAE's prior, or from a Gaussian fitted to the training codes of an autoencoder
+    without a variational prior (a plain AE; an AAE, whose prior samples are in `aae_section`)."""
     section = Section("New samples from latent codes", key="samples")
     if isinstance(shown.model, VAE):
         section.intro = ("The VAE's prior N(0, I) is a distribution to sample from: decode its samples and a "
                          "grid of its quantiles.")
         section.items = _vae_samples(shown.model, out)
     else:
-        section.intro = ("A plain autoencoder has no prior: new codes are drawn from a Gaussian fitted to "
-                         "the codes of training images, then decoded.")
+        own = ("The adversarial autoencoder's own prior is sampled in its section below; this fitted "
+               "Gaussian is the plain autoencoder's recipe, shown for comparison.")
+        why = own if isinstance(shown.model, AAE) else "A plain autoencoder has no prior to sample from."
+        section.intro = ("Here new codes are drawn from a Gaussian fitted to the codes of training images, "
+                         "then decoded. " + why)
         train_x = to_float(_stratified(sample.data.train, max(max_points, 1000)).x, sample.x.device)
         train_codes = analysis.latent_codes(shown.model, train_x)
         samples = analysis.gaussian_samples(shown.model, train_codes, N_SAMPLES)

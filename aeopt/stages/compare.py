@@ -1,7 +1,9 @@
 """`aeopt compare DIR...`: classifier runs side by side, as the report's table.
 
 Each folder is read with `read_classifier_run` (the schema both stages write), so a folder that is
-not a classifier run is one line that says what to pass instead.
+not a classifier run is one line that says what to pass instead. A label-budget folder (label_draws.json,
+`aeopt.stages.few_labels`) gives one row per encoder and label budget: test accuracy as mean +- std
+over its label draws.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aeopt.stages.few_labels import LABEL_DRAWS_FILE, read_label_draws
 from aeopt.stages.metrics import ClassifierMetrics, read_classifier_run
 
 HEADER = ["run", "model", "labels", "train acc", "val acc", "test acc", "epochs", "train time", "total time",
@@ -34,8 +37,22 @@ def compare_row(folder: str | Path, m: ClassifierMetrics) -> dict[str, Any]:
     }
 
 
+def label_draw_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """Rows of a label-budget folder: the mean over label draws, with their std."""
+    return [{"run": str(folder), "model": f"{r['encoder']} (label draws)", "labels": r["labels"],
+             "train_acc": None, "val_acc": r["val_acc_mean"], "val_std": None, "test_acc": r["test_acc_mean"],
+             "test_std": r["test_acc_std"], "draws": r["draws"], "epochs": None, "seconds": r["seconds"],
+             "total_seconds": None, "device": None} for r in read_label_draws(folder)]
+
+
 def compare_rows(folders: list[str | Path]) -> list[dict[str, Any]]:
-    return [compare_row(folder, read_classifier_run(folder).metrics) for folder in folders]
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        if (Path(folder) / LABEL_DRAWS_FILE).is_file():
+            rows += label_draw_rows(folder)
+        else:
+            rows.append(compare_row(folder, read_classifier_run(folder).metrics))
+    return rows
 
 
 def _acc(v: Any) -> str:
@@ -54,7 +71,8 @@ def _text(v: Any) -> str:
 
 def _cells(r: dict[str, Any]) -> list[str]:
     val = _acc(r["val_acc"]) + (f" +- {r['val_std']:.4f}" if r.get("val_std") is not None else "")
-    return [r["run"], r["model"], _text(r["labels"]), _acc(r["train_acc"]), val, _acc(r["test_acc"]),
+    test = _acc(r["test_acc"]) + (f" +- {r['test_std']:.4f}" if r.get("test_std") is not None else "")
+    return [r["run"], r["model"], _text(r["labels"]), _acc(r["train_acc"]), val, test,
             _text(r["epochs"]), _secs(r["seconds"]), _secs(r["total_seconds"]), _text(r["device"] or None)]
 
 

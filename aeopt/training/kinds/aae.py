@@ -5,8 +5,11 @@ each with its own optimizer:
 1. reconstruction: encoder and decoder minimize the pixel MSE (the trainer's optimizer, with the
    run's `optim` settings);
 2. discriminator: tell prior samples (label 1) from codes of the batch (label 0);
-3. generator: the encoder makes its codes pass as prior samples, weighted by `adv_weight`.
-The two adversarial optimizers are Adam with beta1 = 0.5 at `disc_lr` (the usual GAN setting).
+3. generator: the encoder makes its codes pass as prior samples.
+The two adversarial optimizers are Adam with beta1 = 0.5 (the usual GAN setting): the
+discriminator's at `disc_lr`, the generator's at `adv_weight * disc_lr`. `adv_weight` scales that
+learning rate, not the loss: Adam divides a loss's scale out of its steps, so a weight on the
+generator's loss changed nothing between 0.005 and 1 (only 0, no gradient, switched it off).
 
 The validation loss, which studies minimize, is the reconstruction MSE alone; `prior_mmd` says how
 far the codes are from the prior, so that a search cannot win by turning the adversarial term off.
@@ -36,6 +39,11 @@ class AdversarialAutoencoder(Autoencoder):
         conv_fields = {k: v for k, v in cfg.model_dump().items() if k in ConvAEConfig.model_fields}
         conv = ConvAutoencoder(ConvAEConfig.model_validate({**conv_fields, "kind": "conv_ae"}))
         self.encoder, self.decoder = conv.encoder, conv.decoder
+        if cfg.code_norm and cfg.prior == "gaussian":
+            # Standardized codes (zero mean, unit variance per dimension over the batch; running
+            # statistics at evaluation): the adversarial steps no longer have to move the codes' scale
+            # and offset against the reconstruction's pull, and cannot collapse them to a point.
+            self.encoder.append(nn.BatchNorm1d(cfg.latent_dim, affine=False))
         h = cfg.disc_hidden
         self.discriminator = nn.Sequential(nn.Linear(cfg.latent_dim, h), nn.LeakyReLU(0.2),
                                            nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
@@ -77,9 +85,9 @@ def prior_mmd(codes: torch.Tensor, prior: torch.Tensor) -> float:
 
 
 def _adversarial_optimizers(model: AdversarialAutoencoder) -> tuple[torch.optim.Optimizer, ...]:
-    lr = model.cfg.disc_lr
-    return (torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999)),
-            torch.optim.Adam(model.encoder.parameters(), lr=lr, betas=(0.5, 0.999)))
+    cfg = model.cfg
+    return (torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)),
+            torch.optim.Adam(model.encoder.parameters(), lr=cfg.adv_weight * cfg.disc_lr, betas=(0.5, 0.999)))
 
 
 def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -103,9 +111,11 @@ def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: t
     F.binary_cross_entropy_with_logits(logits, labels).backward()
     disc_opt.step()
 
+    if model.cfg.adv_weight == 0:  # the adversarial term off: a plain AE with a discriminator watching
+        return recon.detach()
     with ctx.autocast():
         fooled = model.discriminator(model.encoder(x_in)).float().squeeze(1)
-    gen_loss = model.cfg.adv_weight * F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+    gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
     gen_opt.zero_grad(set_to_none=True)
     model.discriminator.requires_grad_(False)  # the generator step moves the encoder only
     gen_loss.backward()

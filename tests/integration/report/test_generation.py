@@ -75,6 +75,8 @@ def test_report_scores_the_shown_aae_beside_another_generator(runs, tmp_path):
     page = (out / "report.html").read_text()
     assert '<section id="generation">' in page and '<section id="aae">' in page
     assert 'id="plot-aae_codes_vs_prior"' in page
+    # The fitted-Gaussian samples are labelled as a comparison, not as a model without a prior.
+    assert "own prior is sampled in its section below" in page and "has no prior" not in page
     assert f"FD {rows[0]['fd']:.2f}" in page and f"test accuracy {cnn_metrics['test_acc']:.4f}" in page
 
 

@@ -42,7 +42,9 @@ def _run(adv_weight: float) -> tuple[float, float]:
         "model": {"kind": "aae", "c1": 8, "c2": 16, "c3": 16, "fc": 32, "latent_dim": 4, "disc_hidden": 32,
                   # disc_lr 3e-3: at 1e-3 the MMD ratio sat at 0.51 on one CPU and under 0.5 on
                   # another (float order); at 3e-3 it is 0.29, a margin that does not hang on rounding.
-                  "adv_weight": adv_weight, "disc_lr": 3e-3},
+                  "adv_weight": adv_weight, "disc_lr": 3e-3,
+                  # The adversarial pull itself: without the batch norm that standardizes the codes.
+                  "code_norm": False},
         "data": {"dataset": "digits"}, "budget": {"max_epochs": 12, "batch_size": 64, "patience": 0},
         "optim": {"lr": 3e-3}})
     data = prepare(cfg.data)
@@ -61,6 +63,34 @@ def test_the_adversarial_term_pulls_the_codes_to_the_prior_and_it_still_reconstr
     assert adv_mmd < 0.5 * plain_mmd, (adv_mmd, plain_mmd)
     assert adv_mse < 0.08  # digits' pixel variance is about 0.1: it learned to reconstruct
     assert plain_mse < 0.08
+
+
+def test_standardized_codes_have_the_gaussian_priors_mean_and_variance():
+    cfg = AAEConfig(c1=4, c2=4, c3=4, fc=8, latent_dim=3)
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = build_model(RunConfig.model_validate({"model": cfg.model_dump()})).train()
+    norm = model.encoder[-1]
+    assert isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine  # no scale or shift to learn away
+    z = model.encode(x)
+    # Mean 0 and variance 1 per dimension, up to batch norm's eps (which counts against an untrained
+    # encoder's tiny variance, about 1e-5 here).
+    assert z.mean(0).abs().max() < 1e-4 and (z.var(0, unbiased=False) <= 1 + 1e-4).all()
+    # Not for the mixture prior (its variance is not 1 in z1, z2), nor when switched off.
+    for other in (cfg.model_copy(update={"prior": "mixture10"}), cfg.model_copy(update={"code_norm": False})):
+        plain = build_model(RunConfig.model_validate({"model": other.model_dump()}))
+        assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.encoder.modules())
+
+
+def test_adv_weight_scales_the_generator_steps_learning_rate_and_zero_skips_it():
+    base = {"kind": "aae", "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 3, "disc_hidden": 8,
+            "disc_lr": 1e-3}
+    for weight in (0.5, 0.0):
+        cfg = RunConfig.model_validate({"model": {**base, "adv_weight": weight}, "budget": {"batch_size": 8}})
+        trainer = Trainer(build_model(cfg), cfg, CPU, seed=0)
+        trainer.train_epoch(torch.rand(16, 1, 28, 28))
+        disc_opt, gen_opt = trainer.kind_state["aae_optimizers"]
+        assert disc_opt.param_groups[0]["lr"] == 1e-3 and gen_opt.param_groups[0]["lr"] == weight * 1e-3
+        assert bool(gen_opt.state) == (weight > 0)  # with 0 the generator step never runs
 
 
 def test_one_step_moves_all_three_parts():

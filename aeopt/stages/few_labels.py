@@ -1,0 +1,185 @@
+"""Few labels: classifiers on pretrained encoders at small label budgets, mean +- std over label draws.
+
+Each encoder (a trained autoencoder's state, or None for random initialisation) is pretrained once,
+elsewhere, on the whole training split without labels; here it is fine-tuned once per label draw:
+1. draw `labels` images from the training split, stratified and seeded by the draw, and split them
+   80/20 (the 20 % stop early and pick the epoch: never the test split);
+2. fine-tune a head and the encoder on them (`finetune_once`: the fine-tune stage's recipe, with
+   the head alone first when `finetune.probe_epochs` > 0);
+3. pseudo-labels (Lee, "Pseudo-Label", ICML 2013 workshop; self-training): the classifier labels
+   the unlabelled training images, the `per_class` most confident of each predicted class join the
+   labelled ones, and a fresh classifier from the same pretrained encoder trains on them all, still
+   stopped early on the 20 % of true labels; `rounds` times;
+4. the test split scores the classifier of each reported stage once (before and after
+   pseudo-labels), after every choice was made on validation labels.
+
+Knows nothing about Optuna; `aeopt compare` reads the folder `write_label_draws` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aeopt.config import FinetuneRun, load_finetune_config
+from aeopt.errors import AeoptError
+from aeopt.files import atomic_write_text
+from aeopt.stages.classifier_run import evaluate_on_test, labelled_split
+from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
+from aeopt.stages.pretrain import autoencoder_state
+from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.data import stratified_subset, training_pool
+from aeopt.training.supervised import Classifier, evaluate
+
+LABEL_DRAWS_FILE = "label_draws.json"
+# The few-label fine-tune recipe, as `--set` overrides of the `finetune:` section (chosen before any
+# test figure was seen): the head alone first, then the whole network; strong weight decay (AdamW);
+# shifts and flips come with `augment: auto` below 5,000 labelled images.
+RECIPE = ["finetune.probe_epochs=3", "finetune.max_epochs=20", "finetune.patience=6",
+          "finetune.weight_decay=0.01", "finetune.head_hidden=64"]
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Self-training after the first fine-tune; rounds = 0 turns it off."""
+
+    rounds: int = 1
+    per_class: int = 400  # most confident unlabelled images kept per predicted class
+
+
+@dataclass
+class DrawResult:
+    draw: int
+    test_acc: float  # after the last pseudo-label round (the figure the method reports)
+    test_acc_labelled_only: float  # the first fine-tune, on the drawn labels alone
+    val_acc: float
+    pseudo_label_acc: list[float] = field(default_factory=list)  # per round: agreement with true labels
+    seconds: float = 0.0
+
+
+@dataclass
+class BudgetResult:
+    """One encoder at one label budget over its draws."""
+
+    encoder: str
+    labels: int
+    draws: list[DrawResult]
+
+    @property
+    def test_accs(self) -> list[float]:
+        return [d.test_acc for d in self.draws]
+
+    def summary(self) -> dict[str, Any]:
+        def mean_std(values: list[float]) -> tuple[float, float]:
+            return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+        acc, std = mean_std(self.test_accs)
+        only, only_std = mean_std([d.test_acc_labelled_only for d in self.draws])
+        return {"encoder": self.encoder, "labels": self.labels, "draws": len(self.draws),
+                "test_acc_mean": acc, "test_acc_std": std,
+                "labelled_only_test_acc_mean": only, "labelled_only_test_acc_std": only_std,
+                "val_acc_mean": statistics.fmean(d.val_acc for d in self.draws),
+                "seconds": sum(d.seconds for d in self.draws), "per_draw": [asdict(d) for d in self.draws]}
+
+
+@torch.no_grad()
+def confident_pseudo_labels(model: Classifier, x: torch.Tensor, per_class: int,
+                            n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices into x, predicted labels): the `per_class` most confident images of each predicted
+    class, so that the pseudo-labelled set stays balanced when the classifier favours some classes."""
+    probs = evaluate(model, x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+                     probabilities=True).probabilities
+    confidence, predicted = probs.max(1)
+    keep = []
+    for c in range(n_classes):
+        idx = torch.nonzero(predicted == c).flatten()
+        keep.append(idx[confidence[idx].argsort(descending=True)[:per_class]])
+    idx = torch.sort(torch.cat(keep)).values
+    return idx, predicted[idx]
+
+
+def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labels: int, draw: int,
+             pseudo: PseudoLabels, device: torch.device, data_dir: str | None = None) -> DrawResult:
+    """Fine-tune on draw `draw` of `labels` training labels (then pseudo-labels); test once per stage."""
+    started = time.perf_counter()
+    data_cfg = cfg.data.model_copy(update={"split_seed": draw})
+    cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
+    data = labelled_split(data_cfg, labels, data_dir)
+    n_classes = len(data.classes)
+    setup = FinetuneSetup(cfg, ae_state, n_classes, device)
+    train, val = split_xy(data.train, device), split_xy(data.val, device)
+    model, fit = finetune_once(setup, train, val, seed=draw, desc=f"{labels} labels, draw {draw}")
+    first = evaluate_on_test([model], data.test, n_classes, device).accuracy
+    pool = training_pool(data_cfg, data_dir=data_dir)
+    # The drawn images (validation ones included) are not pseudo-labelled: early stopping must see
+    # only true labels it never trained on. Same indices as labelled_split's draw.
+    rest = torch.ones(len(pool), dtype=torch.bool)
+    rest[stratified_subset(pool.y, labels, draw)] = False
+    unlabelled, truth = split_xy(pool.take(torch.nonzero(rest).flatten()), device)
+    agreement = []
+    for _ in range(pseudo.rounds):
+        idx, guessed = confident_pseudo_labels(model, unlabelled, pseudo.per_class, n_classes)
+        agreement.append(float((guessed == truth[idx]).float().mean()))  # reported, never used to choose
+        grown = (torch.cat([train[0], unlabelled[idx]]), torch.cat([train[1], guessed]))
+        desc = f"{labels} labels + pseudo, draw {draw}"
+        model, fit = finetune_once(setup, grown, val, seed=draw, desc=desc)
+    last = evaluate_on_test([model], data.test, n_classes, device).accuracy if pseudo.rounds else first
+    return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=fit.best_val_acc,
+                      pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1))
+
+
+Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]
+
+
+def label_budget(encoders: dict[str, Encoder], budgets: list[int], draws: int, *, pseudo: PseudoLabels,
+                 device: torch.device, data_dir: str | None = None) -> list[BudgetResult]:
+    """Every encoder (name -> (its fine-tune config, its pretrained state; None: random
+    initialisation)) at every label budget, over draws 0 .. draws-1 (the same draws for each)."""
+    return [BudgetResult(name, n, [one_draw(cfg, state, labels=n, draw=d, pseudo=pseudo, device=device,
+                                            data_dir=data_dir) for d in range(draws)])
+            for n in budgets for name, (cfg, state) in encoders.items()]
+
+
+def load_encoders(checkpoints: dict[str, str | Path], random_like: str | Path | None, overrides: list[str],
+                  device: torch.device) -> tuple[dict[str, Encoder], dict[str, str]]:
+    """(encoders for `label_budget`, where each comes from): each named checkpoint's trained state
+    with its own config plus `overrides`, and "random", the network of `random_like` from random
+    initialisation."""
+    encoders: dict[str, Encoder] = {}
+    sources: dict[str, str] = {}
+    for name, path in checkpoints.items():
+        model, run_cfg, _ = load_checkpoint(path, device)
+        encoders[name] = (load_finetune_config(None, overrides, base=run_cfg), autoencoder_state(model))
+        sources[name] = str(path)
+    if random_like is not None:
+        _, run_cfg, _ = load_checkpoint(random_like)
+        cfg = load_finetune_config(None, [*overrides, "finetune.init=random"], base=run_cfg)
+        encoders["random"] = (cfg, None)
+        sources["random"] = f"random initialisation, the network of {random_like}"
+    return encoders, sources
+
+
+def write_label_draws(out: str | Path, results: list[BudgetResult], info: dict[str, Any]) -> Path:
+    """out/label_draws.json: the summaries and `info` (configs, epochs, pseudo-label settings)."""
+    path = Path(out) / LABEL_DRAWS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"info": info, "results": [r.summary() for r in results]}, indent=2))
+    return path
+
+
+class NotLabelDraws(AeoptError):
+    pass
+
+
+def read_label_draws(folder: str | Path) -> list[dict[str, Any]]:
+    path = Path(folder) / LABEL_DRAWS_FILE
+    try:
+        return json.loads(path.read_text())["results"]
+    except (OSError, ValueError, KeyError) as e:
+        raise NotLabelDraws(f"{path}: not a label-budget result ({e})") from None

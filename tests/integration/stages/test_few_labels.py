@@ -1,0 +1,107 @@
+"""Few labels: label draws from the training split only, pseudo-labels, the folder `aeopt compare` reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from aeopt.config import FinetuneRun
+from aeopt.stages.compare import compare_rows, format_table
+from aeopt.stages.few_labels import (
+    PseudoLabels,
+    confident_pseudo_labels,
+    label_budget,
+    read_label_draws,
+    write_label_draws,
+)
+from aeopt.training.data import load_dataset, prepare, to_float
+from aeopt.training.engine import fit
+
+CPU = torch.device("cpu")
+
+
+def _cfg() -> FinetuneRun:
+    return FinetuneRun.model_validate({
+        "model": {"kind": "aae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4, "disc_hidden": 16},
+        "data": {"dataset": "digits"}, "budget": {"max_epochs": 2, "batch_size": 64},
+        "finetune": {"max_epochs": 6, "probe_epochs": 1, "min_steps_per_epoch": 10, "patience": 0}})
+
+
+def test_pseudo_labels_are_the_most_confident_per_predicted_class():
+    class Fixed(torch.nn.Module):  # logits given per image: image i's logits are row i
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits[x[:, 0, 0, 0].long()]
+
+    logits = torch.tensor([[5.0, 0, 0], [1.0, 0, 0], [0, 3.0, 0], [0, 9.0, 0], [0, 0, 0.1], [4.0, 0, 0]])
+    x = torch.arange(6).float().view(6, 1, 1, 1)
+    idx, guessed = confident_pseudo_labels(Fixed(logits), x, per_class=2, n_classes=3)
+    assert idx.tolist() == [0, 2, 3, 4, 5] and guessed.tolist() == [0, 1, 1, 2, 0]
+
+
+def test_label_budget_draws_differ_pretrained_and_random_write_a_comparable_folder(tmp_path):
+    cfg = _cfg()
+    data = prepare(cfg.data)
+    ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
+    encoders = {"aae": (cfg, {k: v.clone() for k, v in ae.state_dict().items()}), "random": (cfg, None)}
+    results = label_budget(encoders, [40], 2, pseudo=PseudoLabels(rounds=1, per_class=20), device=CPU)
+    assert [(r.encoder, r.labels, len(r.draws)) for r in results] == [("aae", 40, 2), ("random", 40, 2)]
+    for r in results:
+        for d in r.draws:
+            assert 0.0 <= d.test_acc <= 1.0 and 0.0 <= d.test_acc_labelled_only <= 1.0
+            # 20 per predicted class, scored against the true labels (a digits classifier beats chance).
+            assert len(d.pseudo_label_acc) == 1 and 0.0 <= d.pseudo_label_acc[0] <= 1.0
+    assert max(d.test_acc for r in results for d in r.draws) > 0.3  # they learned (chance: 0.1)
+    # Two draws are two label sets: their classifiers are not the same (accuracies differ somewhere).
+    assert any(len({d.test_acc_labelled_only for d in r.draws}) == 2 for r in results)
+    assert results[0].draws[0].test_acc != results[1].draws[0].test_acc  # the pretrained state was used
+    write_label_draws(tmp_path / "few", results, {"epochs": 2})
+    summary = read_label_draws(tmp_path / "few")
+    assert [s["encoder"] for s in summary] == ["aae", "random"]
+    rows = compare_rows([tmp_path / "few"])
+    assert [(r["model"], r["labels"]) for r in rows] == [("aae (label draws)", 40),
+                                                         ("random (label draws)", 40)]
+    assert rows[0]["test_acc"] == pytest.approx(summary[0]["test_acc_mean"])
+    table = format_table(rows)
+    assert f"{summary[0]['test_acc_mean']:.4f} +- {summary[0]['test_acc_std']:.4f}" in table
+
+
+def test_the_drawn_labels_come_from_the_training_split():
+    from aeopt.stages.classifier_run import labelled_split
+
+    cfg = _cfg()
+    ds = load_dataset("digits")
+    for draw in (0, 1):
+        got = labelled_split(cfg.data.model_copy(update={"split_seed": draw}), 40)
+        train_rows = {bytes(r) for r in ds.train.x.flatten(1).numpy()}
+        assert all(bytes(r) in train_rows for r in torch.cat([got.train.x, got.val.x]).flatten(1).numpy())
+        assert len(got.train) + len(got.val) == 40 and len(got.test) == len(ds.test)
+
+
+def test_cli_few_labels_then_compare(tmp_path):
+    from tests.conftest import REPO, run_cli
+
+    env = {"OMP_NUM_THREADS": "1"}
+    r = run_cli("train", str(REPO / "configs" / "aae.yaml"), "--set", "data.dataset=digits", "--set",
+                "budget.max_epochs=1", "--device", "cpu", "--out", str(tmp_path / "aae"), cwd=tmp_path,
+                env=env)
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "aae" / "checkpoint.pt")
+    r = run_cli("baseline", "few-labels", "-e", f"aae={ckpt}", "--random-like", ckpt, "--budgets", "40",
+                "--draws", "2", "--pseudo-per-class", "10", "--set", "finetune.max_epochs=2", "--set",
+                "finetune.probe_epochs=1", "--device", "cpu", "-o", str(tmp_path / "few"), cwd=tmp_path,
+                env=env)
+    assert r.returncode == 0, r.stderr
+    assert "aae (label draws)" in r.stdout and "random (label draws)" in r.stdout
+    r = run_cli("compare", str(tmp_path / "few"), "--json", cwd=tmp_path, env=env)
+    rows = json.loads(r.stdout)
+    assert [(row["model"], row["labels"], row["draws"]) for row in rows] == [
+        ("aae (label draws)", 40, 2), ("random (label draws)", 40, 2)]
+    assert all(0 <= row["test_acc"] <= 1 and row["test_std"] >= 0 for row in rows)
+    r = run_cli("baseline", "few-labels", "-e", "aae", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "NAME=CHECKPOINT" in r.stderr
