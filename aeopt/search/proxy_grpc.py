@@ -2,9 +2,10 @@
 version of the trial. Needs grpcio (`pip install 'aeopt[grpc]'`); aeopt.search.proxy imports it lazily.
 
 Every `GetTrials` answer holds all the study's running trials (Optuna's client asks for them again
-each time): at 256 workers, 256 trials of about 0.14 ms each to encode on a 2-core machine, for
-every ask and every report. `ProxyStorage` keeps a trial's object while the trial is unchanged, so
-the message encoded from it is kept with it and only copied into each answer (256 in 1.6 ms).
+each time): at 256 workers, 256 trials to encode from Python objects for every ask and every report.
+`ProxyStorage` keeps a trial's object while the trial is unchanged, so the message encoded from it
+is kept with it and only copied into each answer (in C, an order of magnitude cheaper than encoding;
+a quick unlocked check on this 2-core machine: about 35 ms to encode 256 trials, 1.6 ms to copy).
 """
 
 from __future__ import annotations
