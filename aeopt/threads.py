@@ -12,7 +12,7 @@ free ones beside busy processes.
 
 A choice made once goes stale: a study runs for hours, and other jobs come and go. So while a
 command trains, `tick()` (called once per training step; it costs a clock read) re-counts every
-2 seconds the cores this process could use (the idle ones plus those it used itself) and moves
+second the cores this process could use (the idle ones plus those it used itself) and moves
 torch's thread count to that, within this process's cores and `AEOPT_MAX_THREADS` (`aeopt launch`
 sets it to each CPU worker's share). Measured (benchmarks/threads.py, BENCHMARKS.md): a trial beside
 busy processes, and one whose neighbours arrive after it started, stays within 10 % of the best
@@ -123,7 +123,7 @@ class ThreadGovernor:
     leaves, the 1-thread run sees a whole idle core beside its own and goes back to 2.
     """
 
-    def __init__(self, interval: float = 2.0):
+    def __init__(self, interval: float = 1.0):
         self.interval = interval
         self.active = False
         self._due = 0.0

@@ -23,11 +23,10 @@ import time
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 FIXED = {
     f"torch default ({CORES} threads)": {},
-    f"{CORES} threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "1 thread": {"OMP_NUM_THREADS": "1"},
 }
+PASSIVE = {f"{CORES} threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
 AEOPT = "aeopt default"
-SETTINGS = {**FIXED, AEOPT: {"AEOPT_BENCH_DEFAULTS": "1"}}
 
 # One child: a 2-fold cross-validation trial; prints "go" when its training starts, then the seconds.
 CHILD = r"""
@@ -84,18 +83,21 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--loads", default="0,1,2,late2", help="busy neighbours: N from the start, lateN after")
+    p.add_argument("--passive", action="store_true", help="also OMP_WAIT_POLICY=PASSIVE (a fixed setting)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    fixed = {**FIXED, **(PASSIVE if args.passive else {})}
+    settings = {**fixed, AEOPT: {"AEOPT_BENCH_DEFAULTS": "1"}}
     rows = []
     for load in args.loads.split(","):
         late = int(load[4:]) if load.startswith("late") else 0
         neighbours = busy(0 if late else int(load))
         try:
             time.sleep(0.5)
-            times: dict[str, list[float]] = {name: [] for name in SETTINGS}
-            ends: dict[str, list[int]] = {name: [] for name in SETTINGS}
+            times: dict[str, list[float]] = {name: [] for name in settings}
+            ends: dict[str, list[int]] = {name: [] for name in settings}
             for _ in range(args.repeats):
-                for name, env in SETTINGS.items():
+                for name, env in settings.items():
                     seconds, threads = run_child(env, args, late)
                     times[name].append(seconds)
                     ends[name].append(threads)
@@ -103,8 +105,8 @@ def main() -> None:
             stop(neighbours)
         row: dict = {"busy_neighbours": load}
         row.update({name: round(statistics.median(ts), 2) for name, ts in times.items()})
-        best = min(row[name] for name in FIXED)
-        row["best fixed"] = min(FIXED, key=lambda name: row[name])
+        best = min(row[name] for name in fixed)
+        row["best fixed"] = min(fixed, key=lambda name: row[name])
         row["aeopt / best fixed"] = round(row[AEOPT] / best, 3)
         row["aeopt threads at the end"] = ends[AEOPT]
         rows.append(row)
