@@ -42,6 +42,7 @@ from aeopt.config import ConvAEConfig, DataConfig, RunConfig, load_study_spec
 from aeopt.errors import StudyError
 from aeopt.files import atomic_write_text, versions
 from aeopt.search.export import export_best
+from aeopt.search.launch import launch
 from aeopt.search.refit import refit_config
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import create_study, load_study
@@ -54,6 +55,8 @@ from aeopt.training.models import build_model
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("aeopt", "grid", "optuna")
 SPECS = {"aeopt": "conv_ae.yaml", "grid": "seed_grid.yaml"}
+# The plain script's training, which its refit repeats: batches of 128, SGD without momentum.
+PLAIN_BATCH = 128
 # The report's grid of conv widths; the plain script searches them as the report did.
 REPORT_CHANNELS = {"c1": [8, 16], "c2": [16, 32], "c3": [16, 32]}
 
@@ -61,13 +64,24 @@ REPORT_CHANNELS = {"c1": [8, 16], "c2": [16, 32], "c3": [16, 32]}
 # ----- the aeopt arms: a study run to a deadline ---------------------------------------------------
 
 
+def spec_path(arm: str) -> Path:
+    """An arm's study spec: "aeopt" and "grid" are the shipped ones; "aeopt:PATH" is aeopt's default
+    study with another spec (e.g. the previous default, to check that a new one does better)."""
+    return Path(arm.split(":", 1)[1]) if ":" in arm else REPO / "studies" / SPECS[arm]
+
+
 def study_arm(arm: str, url: str, budget: float, common: list[str], args: argparse.Namespace) -> dict:
     storage = open_storage(url)
-    spec = load_study_spec(REPO / "studies" / SPECS[arm], common + list(args.study_set or []))
-    name = f"{arm}_{int(budget)}"
+    spec = load_study_spec(spec_path(arm), common + list(args.study_set or []))
+    name = f"{arm.replace(':', '_').replace('/', '_')}_{int(budget)}"
     create_study(storage, spec, name)
     start = time.monotonic()
-    run_worker(storage, name, timeout=budget, device=args.device, data_dir=args.data_dir, show_progress=False)
+    if args.workers > 1:  # as `aeopt launch --workers N --timeout`: one deadline for all of them
+        launch(storage, name, args.workers, devices=args.device, timeout=budget, data_dir=args.data_dir,
+               log_dir=Path(url.removeprefix("sqlite:///")).parent / f"{name}-logs")
+    else:
+        run_worker(storage, name, timeout=budget, device=args.device, data_dir=args.data_dir,
+                   show_progress=False)
     searched = time.monotonic() - start
     study, spec = load_study(storage, name)
     try:
@@ -105,7 +119,7 @@ class PlainScript:
         self.device = resolve_device(args.device)
         self.epochs, self.deadline, self.seed = args.plain_epochs, deadline, args.seed
         images = pool_x.float().div(255)
-        self.train = DataLoader(TensorDataset(images[train_idx]), batch_size=128, shuffle=True)
+        self.train = DataLoader(TensorDataset(images[train_idx]), batch_size=PLAIN_BATCH, shuffle=True)
         self.valid = DataLoader(TensorDataset(images[val_idx]), batch_size=256)
 
     def config(self, trial: optuna.Trial) -> RunConfig:
@@ -148,7 +162,7 @@ class PlainScript:
 def plain_optuna_arm(budget: float, args: argparse.Namespace) -> dict:
     start = time.monotonic()
     ds = load_dataset(args.dataset, args.data_dir)
-    pool = training_pool(DataConfig(dataset=args.dataset, train_subset=args.train_subset), ds)
+    pool = training_pool(DataConfig(dataset=args.dataset, train_subset=args.train_subset or None), ds)
     objective = PlainScript(pool.x, pool.y, args, deadline=start + budget)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=args.seed),
                                 pruner=optuna.pruners.MedianPruner())
@@ -166,44 +180,57 @@ def plain_optuna_arm(budget: float, args: argparse.Namespace) -> dict:
 
 def optuna_config(trial: FrozenTrial, args: argparse.Namespace) -> RunConfig:
     p = trial.params
+    # As the script trained it (torch's SGD has no momentum unless given one), so that the refit
+    # repeats the searched configuration rather than aeopt's defaults.
     return RunConfig(model=ConvAEConfig(c1=p["c1"], c2=p["c2"], c3=p["c3"]),
-                     optim={"name": p["optimizer"], "lr": p["lr"], "weight_decay": 0.0},
-                     data=DataConfig(dataset=args.dataset), seed=args.seed)
+                     optim={"name": p["optimizer"], "lr": p["lr"], "weight_decay": 0.0, "momentum": 0.0},
+                     budget={"batch_size": PLAIN_BATCH}, data=DataConfig(dataset=args.dataset),
+                     seed=args.seed)
 
 
 # ----- refit and score once --------------------------------------------------------------------------
 
 
-def refit(best: dict[str, Any], args: argparse.Namespace) -> dict:
-    """The configuration trained as `aeopt refit --set data.train_subset=N` trains it, tested once."""
-    overrides = [f"data.dataset={args.dataset}", f"data.train_subset={args.train_subset}",
+def refit(best: dict[str, Any], args: argparse.Namespace, name: str) -> dict:
+    """The configuration trained as `aeopt refit --set data.train_subset=N` trains it, tested once;
+    with --refit-out its checkpoint and metrics go to REFIT_OUT/name (for `aeopt finetune`)."""
+    overrides = [f"data.dataset={args.dataset}", f"data.train_subset={subset(args)}",
                  "data.test_subset=null", f"budget.max_epochs={args.refit_epochs}",
                  f"budget.patience={args.refit_patience}"]
     cfg, _ = refit_config(best, overrides)
-    _, metrics = train_run(cfg, data_dir=args.data_dir, device=args.device, show_progress=False)
+    out = args.refit_out / name if args.refit_out else None
+    _, metrics = train_run(cfg, data_dir=args.data_dir, device=args.device, out=out, show_progress=False)
     return {"test_mse": metrics["test_mse"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
             "model": cfg.model.model_dump(mode="json"), "optim": cfg.optim.model_dump(mode="json")}
 
 
+def subset(args: argparse.Namespace) -> str:
+    """The --set value of data.train_subset: 0 is the whole training split."""
+    return str(args.train_subset) if args.train_subset else "null"
+
+
 def run_arm(arm: str, budget: float, url: str, args: argparse.Namespace) -> dict:
-    common = [f"data.dataset={args.dataset}", f"data.train_subset={args.train_subset}"]
+    common = [f"data.dataset={args.dataset}", f"data.train_subset={subset(args)}"]
     result = plain_optuna_arm(budget, args) if arm == "optuna" else study_arm(arm, url, budget, common, args)
-    best = result.pop("best")
-    result["refit"] = refit(best, args) if best is not None else None
-    return {"arm": arm, "budget": budget, **result}
+    # The best configuration stays in the row: the record of what each search chose (and what
+    # --merge refits when the search ran with --no-refit).
+    label = f"aeopt[{Path(arm.split(':', 1)[1]).stem}]" if ":" in arm else arm
+    fit = result["best"] is not None and not args.no_refit
+    result["refit"] = refit(result["best"], args, f"{label}_{budget:.0f}") if fit else None
+    return {"arm": label, "budget": budget, **result}
 
 
 # ----- output ------------------------------------------------------------------------------------------
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'arm':<7} {'budget s':>8} {'searched s':>10} {'trials':>6} {'complete':>8} " \
+    head = f"{'arm':<9} {'budget s':>8} {'searched s':>10} {'trials':>6} {'complete':>8} " \
            f"{'test MSE':>9} {'refit epochs':>12} {'refit s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         fit = r["refit"] or {}
         mse = f"{fit['test_mse']:.5f}" if fit else "none"
-        lines.append(f"{r['arm']:<7} {r['budget']:>8.0f} {r['searched_seconds']:>10.1f} {r['trials']:>6} "
+        lines.append(f"{r['arm']:<9} {r['budget']:>8.0f} {r['searched_seconds']:>10.1f} {r['trials']:>6} "
                      f"{r['complete']:>8} {mse:>9} {fit.get('epochs', '-'):>12} "
                      f"{fit.get('seconds', float('nan')):>8.1f}")
     return "\n".join(lines)
@@ -216,7 +243,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
+    for arm in dict.fromkeys(r["arm"] for r in rows):
         points = [(r["budget"], r["refit"]["test_mse"]) for r in rows if r["arm"] == arm and r["refit"]]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=arm)
@@ -234,8 +261,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dataset", default=None, help="fashion_mnist (default) or digits (--smoke's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budgets", default="300,600,1200", help="search seconds per arm, comma-separated")
-    ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--train-subset", type=int, default=12000)
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help="comma-separated; aeopt:PATH is aeopt's arm with the study spec at PATH")
+    ap.add_argument("--train-subset", type=int, default=12000, help="0: the whole training split")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of the aeopt arms (as `aeopt launch --workers N`)")
     ap.add_argument("--refit-epochs", type=int, default=50)
     ap.add_argument("--refit-patience", type=int, default=8)
     ap.add_argument("--plain-epochs", type=int, default=10, help="epochs per trial of the plain script")
@@ -246,6 +276,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="digits, 20 s budgets, 2 epochs: a minute of search, a check")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None)
+    ap.add_argument("--no-refit", action="store_true", help="search only; --merge refits later")
+    ap.add_argument("--refit-out", type=Path, default=None,
+                    help="keep each refit's checkpoint and metrics in REFIT_OUT/<arm>_<budget>")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="no search: the rows of these earlier --json files (refit where they were not)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.dataset = args.dataset or "digits"
@@ -255,8 +290,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge(args: argparse.Namespace) -> None:
+    """Several runs (one arm or budget each, as a GPU session with a per-command limit runs them) as one."""
+    runs = [json.loads(path.read_text()) for path in args.merge]
+    rows = sorted((r for run in runs for r in run["rows"]), key=lambda r: (r["budget"], r["arm"]))
+    for row in rows:  # searched with --no-refit (a GPU session's per-command limit): refit here
+        if row["refit"] is None and row.get("best") is not None:
+            print(f"{row['arm']} at {row['budget']:.0f} s: refit of its best ...", flush=True)
+            row["refit"] = refit(row["best"], args, f"{row['arm']}_{row['budget']:.0f}")
+    print(table(rows))
+    if args.json:
+        out = {"merged": [str(p) for p in args.merge], "settings": [run["settings"] for run in runs],
+               "rows": rows}
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+    if args.png:
+        plot(rows, args.png)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        load_dataset(args.dataset, args.data_dir)
+        merge(args)
+        return
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

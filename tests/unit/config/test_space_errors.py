@@ -25,7 +25,7 @@ def _error(overrides: list[str], spec: Path = SPEC) -> str:
 
 @pytest.mark.parametrize("override,expected", [
     ("space.optim.lr.low=0.1", "space.optim.lr: low (0.1) must be <= high (0.01)"),
-    ("space.model.c1.low=100", "space.model.c1: low (100) must be <= high (64)"),
+    ("space.model.c1.low=100", "space.model.c1: low (100) must be <= high (32)"),
     ("space.model.activation.choices=[]", "space.model.activation: choices must not be empty"),
     ("space.optim.lr.type=foo", "space.optim.lr.type = 'foo': expected one of 'int', 'float', 'categorical'"),
     ("space.optim.lr={low: 1, high: 2}", "space.optim.lr: type is required: one of int, float, categorical"),

@@ -18,7 +18,8 @@ STUDIES = Path(__file__).resolve().parents[3] / "studies"
 def test_shipped_specs_validate(name):
     spec = load_study_spec(STUDIES / f"{name}.yaml")
     assert spec.name == name
-    assert spec.cv.folds == 5
+    # The default studies use 2 folds to fit real budgets (issue 13); the report's grid keeps its 5.
+    assert spec.cv.folds == (5 if name == "seed_grid" else 2)
     cfg = spec.run_config({})
     assert cfg.model.kind == {"vae": "vae", "denoising_ae": "denoising_ae"}.get(name, "conv_ae")
 
