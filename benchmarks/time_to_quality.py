@@ -294,6 +294,8 @@ def merge(args: argparse.Namespace) -> None:
     """Several runs (one arm or budget each, as a GPU session with a per-command limit runs them) as one."""
     runs = [json.loads(path.read_text()) for path in args.merge]
     rows = sorted((r for run in runs for r in run["rows"]), key=lambda r: (r["budget"], r["arm"]))
+    if any(row["refit"] is None and row.get("best") is not None for row in rows):
+        load_dataset(args.dataset, args.data_dir)  # before the refits' clocks, as in a search run
     for row in rows:  # searched with --no-refit (a GPU session's per-command limit): refit here
         if row["refit"] is None and row.get("best") is not None:
             print(f"{row['arm']} at {row['budget']:.0f} s: refit of its best ...", flush=True)
@@ -310,7 +312,6 @@ def merge(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.merge:
-        load_dataset(args.dataset, args.data_dir)
         merge(args)
         return
     logging.basicConfig(level=logging.WARNING)
