@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
-import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -51,6 +50,7 @@ from aeopt.search.stopping import (
 from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study
 from aeopt.search.tasks import make_objective
+from aeopt.threads import hold_threads
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def run_worker(
     # The budget counts from here: loading the data and the study is part of it.
     deadline = time.monotonic() + timeout if timeout else None
     if threads:
-        torch.set_num_threads(threads)
+        hold_threads(threads)  # the user's count: the thread governor leaves it alone
     clear_stop_requests()  # a stop from an earlier run in this process (tests) is not this one's
     install_stop_handlers()
     limits = FailureLimits.from_env(max_consecutive_failures, max_failed_trials)
