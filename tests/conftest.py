@@ -91,3 +91,21 @@ def run_cli(
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "aeopt", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def tiny_spec(**sections: dict) -> dict:
+    """A study spec of a tiny conv AE on 300 synthetic images, 2 folds, 1 epoch, random sampler, no
+    pruner, lr searched: each keyword's keys replace those of its section (`budget={"max_epochs": 500}`),
+    and a top-level value (`name="s"`) is set as it is."""
+    spec = {
+        "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
+        "data": {"dataset": "synthetic", "train_subset": 300},
+        "budget": {"max_epochs": 1, "batch_size": 64},
+        "cv": {"folds": 2},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and key in spec else value
+    return spec

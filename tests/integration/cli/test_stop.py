@@ -20,20 +20,12 @@ import pytest
 from aeopt.config import StudySpec
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import SPEC_ATTR, create_study
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tiny_spec
 
 pytestmark = pytest.mark.slow
 
 # Long trials on tiny synthetic data: a trial is still running when the signal comes.
-SPEC = {
-    "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
-    "data": {"dataset": "synthetic", "train_subset": 300},
-    "budget": {"max_epochs": 500, "batch_size": 64},
-    "cv": {"folds": 2},
-    "sampler": {"name": "random", "seed": 0},
-    "pruner": {"name": "none"},
-    "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-}
+SPEC = tiny_spec(budget={"max_epochs": 500})
 
 
 def _study(tmp_path: Path, name: str) -> str:

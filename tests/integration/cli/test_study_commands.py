@@ -10,19 +10,9 @@ from optuna_dashboard import get_note
 
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import load_study
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_spec
 
-SPEC = {
-    "name": "cli",
-    "description": "a study made by the CLI test",
-    "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
-    "data": {"dataset": "synthetic", "train_subset": 300},
-    "budget": {"max_epochs": 1, "batch_size": 64},
-    "cv": {"folds": 2},
-    "sampler": {"name": "random", "seed": 0},
-    "pruner": {"name": "none"},
-    "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-}
+SPEC = tiny_spec(name="cli", description="a study made by the CLI test")
 
 
 def _add_trials(url: str) -> None:

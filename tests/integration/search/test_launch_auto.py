@@ -10,20 +10,11 @@ from aeopt.config import StudySpec
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import create_study
 from aeopt.threads import usable_cores
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_spec
 
 pytestmark = pytest.mark.slow
 
-SPEC = {
-    "name": "s",
-    "model": {"kind": "conv_ae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4},
-    "data": {"dataset": "synthetic", "train_subset": 400},
-    "budget": {"max_epochs": 2, "batch_size": 64},
-    "cv": {"folds": 2},
-    "sampler": {"name": "random", "seed": 0},
-    "pruner": {"name": "none"},
-    "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-}
+SPEC = tiny_spec(name="s", data={"train_subset": 400}, budget={"max_epochs": 2})
 
 
 def test_auto_workers_on_cpu_finish_the_study(tmp_path):
