@@ -9,7 +9,10 @@ at the next epoch, before the next trial and between a storage's retries:
   collected, so that the next write of the stopping worker waits out the busy timeout (CI once saw
   a Ctrl-C'd quickstart hang 105 s on "database is locked");
 - inside a weakref callback or `__del__`, where Python prints the exception ("Exception ignored")
-  and drops it.
+  and drops it;
+- inside an import: raised in a C extension's initialisation it becomes "ImportError:
+  initialization failed" (seen when SIGTERM met a worker's first, lazy import of scipy), so the
+  worker exits 1 with a traceback instead of stopping cleanly.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def clear_stop_requests() -> None:
 _UNSAFE_PACKAGES = tuple(os.sep + part + os.sep for part in
                          ("sqlalchemy", "psycopg", os.path.join("optuna", "storages", "journal")))
 _DROPPED_HERE = ("weakref.py", "_weakrefset.py")  # where Python drops an exception (module doc)
+_IMPORTING = "<frozen importlib"  # the import machinery's frames (module doc)
 
 
 def stop_is_safe_here(frame: FrameType | None) -> bool:
@@ -61,7 +65,8 @@ def stop_is_safe_here(frame: FrameType | None) -> bool:
                               or frame.f_code.co_name == "__del__"):
         return False
     while frame is not None:
-        if any(part in frame.f_code.co_filename for part in _UNSAFE_PACKAGES):
+        name = frame.f_code.co_filename
+        if name.startswith(_IMPORTING) or any(part in name for part in _UNSAFE_PACKAGES):
             return False
         frame = frame.f_back
     return True

@@ -105,3 +105,13 @@ def _caller():
     import sys
 
     return sys._getframe(1)
+
+
+def test_frames_inside_an_import_are_not_safe(tmp_path, monkeypatch):
+    (tmp_path / "aeopt_probe_module.py").write_text(
+        "import sys\nfrom aeopt.search.stopping import stop_is_safe_here\n"
+        "SAFE = stop_is_safe_here(sys._getframe())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import aeopt_probe_module  # noqa: PLC0415 (the import is what is tested)
+
+    assert aeopt_probe_module.SAFE is False
