@@ -171,7 +171,7 @@ def use_fused_folds(setup: FinetuneSetup, fused: bool | None = None) -> bool:
 
 
 def _finetune_fused(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, *,
-                    on_epoch: OnFoldEpoch | None, keep_models: bool) -> FoldsResult:
+                    on_epoch: OnFoldEpoch | None, keep_models: bool, desc: str) -> FoldsResult:
     """`finetune_folds` with every fold in one vmapped step per batch (probe phase included)."""
     ft = setup.cfg.finetune
     trains, vals, models = [], [], []
@@ -181,16 +181,21 @@ def _finetune_fused(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: in
         models.append(setup.fresh()[0])
     aug = augmentation_for(ft.augment, setup.cfg.data.dataset, trains[0][0].shape[0])
     kw = {"seeds": [setup.cfg.seed + k for k in range(folds)], "augmentation": aug, "amp": setup.amp}
+    device = setup.device
     probes: list[ClassifierFit | None] = [None] * folds
-    if ft.probe_epochs and ft.mode == "full":  # as finetune_once: a trained head first
-        for m in models:
-            m.freeze_encoder()
-        probe_cfg = ft.model_copy(update={"max_epochs": ft.probe_epochs, "patience": 0})
-        probes = fit_classifier_folds(models, trains, vals, probe_cfg, setup.device, **kw)
-        for m in models:
-            m.unfreeze_encoder()
-    fits = fit_classifier_folds(models, trains, vals, ft, setup.device, encoder_lr_scale=ft.encoder_lr_scale,
-                                on_epoch=on_epoch, **kw)
+    probing = bool(ft.probe_epochs and ft.mode == "full")
+    with progress(ft.max_epochs + (ft.probe_epochs if probing else 0), f"{desc} ({folds} folds fused)",
+                  enabled=setup.show_progress) as bar:
+        if probing:  # as finetune_once: a trained head first
+            for m in models:
+                m.freeze_encoder()
+            probe_cfg = ft.model_copy(update={"max_epochs": ft.probe_epochs, "patience": 0})
+            probes = fit_classifier_folds(models, trains, vals, probe_cfg, device, progress=show_on(bar),
+                                          **kw)
+            for m in models:
+                m.unfreeze_encoder()
+        fits = fit_classifier_folds(models, trains, vals, ft, device, encoder_lr_scale=ft.encoder_lr_scale,
+                                    on_epoch=on_epoch, progress=show_on(bar), **kw)
     return FoldsResult([_after_probe(f, p) for f, p in zip(fits, probes, strict=True)],
                        models if keep_models else [])
 
@@ -202,7 +207,8 @@ def finetune_folds(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int
     by `fold_seed`; fold k trains with seed `cfg.seed + k`): one fold after another, or all folds in
     one fused step per batch (`fused`; None: `use_fused_folds` decides)."""
     if use_fused_folds(setup, fused):
-        return _finetune_fused(setup, pool, folds, fold_seed, on_epoch=on_epoch, keep_models=keep_models)
+        return _finetune_fused(setup, pool, folds, fold_seed, on_epoch=on_epoch, keep_models=keep_models,
+                               desc=desc)
     result = FoldsResult()
     for k, (tr, va) in enumerate(stratified_folds(pool.y, folds, fold_seed)):
         hook = functools.partial(on_epoch, k) if on_epoch is not None else None

@@ -169,9 +169,12 @@ def fit_classifier_folds(
     encoder_lr_scale: float = 1.0,
     amp: bool = False,
     on_epoch: OnFoldEpoch | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[ClassifierFit]:
     """`fit_classifier` for k folds at once: fold i trains `models[i]` on `trains[i]`, stops early on
-    `vals[i]` and gets its best weights back (loaded into `models[i]`). Returns each fold's fit."""
+    `vals[i]` and gets its best weights back (loaded into `models[i]`). Returns each fold's fit.
+    `progress(epoch, row)` is called once per epoch, as `fit_classifier`'s, with the row's figures
+    averaged over the folds that trained in it (and "folds": how many did)."""
     for m in models:
         m.to(device)
     folds = _Folds(models, trains, cfg, device, seeds=seeds, augmentation=augmentation,
@@ -184,6 +187,7 @@ def fit_classifier_folds(
         if not live:
             break
         trained = folds.train_epoch()
+        rows = []
         for i in live:
             train_loss, train_acc = trained[i]
             if not math.isfinite(train_loss):
@@ -193,6 +197,7 @@ def fit_classifier_folds(
             folds.base.train()
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc_augmented": train_acc,
                    "val_loss": ev.loss, "val_acc": ev.accuracy}
+            rows.append(row)
             if on_epoch:
                 on_epoch(i, epoch, ev.accuracy, ev.loss)
             if _record_epoch(fits[i], row):
@@ -200,6 +205,9 @@ def fit_classifier_folds(
             elif cfg.patience and epoch - fits[i].best_epoch >= cfg.patience:
                 fits[i].stopped_early = True
                 folds.active[i] = False
+        if progress:
+            mean = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0] if key != "epoch"}
+            progress(epoch, {**mean, "folds": float(len(rows))})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

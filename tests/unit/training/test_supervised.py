@@ -272,8 +272,15 @@ def test_fused_classifier_folds_match_fit_classifier_fold_by_fold(sizes, device)
     models = [net(k) for k in range(len(sizes))]
     dev = torch.device(device)
     moved = [tuple(t.to(dev) for t in xy) for xy in trains]
+    shown: list[tuple[int, dict[str, float]]] = []
     fused = fit_classifier_folds(models, moved, [tuple(t.to(dev) for t in xy) for xy in vals], cfg, dev,
-                                 seeds=list(range(len(sizes))))
+                                 seeds=list(range(len(sizes))), progress=lambda e, row: shown.append((e, row)))
+    # The progress line: one per epoch, the folds' mean validation accuracy.
+    assert [e for e, _ in shown] == [1, 2, 3]
+    for e, row in shown:
+        accs = [f.history[e - 1]["val_acc"] for f in fused]
+        assert row["val_acc"] == pytest.approx(sum(accs) / len(accs))
+        assert row["folds"] == len(sizes)
     # On the GPU: other kernels (and its own random streams, unused here): close, not equal.
     tol = 1e-4 if device == "cpu" else 1e-2
     for (model, fit), got, mine in zip(sequential, fused, models, strict=True):
