@@ -81,6 +81,14 @@ class AAEConfig(Strict):
     # mmd_weight * max(0, MMD(validation codes, prior) - mmd_tolerance) to the trial's value.
     mmd_tolerance: float = Field(0.05, ge=0.0)
     mmd_weight: float = Field(1.0, ge=0.0)
+    # The semi-supervised AAE (Makhzani et al., sec. 5): > 0 gives the encoder a second head, a
+    # softmax over this many categories (y), beside the style code (latent_dim); the decoder takes
+    # both, and the prior is one-hot categorical times the code prior. With labels, `aeopt baseline
+    # few-labels` trains y as the classifier (aeopt/training/kinds/aae_ssl.py). 0: the plain AAE.
+    categories: int = Field(0, ge=0, le=1000)
+    # With categories and labels: training steps of that semi-supervised phase, from the trained
+    # model, per label draw (one unlabelled and one labelled batch each; validation labels pick the step).
+    ssl_steps: int = Field(600, ge=1, le=1_000_000)
 
 
 # A new kind's schema joins this union; the `kind` field picks the schema.

@@ -27,14 +27,17 @@ from typing import Any
 
 import torch
 
-from aeopt.config import FinetuneRun, load_finetune_config
+from aeopt.config import FinetuneRun, load_finetune_config, run_config
 from aeopt.errors import AeoptError
 from aeopt.files import atomic_write_text
-from aeopt.stages.classifier_run import evaluate_on_test, labelled_split
+from aeopt.stages.classifier_run import LabelledData, evaluate_on_test, labelled_split
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
 from aeopt.stages.pretrain import autoencoder_state
 from aeopt.training.checkpoint import load_checkpoint
 from aeopt.training.data import stratified_subset, training_pool
+from aeopt.training.engine import set_seed
+from aeopt.training.kinds.aae_ssl import SemiSupervisedSettings, fit_semi_supervised
+from aeopt.training.models import build_model
 from aeopt.training.supervised import Classifier, evaluate
 
 LABEL_DRAWS_FILE = "label_draws.json"
@@ -112,6 +115,9 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
     cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
     data = labelled_split(data_cfg, labels, data_dir)
     n_classes = len(data.classes)
+    if getattr(cfg.model, "categories", 0):
+        return semi_supervised_draw(cfg, ae_state, data, labels=labels, draw=draw, device=device,
+                                    data_dir=data_dir, started=started)
     setup = FinetuneSetup(cfg, ae_state, n_classes, device)
     train, val = split_xy(data.train, device), split_xy(data.val, device)
     model, fit = finetune_once(setup, train, val, seed=draw, desc=f"{labels} labels, draw {draw}")
@@ -132,6 +138,30 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
     last = evaluate_on_test([model], data.test, n_classes, device).accuracy if pseudo.rounds else first
     return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=fit.best_val_acc,
                       pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1))
+
+
+def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, data: LabelledData, *,
+                         labels: int, draw: int, device: torch.device, data_dir: str | None,
+                         started: float) -> DrawResult:
+    """The semi-supervised AAE (`model.categories` > 0): from its trained state (None: fresh
+    weights), `model.ssl_steps` steps of reconstruction and adversarial terms on the unlabelled
+    training images and cross-entropy on the draw's labelled ones; its category head is the
+    classifier. The drawn images (validation ones too) are not among the unlabelled; no
+    pseudo-labels (the categorical prior does their work); the test split scores it once."""
+    model = build_model(run_config(cfg)).to(device)
+    if ae_state is not None:
+        model.load_state_dict(ae_state)
+    pool = training_pool(cfg.data, data_dir=data_dir)
+    rest = torch.ones(len(pool), dtype=torch.bool)
+    rest[stratified_subset(pool.y, labels, draw)] = False
+    unlabelled, _ = split_xy(pool.take(torch.nonzero(rest).flatten()), device)
+    set_seed(draw)
+    clf, fit = fit_semi_supervised(model, unlabelled, split_xy(data.train, device), split_xy(data.val, device),
+                                   lr=cfg.optim.lr, seed=draw,
+                                   settings=SemiSupervisedSettings(steps=cfg.model.ssl_steps))
+    acc = evaluate_on_test([clf], data.test, len(data.classes), device).accuracy
+    return DrawResult(draw=draw, test_acc=acc, test_acc_labelled_only=acc, val_acc=fit.best_val_acc,
+                      seconds=round(time.perf_counter() - started, 1))
 
 
 Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]

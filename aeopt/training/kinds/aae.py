@@ -32,21 +32,48 @@ MIXTURE_RADIUS = 4.0  # distance of the mixture's means from the origin
 MIXTURE_STD = 0.5  # the components' std in the two dimensions the means spread over
 
 
+class CategoricalEncoder(nn.Module):
+    """The semi-supervised AAE's encoder: a shared trunk, then a softmax over `categories` (y) and a
+    style code (z); calling it gives [softmax(y), z], the code the decoder and the discriminator see."""
+
+    def __init__(self, trunk: nn.Module, style: nn.Module, logits: nn.Module):
+        super().__init__()
+        self.trunk, self.style, self.logits_head = trunk, style, logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_head(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return torch.cat([self.logits_head(h).softmax(1), self.style(h)], 1)
+
+
 class AdversarialAutoencoder(Autoencoder):
     def __init__(self, cfg: AAEConfig):
         super().__init__()
         self.cfg = cfg
         conv_fields = {k: v for k, v in cfg.model_dump().items() if k in ConvAEConfig.model_fields}
-        conv = ConvAutoencoder(ConvAEConfig.model_validate({**conv_fields, "kind": "conv_ae"}))
+        code = code_dim(cfg)
+        conv = ConvAutoencoder(ConvAEConfig.model_validate({**conv_fields, "kind": "conv_ae",
+                                                            "latent_dim": code}))
         self.encoder, self.decoder = conv.encoder, conv.decoder
-        if cfg.code_norm and cfg.prior == "gaussian":
-            # Standardized codes (zero mean, unit variance per dimension over the batch; running
-            # statistics at evaluation): the adversarial steps no longer have to move the codes' scale
-            # and offset against the reconstruction's pull, and cannot collapse them to a point.
-            self.encoder.append(nn.BatchNorm1d(cfg.latent_dim, affine=False))
+        norm = [nn.BatchNorm1d(cfg.latent_dim, affine=False)] if cfg.code_norm and cfg.prior == "gaussian" else []
+        # Standardized codes (zero mean, unit variance per dimension over the batch; running
+        # statistics at evaluation): the adversarial steps no longer have to move the codes' scale
+        # and offset against the reconstruction's pull, and cannot collapse them to a point.
+        if cfg.categories:
+            trunk = conv.encoder[:-1]  # up to the fc layer's activation and dropout
+            self.encoder = CategoricalEncoder(trunk, nn.Sequential(nn.Linear(cfg.fc, cfg.latent_dim), *norm),
+                                              nn.Linear(cfg.fc, cfg.categories))
+        else:
+            self.encoder.extend(norm)
         h = cfg.disc_hidden
-        self.discriminator = nn.Sequential(nn.Linear(cfg.latent_dim, h), nn.LeakyReLU(0.2),
+        self.discriminator = nn.Sequential(nn.Linear(code, h), nn.LeakyReLU(0.2),
                                            nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
+
+    @property
+    def latent_dim(self) -> int:
+        return code_dim(self.cfg)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -55,12 +82,26 @@ class AdversarialAutoencoder(Autoencoder):
         return self.decoder(self.encoder(x))
 
 
+def code_dim(cfg: AAEConfig) -> int:
+    """The width of the code the decoder takes: the style code, plus the categories' softmax."""
+    return cfg.latent_dim + cfg.categories
+
+
 def sample_prior(cfg: AAEConfig, n: int, *, device: torch.device | str = "cpu",
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """n codes from the model's prior, [n, latent_dim]."""
+    """n codes from the model's prior, [n, code_dim(cfg)]: with categories, [one-hot y, style z]."""
     z = torch.randn(n, cfg.latent_dim, device=device, generator=generator)
+    if cfg.categories:  # one-hot categories, uniform, beside the style code's prior
+        y = torch.randint(0, cfg.categories, (n,), device=device, generator=generator)
+        return torch.cat([F.one_hot(y, cfg.categories).to(z.dtype), _style_prior(cfg, z, device, generator)], 1)
+    return _style_prior(cfg, z, device, generator)
+
+
+def _style_prior(cfg: AAEConfig, z: torch.Tensor, device: torch.device | str,
+                 generator: torch.Generator | None) -> torch.Tensor:
     if cfg.prior == "gaussian":
         return z
+    n = z.shape[0]
     component = torch.randint(0, MIXTURE_COMPONENTS, (n,), device=device, generator=generator)
     angle = component.float() * (2 * math.pi / MIXTURE_COMPONENTS)
     z[:, 0] = MIXTURE_RADIUS * torch.cos(angle) + MIXTURE_STD * z[:, 0]
