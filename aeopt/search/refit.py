@@ -80,8 +80,8 @@ def refit_record(export: dict[str, Any], cfg: RunConfig, metrics: dict[str, Any]
                  removed: list[str], overrides: list[str], wall_seconds: float) -> dict[str, Any]:
     """refit.json: the result, where it came from (the storage masked) and how it was made."""
     provenance, searched = export["provenance"], export["metrics"]
-    test = {k: metrics[k] for k in ("test_loss", "test_mse", "test_mse_noisy_input", "test_mse_by_input_noise")
-            if k in metrics}
+    keys = ("test_loss", "test_mse", "test_mse_noisy_input", "test_mse_by_input_noise")
+    test = {k: metrics[k] for k in keys if k in metrics}
     return {
         "format": FORMAT,
         "study": provenance["study"],
