@@ -27,7 +27,8 @@ N_PRIOR_DENSITY = 5000  # prior samples drawn to show its density
 
 
 def _prior_name(cfg: Any) -> str:
-    return ("N(0, I)" if cfg.prior == "gaussian" else
+    categories = f"one-hot uniform over {cfg.categories} categories, then " if cfg.categories else ""
+    return categories + ("N(0, I)" if cfg.prior == "gaussian" else
             f"a mixture of 10 Gaussians (means on a circle of radius {MIXTURE_RADIUS:g} in z1, z2; std "
             f"{MIXTURE_STD:g} there, N(0, 1) in the other dimensions)")
 
@@ -126,6 +127,17 @@ def manifold_grid(shown: ShownModel, n: int = GRID_N) -> tuple[torch.Tensor, np.
     """Decoded codes on an n x n grid over z1, z2 (the rest 0), its coordinates and what they span: the
     N(0, 1) quantiles for a Gaussian prior (as the VAE's), the mixture's whole range for a mixture."""
     cfg = shown.model.cfg
+    if cfg.categories:
+        # The semi-supervised AAE: row r is category r (mod their number), z1 varies along the row over
+        # the N(0, 1) quantiles (the mixture's range for a mixture), the rest of the style is 0.
+        reach = MIXTURE_RADIUS + 2 * MIXTURE_STD
+        coords = (torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64))
+                  .numpy() if cfg.prior == "gaussian" else np.linspace(-reach, reach, n))
+        z = np.zeros((n * n, cfg.categories + cfg.latent_dim), dtype=np.float32)
+        for r in range(n):
+            z[r * n : (r + 1) * n, r % cfg.categories] = 1.0
+            z[r * n : (r + 1) * n, cfg.categories] = coords
+        return analysis.decode(shown.model, z), coords, "rows: the categories; columns: z1"
     if cfg.prior == "gaussian":
         images, coords = analysis.latent_grid(shown.model, n)
         return images, coords, "the 5%..95% quantiles of N(0, 1)"

@@ -63,3 +63,20 @@ def test_the_category_head_learns_digits_from_few_labels():
     # Unsupervised categories are not the classes (about chance before); 80 labels make them so.
     assert before < 0.4 and after > 0.7, (before, after, result.history)
     assert result.best_step in [s for s, _ in result.history]
+
+
+def test_the_report_grid_of_a_categorical_aae_has_one_category_per_row():
+    from types import SimpleNamespace
+
+    from aeopt.report.aae import manifold_grid
+
+    model = build_model(RunConfig.model_validate({"model": {"kind": "aae", "latent_dim": 3, "categories": 4}}))
+    model.eval()
+    images, coords, _ = manifold_grid(SimpleNamespace(model=model), n=5)
+    assert images.shape[0] == 25 and len(coords) == 5
+    code = torch.zeros(5, 7)
+    code[:, 2] = 1.0  # row 2: category 2, z1 along the row, the rest of the style 0
+    code[:, 4] = torch.as_tensor(coords, dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.decode(code)
+    assert torch.allclose(torch.as_tensor(images[10:15]).float(), expected, atol=1e-5)
