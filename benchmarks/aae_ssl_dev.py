@@ -20,7 +20,8 @@ from aeopt.training.supervised import evaluate
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-ck, lr, steps, lb, labels = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ck, lr = sys.argv[1], float(sys.argv[2])
+steps, lb, labels = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 t = time.time()
 model, cfg, _ = load_checkpoint(ck, CPU)
 pool = load_dataset("fashion_mnist", "/work/shared/data").train

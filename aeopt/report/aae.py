@@ -131,8 +131,9 @@ def manifold_grid(shown: ShownModel, n: int = GRID_N) -> tuple[torch.Tensor, np.
         # The semi-supervised AAE: row r is category r (mod their number), z1 varies along the row over
         # the N(0, 1) quantiles (the mixture's range for a mixture), the rest of the style is 0.
         reach = MIXTURE_RADIUS + 2 * MIXTURE_STD
-        coords = (torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64))
-                  .numpy() if cfg.prior == "gaussian" else np.linspace(-reach, reach, n))
+        quantiles = torch.linspace(0.05, 0.95, n, dtype=torch.float64)
+        coords = (torch.distributions.Normal(0.0, 1.0).icdf(quantiles).numpy() if cfg.prior == "gaussian"
+                  else np.linspace(-reach, reach, n))
         z = np.zeros((n * n, cfg.categories + cfg.latent_dim), dtype=np.float32)
         for r in range(n):
             z[r * n : (r + 1) * n, r % cfg.categories] = 1.0

@@ -13,6 +13,10 @@ elsewhere, on the whole training split without labels; here it is fine-tuned onc
 4. the test split scores the classifier of each reported stage once (before and after
    pseudo-labels), after every choice was made on validation labels.
 
+A semi-supervised AAE (`model.categories` > 0) takes another path per draw, `semi_supervised_draw`:
+its own labelled phase (aeopt/training/kinds/aae_ssl.py), its category head the classifier, no
+pseudo-labels; the test split scores it once.
+
 Knows nothing about Optuna; `aeopt compare` reads the folder `write_label_draws` writes.
 """
 
@@ -156,8 +160,8 @@ def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | N
     rest[stratified_subset(pool.y, labels, draw)] = False
     unlabelled, _ = split_xy(pool.take(torch.nonzero(rest).flatten()), device)
     set_seed(draw)
-    clf, fit = fit_semi_supervised(model, unlabelled, split_xy(data.train, device), split_xy(data.val, device),
-                                   lr=cfg.optim.lr, seed=draw,
+    train, val = split_xy(data.train, device), split_xy(data.val, device)
+    clf, fit = fit_semi_supervised(model, unlabelled, train, val, lr=cfg.optim.lr, seed=draw,
                                    settings=SemiSupervisedSettings(steps=cfg.model.ssl_steps))
     acc = evaluate_on_test([clf], data.test, len(data.classes), device).accuracy
     return DrawResult(draw=draw, test_acc=acc, test_acc_labelled_only=acc, val_acc=fit.best_val_acc,

@@ -185,13 +185,14 @@ def _aae_prior(model: Autoencoder, n: int, g: torch.Generator) -> torch.Tensor:
 Sampler = Callable[[Autoencoder, int, torch.Generator], torch.Tensor]
 PRIORS: dict[str, tuple[Sampler, Callable[[Any], str]]] = {
     "vae": (_standard_normal, lambda _cfg: "its prior N(0, I)"),
-    "aae": (_aae_prior, lambda cfg: "its prior, " + _categories(cfg) + ("N(0, I)" if cfg.prior == "gaussian" else
-                                                                        "a mixture of 10 Gaussians")),
+    "aae": (_aae_prior, lambda cfg: "its prior, " + _categories(cfg)
+            + ("N(0, I)" if cfg.prior == "gaussian" else "a mixture of 10 Gaussians")),
 }
 
 
 def _categories(cfg: Any) -> str:
-    return f"one of {cfg.categories} categories (one-hot, uniform) and " if getattr(cfg, "categories", 0) else ""
+    n = getattr(cfg, "categories", 0)
+    return f"one of {n} categories (one-hot, uniform) and " if n else ""
 FITTED = "a full-covariance Gaussian fitted to the codes of its training images"
 
 

@@ -57,7 +57,8 @@ class AdversarialAutoencoder(Autoencoder):
         conv = ConvAutoencoder(ConvAEConfig.model_validate({**conv_fields, "kind": "conv_ae",
                                                             "latent_dim": code}))
         self.encoder, self.decoder = conv.encoder, conv.decoder
-        norm = [nn.BatchNorm1d(cfg.latent_dim, affine=False)] if cfg.code_norm and cfg.prior == "gaussian" else []
+        standardize = cfg.code_norm and cfg.prior == "gaussian"
+        norm = [nn.BatchNorm1d(cfg.latent_dim, affine=False)] if standardize else []
         # Standardized codes (zero mean, unit variance per dimension over the batch; running
         # statistics at evaluation): the adversarial steps no longer have to move the codes' scale
         # and offset against the reconstruction's pull, and cannot collapse them to a point.
@@ -93,7 +94,8 @@ def sample_prior(cfg: AAEConfig, n: int, *, device: torch.device | str = "cpu",
     z = torch.randn(n, cfg.latent_dim, device=device, generator=generator)
     if cfg.categories:  # one-hot categories, uniform, beside the style code's prior
         y = torch.randint(0, cfg.categories, (n,), device=device, generator=generator)
-        return torch.cat([F.one_hot(y, cfg.categories).to(z.dtype), _style_prior(cfg, z, device, generator)], 1)
+        one_hot = F.one_hot(y, cfg.categories).to(z.dtype)
+        return torch.cat([one_hot, _style_prior(cfg, z, device, generator)], 1)
     return _style_prior(cfg, z, device, generator)
 
 

@@ -29,7 +29,8 @@ def test_categorical_prior_is_one_hot_uniform_beside_a_gaussian_style():
 
 
 def test_the_encoder_gives_softmax_and_style_and_the_decoder_takes_both():
-    model = build_model(RunConfig.model_validate({"model": {"kind": "aae", "latent_dim": 4, "categories": 6}}))
+    spec = {"model": {"kind": "aae", "latent_dim": 4, "categories": 6}}
+    model = build_model(RunConfig.model_validate(spec))
     model.eval()
     x = torch.rand(7, 1, 28, 28)
     code = model.encode(x)
@@ -70,7 +71,8 @@ def test_the_report_grid_of_a_categorical_aae_has_one_category_per_row():
 
     from aeopt.report.aae import manifold_grid
 
-    model = build_model(RunConfig.model_validate({"model": {"kind": "aae", "latent_dim": 3, "categories": 4}}))
+    spec = {"model": {"kind": "aae", "latent_dim": 3, "categories": 4}}
+    model = build_model(RunConfig.model_validate(spec))
     model.eval()
     images, coords, _ = manifold_grid(SimpleNamespace(model=model), n=5)
     assert images.shape[0] == 25 and len(coords) == 5
