@@ -311,14 +311,14 @@ def merge(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:  # before --merge too: its refits train with the same threads as a run's
+        torch.set_num_threads(args.threads)
     if args.merge:
         merge(args)
         return
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     # Loaded once (it is cached per process) before any clock starts: every arm's budget is search.
     load_dataset(args.dataset, args.data_dir)
     rows = []
