@@ -105,3 +105,20 @@ def test_cli_few_labels_then_compare(tmp_path):
     assert all(0 <= row["test_acc"] <= 1 and row["test_std"] >= 0 for row in rows)
     r = run_cli("baseline", "few-labels", "-e", "aae", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
     assert r.returncode != 0 and "NAME=CHECKPOINT" in r.stderr
+
+
+def test_a_categorical_aae_takes_the_semi_supervised_path_without_pseudo_labels(tmp_path):
+    cfg = FinetuneRun.model_validate({
+        **_cfg().model_dump(exclude={"model"}),
+        "model": {"kind": "aae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4, "disc_hidden": 16,
+                  "categories": 10, "ssl_steps": 100}})
+    data = prepare(cfg.data)
+    ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
+    state = {k: v.clone() for k, v in ae.state_dict().items()}
+    [result] = label_budget({"ssl": (cfg, state)}, [60], 1, pseudo=PseudoLabels(rounds=1), device=CPU)
+    [draw] = result.draws
+    # Its own path: the category head scored once, no pseudo-label round even though one was asked for.
+    assert draw.pseudo_label_acc == [] and draw.test_acc == draw.test_acc_labelled_only
+    assert 0.0 <= draw.test_acc <= 1.0  # that it learns: tests/unit/training/test_aae_ssl.py
+    write_label_draws(tmp_path / "few", [result], {})
+    assert [r["model"] for r in compare_rows([tmp_path / "few"])] == ["ssl (label draws)"]
