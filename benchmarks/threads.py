@@ -109,6 +109,7 @@ def main() -> None:
         row["best fixed"] = min(fixed, key=lambda name: row[name])
         row["aeopt / best fixed"] = round(row[AEOPT] / best, 3)
         row["aeopt threads at the end"] = ends[AEOPT]
+        row["seconds per run"] = {name: [round(t, 2) for t in ts] for name, ts in times.items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
