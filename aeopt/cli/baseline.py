@@ -60,6 +60,12 @@ def few_labels(
     pseudo_rounds: Annotated[int, typer.Option("--pseudo-rounds", min=0, help="Pseudo-label rounds.")] = 1,
     per_class: Annotated[int, typer.Option(
         "--pseudo-per-class", min=1, help="Pseudo-labelled images kept per predicted class.")] = 400,
+    consistency: Annotated[int, typer.Option(
+        "--consistency", min=0, help="Steps of consistency regularisation (FixMatch) after the "
+        "fine-tune, on the unlabelled training images; 0: off.")] = 0,
+    consistency_opt: Annotated[list[str] | None, typer.Option(
+        "--consistency-opt",
+        help="KEY=VALUE of its settings (threshold, ratio, lr, ...; repeatable).")] = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -68,10 +74,14 @@ def few_labels(
     over label draws from the training split; the test split scores each classifier once.
 
     Example: aeopt baseline few-labels -e aae=runs/aae/checkpoint.pt -e conv_ae=runs/ae/checkpoint.pt
-    --random-like runs/ae/checkpoint.pt -o runs/few; then aeopt compare runs/few
+    --random-like runs/ae/checkpoint.pt -o runs/few; then aeopt compare runs/few.
+    With unlabelled images too: --pseudo-rounds 0 --consistency 3000
     """
     if any("=" not in e for e in encoder):
         raise typer.BadParameter("give each encoder as NAME=CHECKPOINT", param_hint="--encoder")
+    from aeopt.training.consistency import settings_from  # noqa: PLC0415
+
+    fixmatch = settings_from(consistency, consistency_opt) if consistency else None
     # Imported on use: the stage imports torch (seconds).
     from aeopt.stages.few_labels import (  # noqa: PLC0415
         RECIPE,
@@ -87,8 +97,9 @@ def few_labels(
     encoders, sources = load_encoders(dict(e.split("=", 1) for e in encoder), random_like, overrides, dev)
     pseudo = PseudoLabels(rounds=pseudo_rounds, per_class=per_class)
     results = label_budget(encoders, [int(b) for b in budgets.split(",")], draws, pseudo=pseudo, device=dev,
-                           data_dir=data_dir)
+                           data_dir=data_dir, consistency=fixmatch)
     write_label_draws(out, results, {"encoders": sources, "recipe": overrides, "pseudo": vars(pseudo),
+                                     "consistency": vars(fixmatch) if fixmatch else None,
                                      "draws": draws, "device": str(dev)})
     typer.echo(format_table(compare_rows([out])))
 

@@ -10,8 +10,11 @@ elsewhere, on the whole training split without labels; here it is fine-tuned onc
    the unlabelled training images, the `per_class` most confident of each predicted class join the
    labelled ones, and a fresh classifier from the same pretrained encoder trains on them all, still
    stopped early on the 20 % of true labels; `rounds` times;
-4. the test split scores the classifier of each reported stage once (before and after
-   pseudo-labels), after every choice was made on validation labels.
+4. consistency regularisation (`consistency`, off unless given: FixMatch, in
+   aeopt/training/consistency.py): the last classifier trains on, labelled batches beside
+   confident guesses on weak views of the unlabelled images as targets for strong views;
+5. the test split scores the classifier of each reported stage once (the first fine-tune, and the
+   last stage's), after every choice was made on validation labels.
 
 A semi-supervised AAE (`model.categories` > 0) takes another path per draw, `semi_supervised_draw`:
 its own labelled phase (aeopt/training/kinds/aae_ssl.py), its category head the classifier, no
@@ -38,11 +41,12 @@ from aeopt.stages.classifier_run import LabelledData, evaluate_on_test, labelled
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
 from aeopt.stages.pretrain import autoencoder_state
 from aeopt.training.checkpoint import load_checkpoint
+from aeopt.training.consistency import ConsistencySettings, fit_consistency
 from aeopt.training.data import stratified_subset, training_pool
 from aeopt.training.engine import set_seed
 from aeopt.training.kinds.aae_ssl import SemiSupervisedSettings, fit_semi_supervised
 from aeopt.training.models import build_model
-from aeopt.training.supervised import Classifier, evaluate
+from aeopt.training.supervised import Classifier, augmentation_for, evaluate
 
 LABEL_DRAWS_FILE = "label_draws.json"
 # The few-label fine-tune recipe, as `--set` overrides of the `finetune:` section (chosen before any
@@ -63,11 +67,12 @@ class PseudoLabels:
 @dataclass
 class DrawResult:
     draw: int
-    test_acc: float  # after the last pseudo-label round (the figure the method reports)
+    test_acc: float  # after the last stage (pseudo-labels, consistency): the figure the method reports
     test_acc_labelled_only: float  # the first fine-tune, on the drawn labels alone
     val_acc: float
     pseudo_label_acc: list[float] = field(default_factory=list)  # per round: agreement with true labels
     seconds: float = 0.0
+    consistency: list[dict[str, float]] = field(default_factory=list)  # its validation record, if on
 
 
 @dataclass
@@ -112,8 +117,10 @@ def confident_pseudo_labels(model: Classifier, x: torch.Tensor, per_class: int,
 
 
 def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labels: int, draw: int,
-             pseudo: PseudoLabels, device: torch.device, data_dir: str | None = None) -> DrawResult:
-    """Fine-tune on draw `draw` of `labels` training labels (then pseudo-labels); test once per stage."""
+             pseudo: PseudoLabels, device: torch.device, data_dir: str | None = None,
+             consistency: ConsistencySettings | None = None) -> DrawResult:
+    """Fine-tune on draw `draw` of `labels` training labels (then pseudo-labels, then consistency
+    regularisation when given); the test split scores the first and the last classifier once each."""
     started = time.perf_counter()
     data_cfg = cfg.data.model_copy(update={"split_seed": draw})
     cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
@@ -139,9 +146,17 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
         grown = (torch.cat([train[0], unlabelled[idx]]), torch.cat([train[1], guessed]))
         desc = f"{labels} labels + pseudo, draw {draw}"
         model, fit = finetune_once(setup, grown, val, seed=draw, desc=desc)
-    last = evaluate_on_test([model], data.test, n_classes, device).accuracy if pseudo.rounds else first
-    return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=fit.best_val_acc,
-                      pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1))
+    val_acc, record = fit.best_val_acc, []
+    if consistency is not None:
+        weak = augmentation_for(cfg.finetune.augment, cfg.data.dataset, train[0].shape[0])
+        model, cfit = fit_consistency(model, train, val, unlabelled, seed=draw, settings=consistency,
+                                      weak=weak)
+        val_acc, record = cfit.val_acc, cfit.history
+    later = pseudo.rounds or consistency is not None
+    last = evaluate_on_test([model], data.test, n_classes, device).accuracy if later else first
+    return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=val_acc,
+                      pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1),
+                      consistency=record)
 
 
 def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, data: LabelledData, *,
@@ -172,11 +187,13 @@ Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]
 
 
 def label_budget(encoders: dict[str, Encoder], budgets: list[int], draws: int, *, pseudo: PseudoLabels,
-                 device: torch.device, data_dir: str | None = None) -> list[BudgetResult]:
+                 device: torch.device, data_dir: str | None = None,
+                 consistency: ConsistencySettings | None = None) -> list[BudgetResult]:
     """Every encoder (name -> (its fine-tune config, its pretrained state; None: random
     initialisation)) at every label budget, over draws 0 .. draws-1 (the same draws for each)."""
     return [BudgetResult(name, n, [one_draw(cfg, state, labels=n, draw=d, pseudo=pseudo, device=device,
-                                            data_dir=data_dir) for d in range(draws)])
+                                            data_dir=data_dir, consistency=consistency)
+                                   for d in range(draws)])
             for n in budgets for name, (cfg, state) in encoders.items()]
 
 

@@ -16,6 +16,7 @@ from aeopt.stages.few_labels import (
     read_label_draws,
     write_label_draws,
 )
+from aeopt.training.consistency import ConsistencySettings
 from aeopt.training.data import load_dataset, prepare, to_float
 from aeopt.training.engine import fit
 
@@ -71,6 +72,23 @@ def test_label_budget_draws_differ_pretrained_and_random_write_a_comparable_fold
     assert f"{summary[0]['test_acc_mean']:.4f} +- {summary[0]['test_acc_std']:.4f}" in table
 
 
+def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scored(tmp_path):
+    cfg = _cfg()
+    data = prepare(cfg.data)
+    ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
+    state = {k: v.clone() for k, v in ae.state_dict().items()}
+    fixmatch = ConsistencySettings(steps=40, eval_every=20, labelled_batch=16, ratio=2, threshold=0.5)
+    [result] = label_budget({"aae": (cfg, state)}, [40], 1, pseudo=PseudoLabels(rounds=0), device=CPU,
+                            consistency=fixmatch)
+    [draw] = result.draws
+    assert [row["step"] for row in draw.consistency] == [20, 40]
+    assert draw.val_acc == draw.consistency[-1]["val_acc"]  # select "last"
+    # A second classifier was scored: 40 more steps on the same start change its test accuracy.
+    assert draw.test_acc != draw.test_acc_labelled_only and 0.0 <= draw.test_acc <= 1.0
+    write_label_draws(tmp_path / "few", [result], {})
+    assert read_label_draws(tmp_path / "few")[0]["per_draw"][0]["consistency"][-1]["step"] == 40
+
+
 def test_the_drawn_labels_come_from_the_training_split():
     from aeopt.stages.classifier_run import labelled_split
 
@@ -105,6 +123,9 @@ def test_cli_few_labels_then_compare(tmp_path):
     assert all(0 <= row["test_acc"] <= 1 and row["test_std"] >= 0 for row in rows)
     r = run_cli("baseline", "few-labels", "-e", "aae", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
     assert r.returncode != 0 and "NAME=CHECKPOINT" in r.stderr
+    r = run_cli("baseline", "few-labels", "-e", f"aae={ckpt}", "--consistency", "10", "--consistency-opt",
+                "thresh=0.9", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "consistency option 'thresh=0.9'" in r.stderr
 
 
 def test_a_categorical_aae_takes_the_semi_supervised_path_without_pseudo_labels(tmp_path):

@@ -1,0 +1,109 @@
+"""Consistency regularisation (FixMatch): the strong views, the masked loss, the settings, and a
+classifier that gets better from unlabelled images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aeopt.training.consistency import (
+    ConsistencyError,
+    ConsistencySettings,
+    consistency_loss,
+    fit_consistency,
+    settings_from,
+    strong_augment,
+)
+from aeopt.training.data import load_dataset, stratified_subset, to_float
+from aeopt.training.supervised import evaluate
+
+CPU = torch.device("cpu")
+
+
+def test_strong_views_stay_images_differ_per_image_and_repeat_with_the_seed():
+    x = torch.rand(32, 1, 28, 28)
+    s = ConsistencySettings()
+    out = strong_augment(x, torch.Generator().manual_seed(0), s)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, strong_augment(x, torch.Generator().manual_seed(0), s))
+    assert not torch.allclose(out, x)
+    # The cutout alone: a grey square of side cutout + 1 somewhere in every image (clipped at edges).
+    only_cut = ConsistencySettings(shift=0, rotate=0.0, jitter=0.0, cutout=6)
+    blank = torch.zeros(8, 1, 28, 28)
+    cut = strong_augment(blank, torch.Generator().manual_seed(1), only_cut, flip=False)
+    grey = (cut == 0.5).flatten(1).sum(1)
+    assert ((grey > 0) & (grey <= 49)).all() and set(cut.unique().tolist()) <= {0.0, 0.5}
+    assert len(set(grey.tolist())) > 1 or (grey == 49).all()
+
+
+class Fixed(nn.Module):
+    """Logits given per image: image i (its first pixel holds i) gets row i."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[x[:, 0, 0, 0].long()]
+
+
+def test_only_confident_guesses_on_the_weak_view_become_targets_for_the_strong_view():
+    logits = torch.tensor([[9.0, 0.0], [0.2, 0.0], [0.0, 9.0]])
+    weak = torch.arange(3.0).view(3, 1, 1, 1)
+    strong = torch.tensor([2.0, 1.0, 0.0]).view(3, 1, 1, 1)  # the strong views land on other rows
+    model = Fixed(logits)
+    loss, frac = consistency_loss(model, weak, strong, threshold=0.95)
+    assert frac.item() == pytest.approx(2 / 3)  # image 1 (0.55 confident) adds nothing
+    ce = torch.nn.functional.cross_entropy
+    # image 0 guessed class 0, its strong view has row 2's logits; image 2 guessed 1, row 0's.
+    expected = (ce(logits[2:3], torch.tensor([0])) + ce(logits[0:1], torch.tensor([1]))) / 3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert model.logits.grad[1].abs().sum() == 0  # the unconfident image's view got no gradient
+    assert consistency_loss(model, weak, strong, threshold=1.0)[1].item() == 0.0
+
+
+def test_settings_from_options_and_one_line_errors():
+    s = settings_from(300, ["threshold=0.9", "ratio=5", "select=best"])
+    assert (s.steps, s.threshold, s.ratio, s.select) == (300, 0.9, 5, "best")
+    for bad in (["thresh=0.9"], ["ratio=two"], ["select=first"], ["threshold"]):
+        with pytest.raises(ConsistencyError):
+            settings_from(300, bad)
+
+
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(16 * 7 * 7, 10))
+
+
+@pytest.mark.slow
+def test_unlabelled_images_lift_a_classifier_trained_on_few_labels():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    ds = load_dataset("digits")
+    idx = stratified_subset(ds.train.y, 30, 0)
+    train = (to_float(ds.train.x[idx], CPU), ds.train.y[idx])
+    rest = torch.ones(len(ds.train), dtype=torch.bool)
+    rest[idx] = False
+    unlabelled = to_float(ds.train.x[rest], CPU)
+    test = (to_float(ds.test.x, CPU), ds.test.y)
+    # The same start twice: labelled steps only (threshold 1.0 never fires: no unlabelled term)...
+    start = _small_cnn()
+    base = ConsistencySettings(steps=300, eval_every=100, lr=3e-3, shift=2, rotate=10.0, cutout=8)
+    labelled_only = settings_from(300, ["threshold=1.0", "lr=3e-3", "eval_every=100"])
+    a, _ = fit_consistency(_copy(start), train, test, unlabelled, seed=0, settings=labelled_only,
+                           weak=(1, False))
+    b, fit = fit_consistency(_copy(start), train, test, unlabelled, seed=0,
+                             settings=ConsistencySettings(**{**vars(base), "threshold": 0.9}),
+                             weak=(1, False))
+    acc_a, acc_b = evaluate(a, *test).accuracy, evaluate(b, *test).accuracy
+    assert fit.history[-1]["mask"] > 0.3  # the unlabelled term was on for most images
+    assert acc_b > acc_a + 0.03, (acc_a, acc_b, fit.history)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = _small_cnn()
+    clone.load_state_dict(model.state_dict())
+    return clone
