@@ -12,7 +12,8 @@ The classifier is any images -> logits module (here the fine-tune's `Classifier`
 fine-tuned on the labels: a warm start, because on a CPU budget of a few hundred steps a random
 head would stay below the threshold for most of them). AdamW, cosine learning rate to zero over
 `steps`; the returned classifier is the last step's or the one with the best validation accuracy
-(`select`), optionally the moving average of the weights (`ema`). All augmentation is whole-batch tensor work on the images' device (no PIL).
+(`select`), optionally the moving average of the weights (`ema`). All augmentation is whole-batch
+tensor work on the images' device (no PIL).
 
 Knows nothing of Optuna or of label draws (`aeopt.stages.few_labels` calls it).
 """
@@ -37,6 +38,9 @@ from aeopt.training.supervised import augment, evaluate
 XY = tuple[torch.Tensor, torch.Tensor]
 
 
+ALIGN_MOMENTUM = 0.99  # of the running mean of the guesses: about the last 100 steps
+
+
 class ConsistencyError(AeoptError):
     pass
 
@@ -54,6 +58,10 @@ class ConsistencySettings:
     # > 0: an exponential moving average of the weights (mean teacher: Tarvainen & Valpola 2017)
     # makes the guesses and is the classifier returned and evaluated; smoother than the last step.
     ema: float = 0.0
+    # Distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020): each guess is divided by the
+    # running mean of the guesses (then renormalised), so classes the classifier under-predicts (on
+    # Fashion-MNIST the shirt-like ones) still reach the threshold; labels are balanced here.
+    align: bool = False
     select: str = "last"  # "last" step, or the "best" validation accuracy of every eval_every
     # Strong augmentation (`strong_augment`)
     shift: int = 4
@@ -81,7 +89,7 @@ def settings_from(steps: int, options: list[str] | None = None) -> ConsistencySe
     """Settings from `steps` and KEY=VALUE strings naming `ConsistencySettings` fields (the CLI's
     --consistency-opt); an unknown key or a bad value is a one-line error."""
     kinds = {f.name: f.type for f in dataclasses.fields(ConsistencySettings)}
-    cast = {"int": int, "float": float, "str": str}
+    cast = {"int": int, "float": float, "str": str, "bool": _boolean}
     values: dict[str, object] = {"steps": steps}
     for option in options or []:
         key, sep, value = option.partition("=")
@@ -94,6 +102,14 @@ def settings_from(steps: int, options: list[str] | None = None) -> ConsistencySe
             raise ConsistencyError(f"consistency option {option!r}: {value!r} is not "
                                    f"a {kinds[key]}") from None
     return ConsistencySettings(**values)  # type: ignore[arg-type]
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -137,15 +153,21 @@ def strong_augment(x: torch.Tensor, gen: torch.Generator, s: ConsistencySettings
 
 
 def consistency_loss(model: nn.Module, weak: torch.Tensor, strong: torch.Tensor, threshold: float,
-                     teacher: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     teacher: nn.Module | None = None, running: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean over the batch of the masked cross-entropy, fraction of images above the threshold):
     the targets are the confident guesses on `weak` (of `teacher`, else of the model itself), the
-    loss is the model's on `strong`."""
+    loss is the model's on `strong`. `running` (the running mean of the guesses, updated in place)
+    turns on distribution alignment."""
     guesser = teacher if teacher is not None else model
     was_training = guesser.training
     guesser.eval()
     with torch.no_grad():
         probs = guesser(weak).float().softmax(1)
+        if running is not None:
+            running.mul_(ALIGN_MOMENTUM).add_(probs.mean(0), alpha=1 - ALIGN_MOMENTUM)
+            probs = probs / running
+            probs = probs / probs.sum(1, keepdim=True)
     guesser.train(was_training)
     confidence, target = probs.max(1)
     mask = (confidence >= threshold).float()
@@ -173,6 +195,10 @@ def fit_consistency(model: nn.Module, train: XY, val: XY, unlabelled: torch.Tens
     teacher = _frozen_copy(model) if s.ema > 0 else None
     out = teacher if teacher is not None else model  # what is evaluated and returned
     best_state = copy.deepcopy(out.state_dict())
+    running = None
+    if s.align:  # starts at the labels' class frequencies
+        running = torch.bincount(train[1], minlength=int(train[1].max()) + 1).float().to(dev)
+        running /= running.sum()
     n_lab, n_unl = train[0].shape[0], unlabelled.shape[0]
     started = time.perf_counter()
     sums = torch.zeros(3, device=dev)  # labelled loss, unlabelled loss, mask fraction since the last eval
@@ -185,7 +211,8 @@ def fit_consistency(model: nn.Module, train: XY, val: XY, unlabelled: torch.Tens
         sup = F.cross_entropy(model(xl).float(), train[1][li])
         xu = unlabelled[ui]
         strong = strong_augment(xu, gen, s, flip=weak[1])
-        unsup, frac = consistency_loss(model, augment(xu, gen, *weak), strong, s.threshold, teacher)
+        unsup, frac = consistency_loss(model, augment(xu, gen, *weak), strong, s.threshold, teacher,
+                                       running)
         loss = sup + s.weight * unsup
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -64,10 +64,36 @@ def test_only_confident_guesses_on_the_weak_view_become_targets_for_the_strong_v
     assert consistency_loss(model, weak, strong, threshold=1.0)[1].item() == 0.0
 
 
+def test_alignment_lifts_a_class_the_guesses_under_predict():
+    logits = torch.tensor([[2.0, 0.0]])  # guesses class 0 at 0.88
+    x = torch.zeros(1, 1, 1, 1)
+    ce = torch.nn.functional.cross_entropy
+    plain, _ = consistency_loss(Fixed(logits), x, x, threshold=0.5)
+    assert plain.item() == pytest.approx(ce(logits, torch.tensor([0])).item(), rel=1e-5)
+    # The guesses so far were 90 % class 0: divided by that, class 1 wins (0.12 / 0.1 > 0.88 / 0.9).
+    running = torch.tensor([0.9, 0.1])
+    aligned, _ = consistency_loss(Fixed(logits), x, x, threshold=0.5, running=running)
+    assert aligned.item() == pytest.approx(ce(logits, torch.tensor([1])).item(), rel=1e-5)
+    assert running[0].item() < 0.9  # the running mean moved towards this guess (0.88)
+
+
+def test_with_ema_the_averaged_copy_is_returned_and_the_steps_reach_it():
+    torch.manual_seed(0)
+    model = _small_cnn()
+    before = [p.clone() for p in model.parameters()]
+    x, y = torch.rand(20, 1, 28, 28), torch.arange(20) % 10
+    s = ConsistencySettings(steps=6, eval_every=3, labelled_batch=8, ema=0.5, align=True)
+    out, fit = fit_consistency(model, (x, y), (x, y), torch.rand(30, 1, 28, 28), seed=0, settings=s)
+    assert out is not model and [r["step"] for r in fit.history] == [3, 6]
+    moved = [not torch.equal(a, b) for a, b in zip(out.parameters(), before, strict=True)]
+    differs = [not torch.equal(a, b) for a, b in zip(out.parameters(), model.parameters(), strict=True)]
+    assert all(moved) and any(differs)  # the average moved from the start but is not the student
+
+
 def test_settings_from_options_and_one_line_errors():
-    s = settings_from(300, ["threshold=0.9", "ratio=5", "select=best"])
-    assert (s.steps, s.threshold, s.ratio, s.select) == (300, 0.9, 5, "best")
-    for bad in (["thresh=0.9"], ["ratio=two"], ["select=first"], ["threshold"]):
+    s = settings_from(300, ["threshold=0.9", "ratio=5", "select=best", "align=yes"])
+    assert (s.steps, s.threshold, s.ratio, s.select, s.align) == (300, 0.9, 5, "best", True)
+    for bad in (["thresh=0.9"], ["ratio=two"], ["select=first"], ["threshold"], ["align=maybe"]):
         with pytest.raises(ConsistencyError):
             settings_from(300, bad)
 
