@@ -132,6 +132,20 @@ def _probes(param: Any) -> list[Any]:
     return [param]
 
 
+def _contains(param: IntParam | FloatParam | CategoricalParam, value: Any) -> bool:
+    """Whether a searched parameter can take `value` (Optuna would take any value, with a warning)."""
+    if isinstance(param, CategoricalParam):
+        return any(value == c and type(value) is type(c) for c in param.choices)  # True is not 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not param.low <= value <= param.high:
+        return False
+    if isinstance(param, IntParam):
+        return isinstance(value, int) and (value - param.low) % param.step == 0
+    steps = (value - param.low) / param.step if param.step else 0.0
+    return abs(steps - round(steps)) < 1e-9
+
+
 # A grid is listed point by point (Optuna's GridSampler): a bigger one is a typo, not a study.
 MAX_GRID_POINTS = 1_000_000
 
@@ -198,6 +212,34 @@ class SearchSpec(Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
+    # Points to try first, in order: each a mapping of space paths to values (searched paths left out
+    # are sampled), enqueued by `aeopt study create` (Optuna's enqueue_trial). A short study's first
+    # random draw is otherwise all it has to prune against and all it may finish (issue 13: on the
+    # 2-core CPU the default study's best was its first random trial at every budget).
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    def enqueued_points(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The `enqueue:` points a new study starts with, and why any other was left out.
+
+        A point the space cannot take (a path not in it, a value outside its entry) is left out
+        rather than failing the spec: `--set space.model.c1.high=16` or a replaced `space` must not
+        need the shipped points edited too. A path the space fixes is dropped: the fixed value applies."""
+        kinds = (IntParam, FloatParam, CategoricalParam)
+        points, skipped = [], []
+        for i, point in enumerate(self.enqueue):
+            unknown = [path for path in point if path not in self.space]
+            outside = [f"{path} = {v!r}" for path, v in point.items()
+                       if isinstance(self.space.get(path), kinds) and not _contains(self.space[path], v)]
+            if unknown:
+                hint = did_you_mean(unknown[0], list(self.space))
+                skipped.append(f"enqueue[{i}] left out: {unknown[0]} is not a key of space; {hint}")
+            elif outside:
+                skipped.append(f"enqueue[{i}] left out: {', '.join(outside)} outside the space")
+            else:
+                searched = {path: v for path, v in point.items() if isinstance(self.space[path], kinds)}
+                if searched:
+                    points.append(searched)
+        return points, skipped
 
     @model_validator(mode="after")
     def _space_paths_are_run_fields(self) -> SearchSpec:

@@ -7,6 +7,7 @@ Every function takes the `Storage` the CLI opened once; messages name it by `sto
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ SPEC_ATTR = "aeopt:spec"
 ARTIFACTS_ATTR = "aeopt:artifacts"
 ARTIFACTS_ENV = "AEOPT_ARTIFACTS"
 VERSION_ATTR = "aeopt:version"
+
+log = logging.getLogger(__name__)
 
 
 # Study names become folder names (`aeopt launch` writes logs/<study>/worker-N.log), so a new study's
@@ -121,6 +124,11 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     study.set_user_attr(VERSION_ATTR, __version__)
     if artifacts:
         study.set_user_attr(ARTIFACTS_ATTR, str(artifacts))
+    points, skipped = spec.enqueued_points()
+    for params in points:  # the spec's starting points: the first trials any worker asks for
+        study.enqueue_trial(params)
+    for line in skipped:
+        log.warning("study '%s': %s", name, line)
     return study
 
 

@@ -89,3 +89,41 @@ def test_fixed_space_values_apply():
     spec = StudySpec.model_validate({"name": "x", "space": space})
     cfg = spec.run_config({"model.c1": 5})
     assert cfg.model.fc == 64 and cfg.model.c1 == 5
+
+
+
+def _enqueue_spec(*points: dict) -> dict:
+    space = {"model.c1": {"type": "int", "low": 8, "high": 32, "log": True},
+             "model.batch_norm": {"type": "categorical", "choices": [False, True]},
+             "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, "model.fc": 64}
+    return {"name": "x", "space": space, "enqueue": list(points)}
+
+
+def test_enqueued_points_inside_the_space_are_kept_fixed_paths_dropped():
+    point = {"model.c1": 29, "model.batch_norm": True, "optim.lr": 2e-3}
+    spec = StudySpec.model_validate(_enqueue_spec({**point, "model.fc": 64}))
+    assert spec.enqueued_points() == ([point], [])
+
+
+def test_enqueued_point_with_a_path_not_in_space_is_left_out():
+    spec = StudySpec.model_validate(_enqueue_spec({"model.c1": 16}, {"model.c11": 16}))
+    assert spec.enqueued_points() == ([{"model.c1": 16}], [
+        "enqueue[1] left out: model.c11 is not a key of space; did you mean 'model.c1'? "
+        "valid keys: model.c1, model.batch_norm, optim.lr, model.fc"])
+
+
+@pytest.mark.parametrize("point", [{"model.c1": 64}, {"model.c1": 16.5}, {"optim.lr": 0.5},
+                                   {"model.batch_norm": 1}])  # 1 is not True
+def test_enqueued_point_outside_the_space_is_left_out_with_the_reason(point):
+    spec = StudySpec.model_validate(_enqueue_spec(point, {"model.c1": 9}))
+    points, skipped = spec.enqueued_points()
+    assert points == [{"model.c1": 9}]
+    (path, value), = point.items()
+    assert skipped == [f"enqueue[0] left out: {path} = {value!r} outside the space"]
+
+
+def test_narrowing_the_shipped_space_leaves_its_enqueued_point_out():
+    spec = load_study_spec(STUDIES / "conv_ae.yaml", ["space.model.c1.high=16", "space.model.dropout=0"])
+    points, skipped = spec.enqueued_points()
+    assert points == [] and len(skipped) == 1 and "model.c1 = " in skipped[0]
+    assert load_study_spec(STUDIES / "conv_ae.yaml").enqueued_points()[0][0]["model.batch_norm"] is True
