@@ -30,10 +30,19 @@ def export(study: StudyOpt, output: OutputOpt, storage: StorageOpt = None, top: 
     m, p = best["metrics"], best["provenance"]
     std = f" +- {m['cv_std']:.5g}" if m.get("cv_std") is not None else ""
     count = "" if isinstance(result, dict) else f" ({len(result)} trials, best first)"
+    classifier = "finetune" in best  # a classifier study's export: a fine-tune config, scored by CV error
     typer.echo(f"wrote {output}{count}: study '{p['study']}' trial {p['trial']}, "
-               f"CV loss {m['cv_mean']:.5g}{std}")
-    typer.echo(f"retrain it with: aeopt train {output}" if isinstance(result, dict) else
-               "each entry is a run config; export with --top 1 to train one", err=True)
+               f"CV {'error' if classifier else 'loss'} {m['cv_mean']:.5g}{std}")
+    if not isinstance(result, dict):
+        typer.echo("each entry is a run config; export with --top 1 to train one", err=True)
+    elif classifier:  # `aeopt train` would retrain the autoencoder and ignore the tuned fine-tune
+        ck = p.get("autoencoder_checkpoint")
+        subset = p["dataset"]["train_subset"]
+        typer.echo(f"fine-tune it with: aeopt finetune {output}" + (f" --checkpoint {ck}" if ck else "")
+                   + (" --set data.train_subset=null  (all training images; the study used "
+                      f"{subset})" if subset else ""), err=True)
+    else:
+        typer.echo(f"retrain it with: aeopt train {output}", err=True)
 
 
 def register(app: typer.Typer) -> None:

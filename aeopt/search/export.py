@@ -76,6 +76,9 @@ def export_entry(study: optuna.Study, spec: SearchSpec, trial: FrozenTrial, rank
         "versions": versions(),
         "exported_at": exported_at,
     }
+    checkpoint = getattr(spec, "checkpoint", None)  # a classifier study's autoencoder, as workers load it
+    if checkpoint:
+        provenance["autoencoder_checkpoint"] = checkpoint
     return {**run.model_dump(mode="json"), "metrics": trial_metrics(trial), "provenance": provenance}
 
 

@@ -81,6 +81,8 @@ def test_classifier_study_end_to_end(tmp_path):
     # The export is a fine-tune config: `aeopt finetune` runs it as it is.
     r = run_cli("export", "--study", "clf", "--storage", url, "-o", "best_clf.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # Named as what it is, with the command that uses it (not `aeopt train`, which ignores finetune:).
+    assert ", CV error " in r.stdout and "fine-tune it with: aeopt finetune best_clf.yaml" in r.stderr
     exported = yaml.safe_load((tmp_path / "best_clf.yaml").read_text())
     assert exported["finetune"]["lr"] == study.best_trial.params["finetune.lr"]
     assert exported["model"]["c1"] == 4
