@@ -126,7 +126,8 @@ def test_unlabelled_images_lift_a_classifier_trained_on_few_labels():
                              weak=(1, False))
     acc_a, acc_b = evaluate(a, *test).accuracy, evaluate(b, *test).accuracy
     assert fit.history[-1]["mask"] > 0.3  # the unlabelled term was on for most images
-    assert acc_b > acc_a + 0.03, (acc_a, acc_b, fit.history)
+    # Measured 0.74 -> 0.85 (1 thread); the bound leaves room for other thread counts.
+    assert acc_b > acc_a + 0.05, (acc_a, acc_b, fit.history)
 
 
 def _copy(model: nn.Module) -> nn.Module:
