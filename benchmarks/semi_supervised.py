@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--pseudo-rounds", type=int, default=1)
     ap.add_argument("--pseudo-per-class", type=int, default=400)
+    ap.add_argument("--consistency", type=int, default=0, metavar="STEPS",
+                    help="FixMatch steps after the fine-tune (aeopt/training/consistency.py); 0: off")
+    ap.add_argument("--consistency-opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from aeopt.stages.compare import compare_rows, format_table
     from aeopt.stages.few_labels import RECIPE, PseudoLabels, label_budget, load_encoders, write_label_draws
+    from aeopt.training.consistency import settings_from
+
+    fixmatch = settings_from(args.consistency, args.consistency_opt) if args.consistency else None
 
     device = torch.device(args.device)
     overrides = RECIPE + args.overrides
@@ -50,8 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     pseudo = PseudoLabels(rounds=args.pseudo_rounds, per_class=args.pseudo_per_class)
     t0 = time.perf_counter()
     results = label_budget(encoders, [int(b) for b in args.budgets.split(",")], args.draws, pseudo=pseudo,
-                           device=device, data_dir=args.data_dir)
+                           device=device, data_dir=args.data_dir, consistency=fixmatch)
     info = {"encoders": sources, "recipe": overrides, "pseudo": vars(pseudo), "draws": args.draws,
+            "consistency": vars(fixmatch) if fixmatch else None,
             "threads": torch.get_num_threads(), "device": str(device),
             "seconds": round(time.perf_counter() - t0, 1)}
     write_label_draws(args.out, results, info)
