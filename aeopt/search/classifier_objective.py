@@ -20,6 +20,7 @@ import optuna
 import torch
 
 from aeopt.config import ClassifierStudySpec, FinetuneRun
+from aeopt.progress import duration_text
 from aeopt.search.objective import (
     TRIAL_ERRORS,
     DeadlineError,
@@ -45,14 +46,21 @@ def _uses_pretrained(spec: ClassifierStudySpec, base: FinetuneRun) -> bool:
 
 
 class _FoldHook:
-    """The per-epoch hook of the k-fold loop: fail on a diverged run; report and prune on fold 0;
-    stop at the worker's deadline after any fold's epoch (as the autoencoder objective does)."""
+    """The per-epoch hook of the k-fold loop: a progress line; fail on a diverged run; report and
+    prune on fold 0; stop at the worker's deadline after any fold's epoch (as the autoencoder
+    objective does)."""
 
-    def __init__(self, trial: optuna.Trial, deadline: float | None):
+    def __init__(self, trial: optuna.Trial, deadline: float | None, *, folds: int, max_epochs: int):
         self.trial, self.deadline = trial, deadline
+        self.folds, self.max_epochs = folds, max_epochs
+        self.start = time.monotonic()
         self.reported: int | None = None  # the last epoch reported (fold 0's curve)
 
     def __call__(self, fold: int, epoch: int, val_acc: float, val_loss: float) -> None:
+        # A full fine-tune trial runs minutes on a CPU: a line per fold epoch, as autoencoder trials
+        # print per epoch, so a worker's log shows it is alive and how far it got.
+        log.info("trial %d fold %d/%d epoch %d/%d: validation accuracy %.4f, %s", self.trial.number, fold + 1,
+                 self.folds, epoch, self.max_epochs, val_acc, duration_text(time.monotonic() - self.start))
         raise_if_stop_requested()
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch} of fold {fold}")
@@ -124,8 +132,8 @@ class ClassifierObjective:
         TrialRecord.started(self.device).write(trial)
         start = time.perf_counter()
         try:
-            hook = _FoldHook(trial, self.deadline)
             cv = self.spec.cv
+            hook = _FoldHook(trial, self.deadline, folds=cv.folds, max_epochs=cfg.finetune.max_epochs)
             folds = finetune_folds(self._setup(cfg), self._labelled(cfg), cv.folds, cv.seed, on_epoch=hook,
                                    keep_models=False)
         except TRIAL_ERRORS as exc:
