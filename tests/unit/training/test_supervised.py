@@ -274,7 +274,8 @@ def test_fused_classifier_folds_match_fit_classifier_fold_by_fold(sizes, device)
     moved = [tuple(t.to(dev) for t in xy) for xy in trains]
     shown: list[tuple[int, dict[str, float]]] = []
     fused = fit_classifier_folds(models, moved, [tuple(t.to(dev) for t in xy) for xy in vals], cfg, dev,
-                                 seeds=list(range(len(sizes))), progress=lambda e, row: shown.append((e, row)))
+                                 seeds=list(range(len(sizes))),
+                                 progress=lambda e, row: shown.append((e, row)))
     # The progress line: one per epoch, the folds' mean validation accuracy.
     assert [e for e, _ in shown] == [1, 2, 3]
     for e, row in shown:
