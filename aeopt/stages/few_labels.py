@@ -37,6 +37,7 @@ import torch
 from aeopt.config import FinetuneRun, load_finetune_config, run_config
 from aeopt.errors import AeoptError
 from aeopt.files import atomic_write_text
+from aeopt.progress import progress
 from aeopt.stages.classifier_run import LabelledData, evaluate_on_test, labelled_split
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
 from aeopt.stages.pretrain import autoencoder_state
@@ -149,8 +150,13 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
     val_acc, record = fit.best_val_acc, []
     if consistency is not None:
         weak = augmentation_for(cfg.finetune.augment, cfg.data.dataset, train[0].shape[0])
-        model, cfit = fit_consistency(model, train, val, unlabelled, seed=draw, settings=consistency,
-                                      weak=weak)
+        # Thousands of steps run minutes a draw on a CPU: a bar (a log line off a terminal) per check.
+        checks = -(-consistency.steps // consistency.eval_every)
+        with progress(checks, f"{labels} labels + consistency, draw {draw}", unit="check") as bar:
+            model, cfit = fit_consistency(
+                model, train, val, unlabelled, seed=draw, settings=consistency, weak=weak,
+                on_eval=lambda step, row: bar.update({"step": step, "val_acc": row["val_acc"],
+                                                      "confident": row["mask"]}))
         val_acc, record = cfit.val_acc, cfit.history
     later = pseudo.rounds or consistency is not None
     last = evaluate_on_test([model], data.test, n_classes, device).accuracy if later else first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -72,7 +73,8 @@ def test_label_budget_draws_differ_pretrained_and_random_write_a_comparable_fold
     assert f"{summary[0]['test_acc_mean']:.4f} +- {summary[0]['test_acc_std']:.4f}" in table
 
 
-def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scored(tmp_path):
+def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scored(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="aeopt")
     cfg = _cfg()
     data = prepare(cfg.data)
     ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
@@ -82,6 +84,8 @@ def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scor
                             consistency=fixmatch)
     [draw] = result.draws
     assert [row["step"] for row in draw.consistency] == [20, 40]
+    # its progress: a line per check off a terminal (a bar on one)
+    assert "40 labels + consistency, draw 0 2/2 step=40" in caplog.text
     assert draw.val_acc == draw.consistency[-1]["val_acc"]  # select "last"
     # A second classifier was scored: 40 more steps on the same start change its test accuracy.
     assert draw.test_acc != draw.test_acc_labelled_only and 0.0 <= draw.test_acc <= 1.0
