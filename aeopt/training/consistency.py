@@ -72,8 +72,9 @@ class ConsistencySettings:
     def __post_init__(self) -> None:
         if self.select not in ("last", "best"):
             raise ConsistencyError(f"consistency select must be 'last' or 'best', not {self.select!r}")
-        if not 0.0 < self.threshold <= 1.0 or self.steps < 1 or self.ratio < 1:
-            raise ConsistencyError("consistency needs 0 < threshold <= 1, steps >= 1 and ratio >= 1")
+        if not 0.0 < self.threshold <= 1.0 or min(self.steps, self.ratio, self.eval_every) < 1:
+            raise ConsistencyError("consistency needs 0 < threshold <= 1, and steps, ratio and "
+                                   "eval_every >= 1")
 
 
 @dataclass
