@@ -44,6 +44,16 @@ class OptimConfig(Strict):
     pct_start: float = Field(0.3, gt=0.0, lt=1.0)
 
 
+class ContrastiveConfig(Strict):
+    """A contrastive auxiliary term (aeopt.training.contrastive, SimCLR's NT-Xent between two strong
+    views of each training image), its own step after the kind's each batch, at `weight` times
+    optim.lr (its own optimizer: Adam's step does not see a loss's scale); weight 0: off."""
+
+    weight: float = Field(0.0, ge=0.0, le=100.0)
+    temperature: float = Field(0.5, gt=0.0, le=10.0)
+    projection: int = Field(64, ge=2, le=4096)  # width of the projection head (dropped after training)
+
+
 class RunConfig(Strict):
     """Everything needed to rebuild one training run exactly."""
 
@@ -51,6 +61,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     seed: int = 0
 
 

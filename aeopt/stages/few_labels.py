@@ -213,7 +213,10 @@ def load_encoders(checkpoints: dict[str, str | Path], random_like: str | Path | 
     for name, path in checkpoints.items():
         model, run_cfg, _ = load_checkpoint(path, device)
         encoders[name] = (load_finetune_config(None, overrides, base=run_cfg), autoencoder_state(model))
-        sources[name] = str(path)
+        c = run_cfg.contrastive
+        # Where an encoder's features come from matters to the reading: say so beside its path.
+        sources[name] = str(path) + (f" (trained with the contrastive term: weight {c.weight:g}, "
+                                     f"temperature {c.temperature:g})" if c.weight > 0 else "")
     if random_like is not None:
         _, run_cfg, _ = load_checkpoint(random_like)
         cfg = load_finetune_config(None, [*overrides, "finetune.init=random"], base=run_cfg)

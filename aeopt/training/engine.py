@@ -21,6 +21,7 @@ from torch import nn
 from aeopt import threads
 from aeopt.config import RunConfig
 from aeopt.errors import AeoptError
+from aeopt.training.contrastive import ContrastiveTerm
 from aeopt.training.data import add_noise
 from aeopt.training.kinds import Autoencoder, kind_of
 from aeopt.training.losses import reconstruction_loss
@@ -66,6 +67,20 @@ def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
                            nesterov=o.momentum > 0)
 
 
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def contrastive_term(model: Autoencoder, cfg: RunConfig, device: torch.device) -> ContrastiveTerm | None:
+    """The run's contrastive auxiliary term on the model's encoder (None when its weight is 0).
+    Horizontal flips only for Fashion-MNIST: a mirrored digit is another digit or none."""
+    c = cfg.contrastive
+    if c.weight <= 0:
+        return None
+    return ContrastiveTerm(model.encoder, model.latent_dim, weight=c.weight, temperature=c.temperature,
+                           projection=c.projection, flip=cfg.data.dataset == "fashion_mnist",
+                           optimizer=_OPTIMIZERS[cfg.optim.name], lr=cfg.optim.lr, device=device)
+
+
 def noise_std(cfg: RunConfig) -> float:
     """The std of the Gaussian noise on training inputs (0: none; the denoising AE's noise_std)."""
     return kind_of(cfg).noise_std(cfg.model)
@@ -91,12 +106,16 @@ class Trainer:
         self.noise = noise_std(cfg)
         self.schedule: StepSchedule | None = None  # planned at the first epoch, when the size is known
         self.kind_state: dict[str, Any] = {}  # the kind's own training state (StepContext.kind_state)
+        # Its own step after the kind's, so every kind gets it whatever its step does.
+        self.contrastive = contrastive_term(self.model, cfg, device)
 
     def _set_lr(self) -> None:
         """The scheduled learning rate for the step about to be taken."""
-        lr = self.cfg.optim.lr * self.schedule.next()
+        factor = self.schedule.next()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.cfg.optim.lr * factor
+        if self.contrastive is not None:
+            self.contrastive.set_lr_factor(factor)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -117,6 +136,8 @@ class Trainer:
             if not self.schedule.constant:
                 self._set_lr()
             loss = self.kind.step(self, add_noise(target, self.noise, self.generator), target)
+            if self.contrastive is not None:
+                self.contrastive.step(target, self.generator, self.autocast())
             # Accumulate on the device: a .item() per step would sync the GPU every batch.
             total += loss * target.shape[0]
         value = float(total) / n

@@ -147,3 +147,31 @@ def test_a_categorical_aae_takes_the_semi_supervised_path_without_pseudo_labels(
     assert 0.0 <= draw.test_acc <= 1.0  # that it learns: tests/unit/training/test_aae_ssl.py
     write_label_draws(tmp_path / "few", [result], {})
     assert [r["model"] for r in compare_rows([tmp_path / "few"])] == ["ssl (label draws)"]
+
+
+def test_cli_train_with_the_contrastive_term_then_few_labels_uses_its_encoder(tmp_path):
+    from tests.conftest import REPO, run_cli
+
+    env = {"OMP_NUM_THREADS": "1"}
+    args = ["train", str(REPO / "configs" / "conv_ae.yaml"), "--set", "data.dataset=digits", "--set",
+            "budget.max_epochs=1", "--device", "cpu"]
+    r = run_cli(*args, "--set", "contrastive.weight=-1", "--out", str(tmp_path / "bad"), cwd=tmp_path,
+                env=env)
+    assert r.returncode != 0 and "contrastive.weight" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(*args, "--set", "contrastive.weight=1", "--set", "contrastive.projection=16", "--out",
+                str(tmp_path / "ae"), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    ckpt = tmp_path / "ae" / "checkpoint.pt"
+    from aeopt.training.checkpoint import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(ckpt)
+    assert cfg.contrastive.weight == 1 and cfg.contrastive.projection == 16
+    assert not any("head" in k for k in model.state_dict())  # the projection head was dropped
+    r = run_cli("baseline", "few-labels", "-e", f"simclr={ckpt}", "--budgets", "40", "--draws", "1",
+                "--pseudo-rounds", "0", "--set", "finetune.max_epochs=2", "--set", "finetune.probe_epochs=1",
+                "--device", "cpu", "-o", str(tmp_path / "few"), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "few" / "label_draws.json").read_text())["info"]
+    assert "contrastive term: weight 1" in info["encoders"]["simclr"]
+    r = run_cli("compare", str(tmp_path / "few"), "--json", cwd=tmp_path, env=env)
+    assert [row["model"] for row in json.loads(r.stdout)] == ["simclr (label draws)"]
