@@ -2,7 +2,7 @@
 images, scored on held-out *training* images (the run's validation split, which the model never
 trains on), never the test split, at several epochs of one training run.
 
-    python benchmarks/fd_dev.py NAME CONFIG CNN EPOCHS [--set key=value ...]
+    AEOPT_DATA_DIR=../shared/data python benchmarks/fd_dev.py NAME CONFIG CNN EPOCHS [--set key=value ...]
 
 CONFIG: a run config (configs/aae.yaml, configs/conv_ae.yaml, ...); CNN: the classifier.pt (or its
 folder) of `aeopt baseline cnn`; EPOCHS: comma-separated epochs to score (the run trains to the
@@ -46,7 +46,7 @@ name, config, cnn_path, epochs_arg = sys.argv[1:5]
 overrides = [a for a in sys.argv[5:] if a != "--set"]
 scored = sorted(int(e) for e in epochs_arg.split(","))
 cfg = load_run_config(config, [*overrides, f"budget.max_epochs={scored[-1]}", "budget.patience=0"])
-data = prepare(cfg.data, "/work/shared/data")
+data = prepare(cfg.data)  # the data folder from AEOPT_DATA_DIR, as aeopt train reads it
 train_x, val_x = to_float(data.train.x, CPU), to_float(data.val.x, CPU)
 ref = val_x[stratified_subset(data.val.y, N, 0)]
 scorer = FrechetScorer(load_feature_cnn(cnn_path, CPU).model, ref)
