@@ -228,7 +228,7 @@ MEANT: list[tuple[str, list[str], str]] = [
     ("meant-space-path", _create("--set", "space.model.c11={{type: int, low: 1, high: 3}}"),
      "space.model.c11: not a field of the run config; did you mean 'model.c1'? valid keys of model: kind,"),
     ("meant-yaml-key", ["train", "{fx}/unknown.yaml"],
-     "unknown.yaml: schedule: unknown key; valid keys: model, data, budget, optim, seed"),
+     "unknown.yaml: schedule: unknown key; valid keys: model, data, budget, optim, contrastive, seed"),
     ("meant-preset-name", ["train", "conv_aee"],
      "did you mean 'conv_ae'? shipped run configs: aae, conv_ae,"),
     ("meant-spec-name", ["study", "create", "vea", "--storage", DB],

@@ -38,11 +38,11 @@ def _error(load, path, overrides=()) -> str:
 @pytest.mark.parametrize("override,expected", [
     ("optim.lrr=0.01", f"--set optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}"),
     ("optmi.lr=0.01", "--set optmi.lr: unknown key 'optmi'; did you mean 'optim'? "
-                      "valid keys: model, data, budget, optim, seed"),
+                      "valid keys: model, data, budget, optim, contrastive, seed"),
     ("model.latentdim=3", "--set model.latentdim: unknown key; did you mean 'latent_dim'? "
                           "valid keys: kind, c1, "),
     ("budget.max_epoch=3", "--set budget.max_epoch: unknown key; did you mean 'max_epochs'? "),
-    ("nope.x=1", "--set nope.x: unknown key 'nope'; valid keys: model, data, budget, optim, seed"),
+    ("nope.x=1", "--set nope.x: unknown key 'nope'; valid keys: model, data, budget, optim, contrastive, seed"),
     ("optim.lr.x=1", "--set optim.lr.x: optim.lr is a value (0.001), not a section; set it whole: "
                      "--set optim.lr=VALUE"),
 ])
@@ -74,7 +74,7 @@ def test_no_guess_when_nothing_is_close():
      "kind, c1, c2, c3, fc,"),
     ("space.modle.c1={type: int, low: 1, high: 3}",
      f"{SPEC}: space.modle.c1: 'modle' is not a run config section; did you mean 'model'? "
-     "valid keys: model, data, budget, optim, seed"),
+     "valid keys: model, data, budget, optim, contrastive, seed"),
     ("sampler.nme=tpe", "--set sampler.nme: unknown key; did you mean 'name'? "
                         "valid keys: name, seed, n_startup_trials"),
 ])
@@ -96,7 +96,7 @@ def _write(tmp_path: Path, source: Path, edit) -> Path:
     (lambda r: r["model"].update(c1x=3),
      "model.c1x: unknown key; did you mean 'c1'? valid keys: kind, c1, c2,"),
     (lambda r: r.update(optimm={}), "optimm: unknown key; did you mean 'optim'? "
-                                    "valid keys: model, data, budget, optim, seed"),
+                                    "valid keys: model, data, budget, optim, contrastive, seed"),
 ])
 def test_yaml_unknown_keys_say_what_was_meant(tmp_path, edit, expected):
     path = _write(tmp_path, CONFIG, edit)

@@ -103,4 +103,5 @@ def test_contrastive_term_makes_codes_a_few_label_probe_classifies_better():
         data = prepare(cfg.data)
         model, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
         accs[weight] = _probe_accuracy(model, *labelled, *test)
+    # Measured 0.25 without the term, 0.51 with it (1 thread).
     assert accs[1.0] > accs[0.0] + 0.05, accs
