@@ -42,7 +42,8 @@ def _error(load, path, overrides=()) -> str:
     ("model.latentdim=3", "--set model.latentdim: unknown key; did you mean 'latent_dim'? "
                           "valid keys: kind, c1, "),
     ("budget.max_epoch=3", "--set budget.max_epoch: unknown key; did you mean 'max_epochs'? "),
-    ("nope.x=1", "--set nope.x: unknown key 'nope'; valid keys: model, data, budget, optim, contrastive, seed"),
+    ("nope.x=1", "--set nope.x: unknown key 'nope'; "
+                 "valid keys: model, data, budget, optim, contrastive, seed"),
     ("optim.lr.x=1", "--set optim.lr.x: optim.lr is a value (0.001), not a section; set it whole: "
                      "--set optim.lr=VALUE"),
 ])
