@@ -1,6 +1,6 @@
 """A study's best trial as a complete, self-describing run config.
 
-An export is what `aeopt train` reads (model, data, budget, optim, seed) plus two extra sections
+An export is what `aeopt train` reads (model, data, budget, optim, contrastive, seed) plus two extra sections
 it ignores: `metrics` (the trial's cross-validated loss) and `provenance` (study, trial, sampler,
 seeds, dataset, package versions). The storage URL is never written: it may hold a password.
 """
