@@ -66,6 +66,15 @@ def few_labels(
     consistency_opt: Annotated[list[str] | None, typer.Option(
         "--consistency-opt",
         help="KEY=VALUE of its settings (threshold, ratio, lr, ...; repeatable).")] = None,
+    spread: Annotated[bool, typer.Option(
+        "--spread", help="Label spreading on the encoder's codes (a k-NN graph of the training "
+        "images) in place of the first fine-tune; pseudo-label rounds then start from its labels.")] = False,
+    neighbours: Annotated[int, typer.Option(
+        "--spread-neighbours", min=1, max=1000,
+        help="Graph edges per image, and votes per test image.")] = 20,
+    alpha: Annotated[float, typer.Option(
+        "--spread-alpha", min=0.0, max=0.999,
+        help="How far labels travel on the graph (0: not at all).")] = 0.99,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -75,13 +84,17 @@ def few_labels(
 
     Example: aeopt baseline few-labels -e aae=runs/aae/checkpoint.pt -e conv_ae=runs/ae/checkpoint.pt
     --random-like runs/ae/checkpoint.pt -o runs/few; then aeopt compare runs/few.
-    With unlabelled images too: --pseudo-rounds 0 --consistency 3000
+    With unlabelled images too: --pseudo-rounds 0 --consistency 3000, or --spread --pseudo-rounds 0
+    (label spreading on the codes: no gradient step, seconds a draw).
     """
     if any("=" not in e for e in encoder):
         raise typer.BadParameter("give each encoder as NAME=CHECKPOINT", param_hint="--encoder")
     from aeopt.training.consistency import settings_from  # noqa: PLC0415
 
     fixmatch = settings_from(consistency, consistency_opt) if consistency else None
+    if spread and fixmatch and not pseudo_rounds:
+        raise typer.BadParameter("consistency regularisation trains a classifier: with --spread it "
+                                 "needs --pseudo-rounds 1 or more", param_hint="--consistency")
     # Imported on use: the stage imports torch (seconds).
     from aeopt.stages.few_labels import (  # noqa: PLC0415
         RECIPE,
@@ -91,15 +104,18 @@ def few_labels(
         write_label_draws,
     )
     from aeopt.training.engine import resolve_device  # noqa: PLC0415
+    from aeopt.training.label_spreading import SpreadSettings  # noqa: PLC0415
 
     dev = resolve_device(device)
     overrides = RECIPE + list(set_ or [])
     encoders, sources = load_encoders(dict(e.split("=", 1) for e in encoder), random_like, overrides, dev)
     pseudo = PseudoLabels(rounds=pseudo_rounds, per_class=per_class)
+    spreading = SpreadSettings(neighbours=neighbours, alpha=alpha) if spread else None
     results = label_budget(encoders, [int(b) for b in budgets.split(",")], draws, pseudo=pseudo, device=dev,
-                           data_dir=data_dir, consistency=fixmatch)
+                           data_dir=data_dir, consistency=fixmatch, spreading=spreading)
     write_label_draws(out, results, {"encoders": sources, "recipe": overrides, "pseudo": vars(pseudo),
                                      "consistency": vars(fixmatch) if fixmatch else None,
+                                     "spreading": vars(spreading) if spreading else None,
                                      "draws": draws, "device": str(dev)})
     typer.echo(format_table(compare_rows([out])))
 

@@ -52,6 +52,9 @@ class ContrastiveConfig(Strict):
     weight: float = Field(0.0, ge=0.0, le=100.0)
     temperature: float = Field(0.5, gt=0.0, le=10.0)
     projection: int = Field(64, ge=2, le=4096)  # width of the projection head (dropped after training)
+    # SimCLR's random resized crop in both views: the smallest crop area (0: off, the views' own
+    # 0.9-1.1 scale only). Chen et al. found cropping the augmentation that matters most.
+    crop: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class RunConfig(Strict):

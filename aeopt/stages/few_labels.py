@@ -16,6 +16,11 @@ elsewhere, on the whole training split without labels; here it is fine-tuned onc
 5. the test split scores the classifier of each reported stage once (the first fine-tune, and the
    last stage's), after every choice was made on validation labels.
 
+With `spreading` (`aeopt baseline few-labels --spread`), label spreading on the encoder's codes
+(aeopt/training/label_spreading.py: a k-NN graph of the training pool's codes, no gradient step)
+takes step 2's place: the first classifier is the spread, and the first pseudo-label round takes
+its most confident labels (spread from the 80 % alone, so the 20 % still judge what trains on them).
+
 A semi-supervised AAE (`model.categories` > 0) takes another path per draw, `semi_supervised_draw`:
 its own labelled phase (aeopt/training/kinds/aae_ssl.py), its category head the classifier, no
 pseudo-labels; the test split scores it once.
@@ -43,9 +48,10 @@ from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
 from aeopt.stages.pretrain import autoencoder_state
 from aeopt.training.checkpoint import load_checkpoint
 from aeopt.training.consistency import ConsistencySettings, fit_consistency
-from aeopt.training.data import stratified_subset, training_pool
+from aeopt.training.data import Split, stratified_split, stratified_subset, to_float, training_pool
 from aeopt.training.engine import set_seed
 from aeopt.training.kinds.aae_ssl import SemiSupervisedSettings, fit_semi_supervised
+from aeopt.training.label_spreading import CodeSpace, SpreadSettings, encode, spread, vote
 from aeopt.training.models import build_model
 from aeopt.training.supervised import Classifier, augmentation_for, evaluate
 
@@ -101,13 +107,10 @@ class BudgetResult:
                 "seconds": sum(d.seconds for d in self.draws), "per_draw": [asdict(d) for d in self.draws]}
 
 
-@torch.no_grad()
-def confident_pseudo_labels(model: Classifier, x: torch.Tensor, per_class: int,
-                            n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices into x, predicted labels): the `per_class` most confident images of each predicted
-    class, so that the pseudo-labelled set stays balanced when the classifier favours some classes."""
-    probs = evaluate(model, x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
-                     probabilities=True).probabilities
+def most_confident(probs: torch.Tensor, per_class: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices, predicted labels): the `per_class` most confident rows of each predicted class
+    of class scores `probs`, so that a pseudo-labelled set stays balanced when the teacher favours
+    some classes."""
     confidence, predicted = probs.max(1)
     keep = []
     for c in range(n_classes):
@@ -117,11 +120,59 @@ def confident_pseudo_labels(model: Classifier, x: torch.Tensor, per_class: int,
     return idx, predicted[idx]
 
 
+@torch.no_grad()
+def confident_pseudo_labels(model: Classifier, x: torch.Tensor, per_class: int,
+                            n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices into x, predicted labels): `most_confident` of the classifier's softmax on x."""
+    probs = evaluate(model, x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+                     probabilities=True).probabilities
+    return most_confident(probs, per_class, n_classes)
+
+
+@dataclass(frozen=True)
+class SpreadTeacher:
+    """Label spreading on the encoder's codes (`spreading` given), in place of the first fine-tune."""
+
+    test_acc: float  # the spread from all drawn labels, voted onto the test split
+    val_acc: float  # the spread from the 80 % alone, on the 20 % (graph nodes without their labels)
+    scores: torch.Tensor  # that 80 % spread's scores of the pool's images outside the draw
+    agreement: float  # how often those scores' argmax is the true label: reported, never used
+
+
+def spread_teacher(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, pool: Split,
+                   test: Split, drawn: torch.Tensor, rest: torch.Tensor, *, draw: int, n_classes: int,
+                   settings: SpreadSettings, device: torch.device) -> SpreadTeacher:
+    """The training pool's codes (the pretrained encoder, or random weights seeded by the draw) as
+    a k-NN graph, the drawn labels spread over it (aeopt/training/label_spreading.py). The test
+    split never enters the graph: its images vote. Pseudo-labels come from the spread of the 80 %
+    only, so that the 20 % still judge the fine-tune on them with labels nothing has seen."""
+    set_seed(draw)
+    model = build_model(run_config(cfg)).to(device)
+    if ae_state is not None:
+        model.load_state_dict(ae_state)
+    z = encode(model, to_float(pool.x, device))
+    space = CodeSpace(z)
+    g = space(z)
+    tr, va = stratified_split(pool.y[drawn], cfg.data.val_fraction, draw)
+    y = pool.y.to(device)
+    train_pos, val_pos = drawn[tr].to(device), drawn[va].to(device)
+    partial = spread(g, train_pos, y[train_pos], n_classes, settings)
+    val_acc = float((partial[val_pos].argmax(1) == y[val_pos]).float().mean())
+    rest = rest.to(device)
+    agreement = float((partial[rest].argmax(1) == y[rest]).float().mean())
+    full = spread(g, drawn.to(device), y[drawn.to(device)], n_classes, settings)
+    voted = vote(space(encode(model, to_float(test.x, device))), g, full, settings)
+    test_acc = float((voted.argmax(1).cpu() == test.y).float().mean())
+    return SpreadTeacher(test_acc, val_acc, partial[rest], agreement)
+
+
 def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labels: int, draw: int,
              pseudo: PseudoLabels, device: torch.device, data_dir: str | None = None,
-             consistency: ConsistencySettings | None = None) -> DrawResult:
-    """Fine-tune on draw `draw` of `labels` training labels (then pseudo-labels, then consistency
-    regularisation when given); the test split scores the first and the last classifier once each."""
+             consistency: ConsistencySettings | None = None,
+             spreading: SpreadSettings | None = None) -> DrawResult:
+    """Fine-tune on draw `draw` of `labels` training labels, or spread them over the encoder's codes
+    (`spreading` given); then pseudo-labels, then consistency regularisation when given. The test
+    split scores the first and the last classifier once each."""
     started = time.perf_counter()
     data_cfg = cfg.data.model_copy(update={"split_seed": draw})
     cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
@@ -132,23 +183,38 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
                                     data_dir=data_dir, started=started)
     setup = FinetuneSetup(cfg, ae_state, n_classes, device)
     train, val = split_xy(data.train, device), split_xy(data.val, device)
-    model, fit = finetune_once(setup, train, val, seed=draw, desc=f"{labels} labels, draw {draw}")
-    first = evaluate_on_test([model], data.test, n_classes, device).accuracy
     pool = training_pool(data_cfg, data_dir=data_dir)
     # The drawn images (validation ones included) are not pseudo-labelled: early stopping must see
     # only true labels it never trained on. Same indices as labelled_split's draw.
+    drawn = stratified_subset(pool.y, labels, draw)
     rest = torch.ones(len(pool), dtype=torch.bool)
-    rest[stratified_subset(pool.y, labels, draw)] = False
-    unlabelled, truth = split_xy(pool.take(torch.nonzero(rest).flatten()), device)
-    agreement = []
+    rest[drawn] = False
+    rest = torch.nonzero(rest).flatten()
+    unlabelled, truth = split_xy(pool.take(rest), device)
+    agreement: list[float] = []
+    if spreading is not None:
+        teacher = spread_teacher(cfg, ae_state, pool, data.test, drawn, rest, draw=draw,
+                                 n_classes=n_classes, settings=spreading, device=device)
+        model, first, val_acc = None, teacher.test_acc, teacher.val_acc
+        agreement.append(teacher.agreement)
+    else:
+        model, fit = finetune_once(setup, train, val, seed=draw, desc=f"{labels} labels, draw {draw}")
+        first, val_acc = evaluate_on_test([model], data.test, n_classes, device).accuracy, fit.best_val_acc
     for _ in range(pseudo.rounds):
-        idx, guessed = confident_pseudo_labels(model, unlabelled, pseudo.per_class, n_classes)
-        agreement.append(float((guessed == truth[idx]).float().mean()))  # reported, never used to choose
+        if model is None:  # the spread is the first round's teacher
+            idx, guessed = most_confident(teacher.scores, pseudo.per_class, n_classes)
+        else:
+            idx, guessed = confident_pseudo_labels(model, unlabelled, pseudo.per_class, n_classes)
+            agreement.append(float((guessed == truth[idx]).float().mean()))  # reported, never used to choose
         grown = (torch.cat([train[0], unlabelled[idx]]), torch.cat([train[1], guessed]))
         desc = f"{labels} labels + pseudo, draw {draw}"
         model, fit = finetune_once(setup, grown, val, seed=draw, desc=desc)
-    val_acc, record = fit.best_val_acc, []
+        val_acc = fit.best_val_acc
+    record = []
     if consistency is not None:
+        if model is None:
+            raise AeoptError("consistency regularisation trains a classifier: with label spreading "
+                             "it needs at least one pseudo-label round (--pseudo-rounds 1)")
         weak = augmentation_for(cfg.finetune.augment, cfg.data.dataset, train[0].shape[0])
         # Thousands of steps run minutes a draw on a CPU: a bar (a log line off a terminal) per check.
         checks = -(-consistency.steps // consistency.eval_every)
@@ -158,7 +224,7 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
                 on_eval=lambda step, row: bar.update({"step": step, "val_acc": row["val_acc"],
                                                       "confident": row["mask"]}))
         val_acc, record = cfit.val_acc, cfit.history
-    later = pseudo.rounds or consistency is not None
+    later = model is not None and (pseudo.rounds or consistency is not None)
     last = evaluate_on_test([model], data.test, n_classes, device).accuracy if later else first
     return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=val_acc,
                       pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1),
@@ -194,11 +260,12 @@ Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]
 
 def label_budget(encoders: dict[str, Encoder], budgets: list[int], draws: int, *, pseudo: PseudoLabels,
                  device: torch.device, data_dir: str | None = None,
-                 consistency: ConsistencySettings | None = None) -> list[BudgetResult]:
+                 consistency: ConsistencySettings | None = None,
+                 spreading: SpreadSettings | None = None) -> list[BudgetResult]:
     """Every encoder (name -> (its fine-tune config, its pretrained state; None: random
     initialisation)) at every label budget, over draws 0 .. draws-1 (the same draws for each)."""
     return [BudgetResult(name, n, [one_draw(cfg, state, labels=n, draw=d, pseudo=pseudo, device=device,
-                                            data_dir=data_dir, consistency=consistency)
+                                            data_dir=data_dir, consistency=consistency, spreading=spreading)
                                    for d in range(draws)])
             for n in budgets for name, (cfg, state) in encoders.items()]
 

@@ -54,9 +54,11 @@ class ProjectionHead(nn.Module):
         return self.net(z)
 
 
-def _views(x: torch.Tensor, gen: torch.Generator, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _views(x: torch.Tensor, gen: torch.Generator, flip: bool,
+           crop: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     aug = StrongViews()  # FixMatch's strong view: rotation, shift, scale, jitter, cutout
-    return strong_augment(x, gen, aug, flip=flip), strong_augment(x, gen, aug, flip=flip)
+    return (strong_augment(x, gen, aug, flip=flip, crop=crop),
+            strong_augment(x, gen, aug, flip=flip, crop=crop))
 
 
 class ContrastiveTerm:
@@ -64,10 +66,10 @@ class ContrastiveTerm:
 
     def __init__(self, encoder: nn.Module, code_dim: int, *, weight: float, temperature: float,
                  projection: int, flip: bool, optimizer: type[torch.optim.Optimizer], lr: float,
-                 device: torch.device):
+                 device: torch.device, crop: float = 0.0):
         self.encoder = encoder
         self.head = ProjectionHead(code_dim, projection).to(device)
-        self.weight, self.temperature, self.flip = weight, temperature, flip
+        self.weight, self.temperature, self.flip, self.crop = weight, temperature, flip, crop
         params = [*encoder.parameters(), *self.head.parameters()]
         self.base_lr = lr * weight
         self.optimizer = optimizer(params, lr=self.base_lr)
@@ -78,7 +80,7 @@ class ContrastiveTerm:
             group["lr"] = self.base_lr * factor
 
     def loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        a, b = _views(x, gen, self.flip)
+        a, b = _views(x, gen, self.flip, self.crop)
         return nt_xent(self.head(self.encoder(a)), self.head(self.encoder(b)), self.temperature)
 
     def step(self, x: torch.Tensor, gen: torch.Generator,
@@ -96,7 +98,7 @@ class ContrastiveTerm:
 
 @torch.no_grad()
 def contrastive_loss(encoder: nn.Module, head: nn.Module, x: torch.Tensor, *, temperature: float,
-                     seed: int = 0, flip: bool = True, batch: int = 256) -> float:
+                     seed: int = 0, flip: bool = True, batch: int = 256, crop: float = 0.0) -> float:
     """Mean NT-Xent of `encoder` and `head` (eval mode) over `x` in batches of `batch`, with views
     drawn from a fixed seed: a score that compares encoders on the same pairs."""
     was = encoder.training, head.training
@@ -108,7 +110,7 @@ def contrastive_loss(encoder: nn.Module, head: nn.Module, x: torch.Tensor, *, te
         chunk = x[start : start + batch]
         if chunk.shape[0] < 2:
             break
-        a, b = _views(chunk, gen, flip)
+        a, b = _views(chunk, gen, flip, crop)
         total += float(nt_xent(head(encoder(a)), head(encoder(b)), temperature)) * chunk.shape[0]
         count += chunk.shape[0]
     encoder.train(was[0])

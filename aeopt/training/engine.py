@@ -78,7 +78,8 @@ def contrastive_term(model: Autoencoder, cfg: RunConfig, device: torch.device) -
         return None
     return ContrastiveTerm(model.encoder, model.latent_dim, weight=c.weight, temperature=c.temperature,
                            projection=c.projection, flip=cfg.data.dataset == "fashion_mnist",
-                           optimizer=_OPTIMIZERS[cfg.optim.name], lr=cfg.optim.lr, device=device)
+                           optimizer=_OPTIMIZERS[cfg.optim.name], lr=cfg.optim.lr, device=device,
+                           crop=c.crop)
 
 
 def noise_std(cfg: RunConfig) -> float:

@@ -37,11 +37,15 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torc
 
 
 def strong_augment(x: torch.Tensor, gen: torch.Generator, s: StrongSettings, *,
-                   flip: bool = True) -> torch.Tensor:
+                   flip: bool = True, crop: float = 0.0) -> torch.Tensor:
     """A strong view of a whole batch [n, c, h, w] in [0, 1], on its device: flips (where `flip`:
     not for digits, whose mirror images are other digits or none), one affine warp
     per image (rotation up to `rotate` degrees, shift up to `shift` pixels, scale 0.9-1.1), contrast
-    and brightness noise, and a grey cutout square at a random place (DeVries & Taylor 2017)."""
+    and brightness noise, and a grey cutout square at a random place (DeVries & Taylor 2017).
+
+    `crop` > 0: SimCLR's random resized crop in the same warp: a square of area uniform in
+    [crop, 1] of the image, at a random place inside it, scaled up to the full size (in place of
+    the 0.9-1.1 scale)."""
     n, _, h, w = x.shape
     dev = x.device
     if flip:
@@ -52,6 +56,13 @@ def strong_augment(x: torch.Tensor, gen: torch.Generator, s: StrongSettings, *,
     # affine_grid works in [-1, 1] coordinates: a shift of k pixels is 2k / size.
     tx = _uniform(n, -s.shift, s.shift, gen, dev) * 2 / w
     ty = _uniform(n, -s.shift, s.shift, gen, dev) * 2 / h
+    if crop > 0:
+        # The sampled square's side (in units of the image side) is sqrt(area); its centre may move
+        # by up to 1 - side in grid coordinates and stay inside the image.
+        scale = 1 / _uniform(n, crop, 1.0, gen, dev).sqrt()
+        room = 1 - 1 / scale
+        tx = tx + room * _uniform(n, -1.0, 1.0, gen, dev)
+        ty = ty + room * _uniform(n, -1.0, 1.0, gen, dev)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aeopt.config import FinetuneRun
+from aeopt.errors import AeoptError
 from aeopt.stages.compare import compare_rows, format_table
 from aeopt.stages.few_labels import (
     PseudoLabels,
@@ -20,6 +21,7 @@ from aeopt.stages.few_labels import (
 from aeopt.training.consistency import ConsistencySettings
 from aeopt.training.data import load_dataset, prepare, to_float
 from aeopt.training.engine import fit
+from aeopt.training.label_spreading import SpreadSettings
 
 CPU = torch.device("cpu")
 
@@ -44,6 +46,31 @@ def test_pseudo_labels_are_the_most_confident_per_predicted_class():
     x = torch.arange(6).float().view(6, 1, 1, 1)
     idx, guessed = confident_pseudo_labels(Fixed(logits), x, per_class=2, n_classes=3)
     assert idx.tolist() == [0, 2, 3, 4, 5] and guessed.tolist() == [0, 1, 1, 2, 0]
+
+
+def test_spreading_takes_the_first_fine_tunes_place_and_teaches_the_pseudo_label_round():
+    # The AAE trained on digits' pixels: its codes cluster well enough for 40 labels to spread.
+    cfg = _cfg()
+    data = prepare(cfg.data)
+    ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
+    state = {k: v.clone() for k, v in ae.state_dict().items()}
+    settings = SpreadSettings(neighbours=10)
+    [alone] = label_budget({"aae": (cfg, state)}, [40], 2, pseudo=PseudoLabels(rounds=0), device=CPU,
+                           spreading=settings)
+    for d in alone.draws:
+        # No classifier trained: the spread is the first and the last, scored once.
+        assert d.test_acc == d.test_acc_labelled_only and d.test_acc > 0.3  # chance: 0.1
+        assert len(d.pseudo_label_acc) == 1 and d.pseudo_label_acc[0] > 0.3  # the graph's agreement
+        assert 0.0 <= d.val_acc <= 1.0
+    [taught] = label_budget({"aae": (cfg, state)}, [40], 1, pseudo=PseudoLabels(rounds=1, per_class=30),
+                            device=CPU, spreading=settings)
+    [d] = taught.draws
+    # The same spread first (same draw, same graph), then a classifier trained on its labels.
+    assert d.test_acc_labelled_only == alone.draws[0].test_acc
+    assert d.test_acc != d.test_acc_labelled_only and 0.0 <= d.test_acc <= 1.0
+    with pytest.raises(AeoptError, match="pseudo-label round"):
+        label_budget({"aae": (cfg, state)}, [40], 1, pseudo=PseudoLabels(rounds=0), device=CPU,
+                     spreading=settings, consistency=ConsistencySettings(steps=5))
 
 
 def test_label_budget_draws_differ_pretrained_and_random_write_a_comparable_folder(tmp_path):
@@ -158,20 +185,31 @@ def test_cli_train_with_the_contrastive_term_then_few_labels_uses_its_encoder(tm
     r = run_cli(*args, "--set", "contrastive.weight=-1", "--out", str(tmp_path / "bad"), cwd=tmp_path,
                 env=env)
     assert r.returncode != 0 and "contrastive.weight" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(*args, "--set", "contrastive.weight=1", "--set", "contrastive.projection=16", "--out",
-                str(tmp_path / "ae"), cwd=tmp_path, env=env)
+    r = run_cli(*args, "--set", "contrastive.crop=1", "--out", str(tmp_path / "bad"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "contrastive.crop" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(*args, "--set", "contrastive.weight=1", "--set", "contrastive.projection=16", "--set",
+                "contrastive.crop=0.3", "--out", str(tmp_path / "ae"), cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     ckpt = tmp_path / "ae" / "checkpoint.pt"
     from aeopt.training.checkpoint import load_checkpoint
 
     model, cfg, _ = load_checkpoint(ckpt)
-    assert cfg.contrastive.weight == 1 and cfg.contrastive.projection == 16
+    assert cfg.contrastive.weight == 1 and cfg.contrastive.projection == 16 and cfg.contrastive.crop == 0.3
     assert not any("head" in k for k in model.state_dict())  # the projection head was dropped
     r = run_cli("baseline", "few-labels", "-e", f"simclr={ckpt}", "--budgets", "40", "--draws", "1",
                 "--pseudo-rounds", "0", "--set", "finetune.max_epochs=2", "--set", "finetune.probe_epochs=1",
                 "--device", "cpu", "-o", str(tmp_path / "few"), cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "few" / "label_draws.json").read_text())["info"]
-    assert "contrastive term: weight 1" in info["encoders"]["simclr"]
+    assert "contrastive term: weight 1" in info["encoders"]["simclr"] and info["spreading"] is None
+    r = run_cli("baseline", "few-labels", "-e", f"simclr={ckpt}", "--budgets", "40", "--draws", "1",
+                "--pseudo-rounds", "0", "--spread", "--spread-neighbours", "10", "--device", "cpu",
+                "-o", str(tmp_path / "spread"), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "spread" / "label_draws.json").read_text())["info"]
+    assert info["spreading"]["neighbours"] == 10 and "simclr (label draws)" in r.stdout
+    r = run_cli("baseline", "few-labels", "-e", f"simclr={ckpt}", "--pseudo-rounds", "0", "--spread",
+                "--consistency", "10", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "--pseudo-rounds 1" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("compare", str(tmp_path / "few"), "--json", cwd=tmp_path, env=env)
     assert [row["model"] for row in json.loads(r.stdout)] == ["simclr (label draws)"]
