@@ -50,9 +50,9 @@ def cnn(
 
 @baseline_app.command("few-labels")
 def few_labels(
-    encoder: Annotated[list[str], typer.Option(
-        "--encoder", "-e", help="NAME=CHECKPOINT of a trained autoencoder (repeatable).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for label_draws.json.")],
+    encoder: Annotated[list[str] | None, typer.Option(
+        "--encoder", "-e", help="NAME=CHECKPOINT of a trained autoencoder (repeatable).")] = None,
     random_like: Annotated[Path | None, typer.Option(
         "--random-like", help="Also this checkpoint's network from random initialisation.")] = None,
     budgets: Annotated[str, typer.Option("--budgets", help="Label budgets, comma-separated.")] = "100,1000",
@@ -87,6 +87,11 @@ def few_labels(
     With unlabelled images too: --pseudo-rounds 0 --consistency 3000, or --spread --pseudo-rounds 0
     (label spreading on the codes: no gradient step, seconds a draw).
     """
+    encoder = encoder or []
+    if not encoder and random_like is None:
+        # Random initialisation alone is a baseline worth its own run (beside another's folder).
+        raise typer.BadParameter("give at least one encoder (-e NAME=CHECKPOINT) or --random-like CHECKPOINT",
+                                 param_hint="--encoder")
     if any("=" not in e for e in encoder):
         raise typer.BadParameter("give each encoder as NAME=CHECKPOINT", param_hint="--encoder")
     from aeopt.training.consistency import settings_from  # noqa: PLC0415

@@ -154,6 +154,14 @@ def test_cli_few_labels_then_compare(tmp_path):
     assert all(0 <= row["test_acc"] <= 1 and row["test_std"] >= 0 for row in rows)
     r = run_cli("baseline", "few-labels", "-e", "aae", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
     assert r.returncode != 0 and "NAME=CHECKPOINT" in r.stderr
+    r = run_cli("baseline", "few-labels", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "--random-like" in r.stderr and not (tmp_path / "bad").exists()
+    # Random initialisation alone: a baseline run of its own.
+    r = run_cli("baseline", "few-labels", "--random-like", ckpt, "--budgets", "40", "--draws", "1",
+                "--pseudo-rounds", "0", "--set", "finetune.max_epochs=2", "--set", "finetune.probe_epochs=1",
+                "--device", "cpu", "-o", str(tmp_path / "random"), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [s["encoder"] for s in read_label_draws(tmp_path / "random")] == ["random"]
     r = run_cli("baseline", "few-labels", "-e", f"aae={ckpt}", "--consistency", "10", "--consistency-opt",
                 "thresh=0.9", "-o", str(tmp_path / "bad"), cwd=tmp_path, env=env)
     assert r.returncode != 0 and "consistency option 'thresh=0.9'" in r.stderr
