@@ -37,6 +37,22 @@ def test_strong_views_stay_images_differ_per_image_and_repeat_with_the_seed():
     assert len(set(grey.tolist())) > 1 or (grey == 49).all()
 
 
+def test_the_resized_crop_zooms_in_by_at_most_one_over_the_smallest_area():
+    # An all-white image stays white under any crop inside it (no black border comes in); a centred
+    # 8x8 square grows by the zoom, which is at most 1 / crop in area.
+    plain = ConsistencySettings(shift=0, rotate=0.0, jitter=0.0, cutout=0)
+    gen = torch.Generator().manual_seed(0)
+    white = strong_augment(torch.ones(64, 1, 28, 28), gen, plain, flip=False, crop=0.3)
+    assert white[:, :, 2:-2, 2:-2].min() > 0.99
+    square = torch.zeros(64, 1, 28, 28)
+    square[:, :, 10:18, 10:18] = 1.0
+    area = strong_augment(square, gen, plain, flip=False, crop=0.3).flatten(1).sum(1)
+    assert (area > 64 * 0.95).all() and (area < 64 / 0.3 * 1.05).all()
+    assert area.std() > 5  # a zoom drawn per image
+    same = strong_augment(square, gen, plain, flip=False)  # no crop: the 0.9-1.1 scale only
+    assert (same.flatten(1).sum(1) < 64 / 0.9**2 * 1.05).all()
+
+
 class Fixed(nn.Module):
     """Logits given per image: image i (its first pixel holds i) gets row i."""
 
