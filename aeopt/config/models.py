@@ -77,6 +77,12 @@ class AAEConfig(Strict):
     # The generator step's learning rate is adv_weight * disc_lr (a weight on its loss would be divided
     # out by Adam); 0 switches the adversarial term off.
     adv_weight: float = Field(1.0, ge=0.0, le=100.0)
+    # An image critic beside the code discriminator (alpha-GAN, Rosca et al. 2017;
+    # aeopt/training/kinds/aae_critic.py): its width (0: none), its Adam learning rate, and the
+    # weight of the decoder's adversarial loss on decoded prior samples beside the pixel MSE.
+    image_critic: int = Field(0, ge=0, le=1024)
+    critic_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    image_adv_weight: float = Field(0.01, ge=0.0, le=100.0)
     # A search must not win by switching the adversarial term off: a study adds
     # mmd_weight * max(0, MMD(validation codes, prior) - mmd_tolerance) to the trial's value.
     mmd_tolerance: float = Field(0.05, ge=0.0)

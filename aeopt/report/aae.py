@@ -53,7 +53,8 @@ def _mmd_numbers(shown: ShownModel, codes: np.ndarray, record: TrialRecord | Non
             "n_codes": int(z.shape[0])}
     trial = {"prior_mmd": record.prior_mmd, "penalty": record.penalty} if record is not None else None
     return {"prior": cfg.prior, "adv_weight": cfg.adv_weight, "mmd_tolerance": cfg.mmd_tolerance,
-            "mmd_weight": cfg.mmd_weight, "test": test, "trial": trial}
+            "mmd_weight": cfg.mmd_weight, "image_critic": cfg.image_critic,
+            "image_adv_weight": cfg.image_adv_weight if cfg.image_critic else None, "test": test, "trial": trial}
 
 
 def _table(shown: ShownModel, found: dict[str, Any]) -> list[tuple[str, str]]:
@@ -64,6 +65,9 @@ def _table(shown: ShownModel, found: dict[str, Any]) -> list[tuple[str, str]]:
                                    f"step {found['adv_weight'] * cfg.disc_lr:g}, the discriminator's "
                                    f"{cfg.disc_lr:g})"),
             ("codes standardized (batch norm)", "yes" if cfg.code_norm and cfg.prior == "gaussian" else "no"),
+            ("image critic (decoded prior samples against training images)",
+             f"width {found['image_critic']}, learning rate {cfg.critic_lr:g}, the decoder's weight "
+             f"{found['image_adv_weight']:g}" if found["image_critic"] else "none"),
             ("MMD of test codes to the prior (computed here)",
              f"{t['prior_mmd']:.4f} over {t['n_codes']} codes; penalty {t['penalty']:.5f} "
              f"(= {found['mmd_weight']:g} x max(0, MMD - {found['mmd_tolerance']:g}))")]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeopt.config import AAEConfig, ConvAEConfig
+from aeopt.training.kinds.aae_critic import critic_step, decoder_adversarial_loss, image_critic
 from aeopt.training.kinds.base import Autoencoder, Kind, StepContext
 from aeopt.training.kinds.conv import ConvAutoencoder, pixel_mse
 
@@ -71,6 +72,7 @@ class AdversarialAutoencoder(Autoencoder):
         h = cfg.disc_hidden
         self.discriminator = nn.Sequential(nn.Linear(code, h), nn.LeakyReLU(0.2),
                                            nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
+        self.image_critic = image_critic(cfg.image_critic) if cfg.image_critic else None
 
     @property
     def latent_dim(self) -> int:
@@ -129,8 +131,10 @@ def prior_mmd(codes: torch.Tensor, prior: torch.Tensor) -> float:
 
 def _adversarial_optimizers(model: AdversarialAutoencoder) -> tuple[torch.optim.Optimizer, ...]:
     cfg = model.cfg
+    critic = model.image_critic
     return (torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)),
-            torch.optim.Adam(model.encoder.parameters(), lr=cfg.adv_weight * cfg.disc_lr, betas=(0.5, 0.999)))
+            torch.optim.Adam(model.encoder.parameters(), lr=cfg.adv_weight * cfg.disc_lr, betas=(0.5, 0.999)),
+            torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.999)) if critic else None)
 
 
 def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -138,14 +142,21 @@ def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: t
     model: AdversarialAutoencoder = ctx.model
     if "aae_optimizers" not in ctx.kind_state:
         ctx.kind_state["aae_optimizers"] = _adversarial_optimizers(model)
-    disc_opt, gen_opt = ctx.kind_state["aae_optimizers"]
+    disc_opt, gen_opt, critic_opt = ctx.kind_state["aae_optimizers"]
+    real = sample_prior(model.cfg, x_in.shape[0], device=x_in.device, generator=ctx.generator)
     with ctx.autocast():
         recon = kind.loss(model, x_in, target)
+        loss = recon
+        if critic_opt is not None:  # the decoder also makes its prior samples pass the image critic
+            samples = model.decoder(real)
+            loss = recon + model.cfg.image_adv_weight * decoder_adversarial_loss(model.image_critic, samples)
     ctx.optimizer.zero_grad(set_to_none=True)
-    recon.backward()
+    loss.backward()
     ctx.optimizer.step()
+    if critic_opt is not None:
+        with ctx.autocast():
+            critic_step(model.image_critic, critic_opt, target, samples)
 
-    real = sample_prior(model.cfg, x_in.shape[0], device=x_in.device, generator=ctx.generator)
     with ctx.autocast():
         fake = model.encoder(x_in).detach()
         logits = model.discriminator(torch.cat([real, fake])).float().squeeze(1)

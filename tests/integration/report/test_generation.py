@@ -4,6 +4,7 @@ commands on sklearn's digits, and a tiny AAE study run by the real worker."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -35,7 +36,8 @@ def _train(root: Path, config: str, name: str, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """`aeopt baseline cnn` and `aeopt train` (conv AE, AAE with a 2-D mixture prior) on digits."""
+    """`aeopt baseline cnn` and `aeopt train` (conv AE, AAE with a 2-D mixture prior, AAE with an
+    image critic) on digits."""
     root = tmp_path_factory.mktemp("generation_runs")
     r = run_cli("baseline", "cnn", "--set", "data.dataset=digits", "--set", "train.max_epochs=1",
                 "--device", "cpu", "-o", str(root / "cnn"), cwd=root, env=ENV)
@@ -43,6 +45,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"cnn": root / "cnn",
             "conv_ae": _train(root, "conv_ae", "conv", "model.latent_dim=2"),
             "aae": _train(root, "aae", "aae", "model.latent_dim=2", "model.prior=mixture10"),
+            "aae_critic": _train(root, "aae_critic", "aae_critic", "model.latent_dim=2"),
             "synthetic": _train(root, "conv_ae", "synthetic", "data.dataset=synthetic",
                                 "data.train_subset=200", "budget.max_epochs=1")}
 
@@ -68,7 +71,7 @@ def test_report_scores_the_shown_aae_beside_another_generator(runs, tmp_path):
     assert gen["fd_real_train_vs_test"] < min(row["fd"] for row in rows)
     # The AAE's section: its figures, and its codes measured against its prior.
     aae = numbers["aae"]
-    assert aae["prior"] == "mixture10" and aae["trial"] is None
+    assert aae["prior"] == "mixture10" and aae["trial"] is None and aae["image_critic"] == 0
     assert aae["test"]["prior_mmd"] >= 0 and aae["test"]["n_codes"] == 100
     pngs = {p.stem for p in out.glob("*.png")}
     assert set(AAE_FIGURES + ["generation_samples"]) <= pngs
@@ -78,6 +81,22 @@ def test_report_scores_the_shown_aae_beside_another_generator(runs, tmp_path):
     # The fitted-Gaussian samples are labelled as a comparison, not as a model without a prior.
     assert "own prior is sampled in its section below" in page and "has no prior" not in page
     assert f"FD {rows[0]['fd']:.2f}" in page and f"test accuracy {cnn_metrics['test_acc']:.4f}" in page
+
+
+def test_report_shows_the_image_critic_of_configs_aae_critic(runs, tmp_path):
+    out = tmp_path / "rep"
+    r = run_cli("report", "--checkpoint", str(runs["aae_critic"]), "--fid-classifier", str(runs["cnn"]),
+                "--compare-generators", f"{runs['aae']}", "--device", "cpu", "--max-points", "60",
+                "-o", str(out), cwd=tmp_path, env=ENV)
+    assert r.returncode == 0, r.stderr
+    numbers = json.loads((out / "report.json").read_text())
+    aae = numbers["aae"]
+    assert aae["image_critic"] == 32 and aae["image_adv_weight"] == 0.01 and aae["prior"] == "gaussian"
+    rows = numbers["generation"]["models"]
+    assert [row["kind"] for row in rows] == ["aae", "aae"]
+    assert all(math.isfinite(row["fd"]) and row["fd"] > 0 for row in rows)
+    page = html.unescape((out / "report.html").read_text())
+    assert "image critic" in page and "width 32, learning rate 0.0002, the decoder's weight 0.01" in page
 
 
 def test_a_plain_autoencoder_without_aae_section(runs, tmp_path):

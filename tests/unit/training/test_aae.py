@@ -10,7 +10,9 @@ import torch
 from aeopt.config import AAEConfig, RunConfig
 from aeopt.training.data import prepare, to_float
 from aeopt.training.engine import Trainer, fit
+from aeopt.training.checkpoint import load_checkpoint, save_checkpoint
 from aeopt.training.kinds.aae import MIXTURE_RADIUS, prior_mmd, sample_prior
+from aeopt.training.kinds.aae_critic import critic_step, decoder_adversarial_loss
 from aeopt.training.models import build_model
 
 CPU = torch.device("cpu")
@@ -88,7 +90,8 @@ def test_adv_weight_scales_the_generator_steps_learning_rate_and_zero_skips_it()
         cfg = RunConfig.model_validate({"model": {**base, "adv_weight": weight}, "budget": {"batch_size": 8}})
         trainer = Trainer(build_model(cfg), cfg, CPU, seed=0)
         trainer.train_epoch(torch.rand(16, 1, 28, 28))
-        disc_opt, gen_opt = trainer.kind_state["aae_optimizers"]
+        disc_opt, gen_opt, critic_opt = trainer.kind_state["aae_optimizers"]
+        assert critic_opt is None  # no image critic unless asked for
         assert disc_opt.param_groups[0]["lr"] == 1e-3 and gen_opt.param_groups[0]["lr"] == weight * 1e-3
         assert bool(gen_opt.state) == (weight > 0)  # with 0 the generator step never runs
 
@@ -101,7 +104,60 @@ def test_one_step_moves_all_three_parts():
     trainer.train_epoch(torch.rand(16, 1, 28, 28))
     moved = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"encoder", "decoder", "discriminator"}
-    assert len(trainer.kind_state["aae_optimizers"]) == 2  # its own optimizers, kept across steps
+    assert len(trainer.kind_state["aae_optimizers"]) == 3  # its own optimizers, kept across steps
+
+
+def test_with_an_image_critic_one_step_moves_all_four_parts_and_it_round_trips(tmp_path):
+    tiny = {"kind": "aae", "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 3, "disc_hidden": 8,
+            "image_critic": 4, "critic_lr": 1e-3}
+    cfg = RunConfig.model_validate({"model": tiny, "budget": {"batch_size": 8}})
+    trainer = Trainer(build_model(cfg), cfg, CPU, seed=0)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train_epoch(torch.rand(16, 1, 28, 28))
+    moved = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"encoder", "decoder", "discriminator", "image_critic"}
+    critic_opt = trainer.kind_state["aae_optimizers"][2]
+    assert critic_opt.param_groups[0]["lr"] == 1e-3 and critic_opt.state
+    # The critic is part of the checkpoint: a reload scores images exactly as the trained one does.
+    save_checkpoint(tmp_path / "c.pt", trainer.model, cfg, {})
+    loaded, _, _ = load_checkpoint(tmp_path / "c.pt")
+    x = torch.rand(5, 1, 28, 28)
+    trainer.model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.image_critic(x), trainer.model.image_critic(x))
+        assert torch.equal(loaded(x), trainer.model(x))
+
+
+def test_the_critic_learns_to_tell_images_from_samples_and_the_decoder_learns_to_pass_it():
+    torch.manual_seed(0)
+    data = prepare(RunConfig.model_validate({"data": {"dataset": "digits"}}).data)
+    real = to_float(data.train.x[:256], CPU)
+    cfg = AAEConfig(c1=8, c2=16, c3=16, fc=32, latent_dim=4, image_critic=8)
+    model = build_model(RunConfig.model_validate({"model": cfg.model_dump()})).train()
+    z = sample_prior(cfg, 256, generator=torch.Generator().manual_seed(0))
+
+    def fake_logit() -> float:
+        with torch.no_grad():
+            return model.image_critic(model.decoder(z)).mean().item()
+
+    critic_opt = torch.optim.Adam(model.image_critic.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    with torch.no_grad():
+        samples = model.decoder(z)
+    losses = [critic_step(model.image_critic, critic_opt, real, samples) for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0], losses[::10]  # it tells the untrained decoder's blobs apart
+    critic_opt.zero_grad(set_to_none=True)
+    critic_params = {n: q.detach().clone() for n, q in model.image_critic.named_parameters()}
+    before = fake_logit()
+    decoder_opt = torch.optim.Adam(model.decoder.parameters(), lr=2e-3)
+    for _ in range(30):
+        decoder_opt.zero_grad(set_to_none=True)
+        decoder_adversarial_loss(model.image_critic, model.decoder(z)).backward()
+        decoder_opt.step()
+    after = fake_logit()
+    assert after > before + 1.0, (before, after)  # the decoder's samples now pass for images more
+    # The decoder's steps leave the critic's weights alone (no gradient reaches them).
+    assert all(torch.equal(q, critic_params[n]) for n, q in model.image_critic.named_parameters())
+    assert all(p.grad is None for p in model.image_critic.parameters())
 
 
 def test_cross_validation_scores_the_codes_and_penalizes_an_aae_that_ignores_its_prior():
