@@ -54,7 +54,8 @@ def _mmd_numbers(shown: ShownModel, codes: np.ndarray, record: TrialRecord | Non
     trial = {"prior_mmd": record.prior_mmd, "penalty": record.penalty} if record is not None else None
     return {"prior": cfg.prior, "adv_weight": cfg.adv_weight, "mmd_tolerance": cfg.mmd_tolerance,
             "mmd_weight": cfg.mmd_weight, "image_critic": cfg.image_critic,
-            "image_adv_weight": cfg.image_adv_weight if cfg.image_critic else None, "test": test, "trial": trial}
+            "image_adv_weight": cfg.image_adv_weight if cfg.image_critic else None,
+            "test": test, "trial": trial}
 
 
 def _table(shown: ShownModel, found: dict[str, Any]) -> list[tuple[str, str]]:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from aeopt.config import AAEConfig, RunConfig
+from aeopt.training.checkpoint import load_checkpoint, save_checkpoint
 from aeopt.training.data import prepare, to_float
 from aeopt.training.engine import Trainer, fit
-from aeopt.training.checkpoint import load_checkpoint, save_checkpoint
 from aeopt.training.kinds.aae import MIXTURE_RADIUS, prior_mmd, sample_prior
 from aeopt.training.kinds.aae_critic import critic_step, decoder_adversarial_loss
 from aeopt.training.models import build_model
