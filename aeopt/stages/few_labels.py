@@ -51,7 +51,7 @@ from aeopt.training.consistency import ConsistencySettings, fit_consistency
 from aeopt.training.data import Split, stratified_split, stratified_subset, to_float, training_pool
 from aeopt.training.engine import set_seed
 from aeopt.training.kinds.aae_ssl import SemiSupervisedSettings, fit_semi_supervised
-from aeopt.training.label_spreading import CodeSpace, SpreadSettings, encode, spread, vote
+from aeopt.training.label_spreading import CodeSpace, SpreadSettings, encode, graph, propagate, vote
 from aeopt.training.models import build_model
 from aeopt.training.supervised import Classifier, augmentation_for, evaluate
 
@@ -159,12 +159,13 @@ def spread_teacher(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, p
         tr, va = stratified_split(pool.y[drawn], cfg.data.val_fraction, draw)
         y = pool.y.to(device)
         train_pos, val_pos = drawn[tr].to(device), drawn[va].to(device)
-        partial = spread(g, train_pos, y[train_pos], n_classes, settings)
+        affinity = graph(g, settings)  # one k-NN graph for both spreads of the draw
+        partial = propagate(affinity, train_pos, y[train_pos], n_classes, settings)
         val_acc = float((partial[val_pos].argmax(1) == y[val_pos]).float().mean())
         rest = rest.to(device)
         agreement = float((partial[rest].argmax(1) == y[rest]).float().mean())
         bar.update({"val_acc": val_acc})
-        full = spread(g, drawn.to(device), y[drawn.to(device)], n_classes, settings)
+        full = propagate(affinity, drawn.to(device), y[drawn.to(device)], n_classes, settings)
         voted = vote(space(encode(model, to_float(test.x, device))), g, full, settings)
         test_acc = float((voted.argmax(1).cpu() == test.y).float().mean())
         bar.update()

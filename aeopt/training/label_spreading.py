@@ -73,10 +73,10 @@ def _weights(sims: torch.Tensor, power: float) -> torch.Tensor:
     return sims.clamp_min(0.0) ** power
 
 
-def spread(codes: torch.Tensor, seeds: torch.Tensor, seed_labels: torch.Tensor, n_classes: int,
-           settings: SpreadSettings = SpreadSettings()) -> torch.Tensor:
-    """Scores (N, n_classes), rows summing to 1, for every graph node: `codes` (N, d) already in
-    the code space; `seeds` indices into them with their `seed_labels`."""
+def graph(codes: torch.Tensor, settings: SpreadSettings = SpreadSettings()) -> torch.Tensor:
+    """The normalized affinity D^-1/2 W D^-1/2 (sparse, N x N) of `codes` (N, d), already in the code
+    space: W links each node to its `neighbours` nearest (similarity ** power), made symmetric.
+    Built once per set of codes; `propagate` spreads any seeds over it."""
     n = codes.shape[0]
     sims, idx = nearest(codes, codes, settings.neighbours, skip_self=True)
     rows = torch.arange(n, device=codes.device).repeat_interleave(settings.neighbours)
@@ -85,9 +85,16 @@ def spread(codes: torch.Tensor, seeds: torch.Tensor, seed_labels: torch.Tensor, 
     w = (w + w.t()).coalesce()  # symmetric: i near j or j near i
     d = torch.sparse.sum(w, 1).to_dense().clamp_min(1e-12).rsqrt()
     i, j = w.indices()
-    s = torch.sparse_coo_tensor(w.indices(), d[i] * w.values() * d[j], (n, n), is_coalesced=True,
-                                check_invariants=False)
-    y = torch.zeros(n, n_classes, device=codes.device)
+    return torch.sparse_coo_tensor(w.indices(), d[i] * w.values() * d[j], (n, n), is_coalesced=True,
+                                   check_invariants=False)
+
+
+def propagate(s: torch.Tensor, seeds: torch.Tensor, seed_labels: torch.Tensor, n_classes: int,
+              settings: SpreadSettings = SpreadSettings()) -> torch.Tensor:
+    """Scores (N, n_classes), rows summing to 1, for every node of the graph `s` (from `graph`):
+    `seeds` index its nodes, with their `seed_labels`."""
+    n = s.shape[0]
+    y = torch.zeros(n, n_classes, device=s.device)
     counts = torch.bincount(seed_labels, minlength=n_classes).clamp_min(1).float()
     y[seeds, seed_labels] = 1.0 / counts[seed_labels]
     f = y.clone()
@@ -97,6 +104,12 @@ def spread(codes: torch.Tensor, seeds: torch.Tensor, seed_labels: torch.Tensor, 
     # A node no seed reaches keeps zeros: it gets the uniform row, not a division by zero.
     total = f.sum(1, keepdim=True)
     return torch.where(total > 0, f / total.clamp_min(1e-30), torch.full_like(f, 1.0 / n_classes))
+
+
+def spread(codes: torch.Tensor, seeds: torch.Tensor, seed_labels: torch.Tensor, n_classes: int,
+           settings: SpreadSettings = SpreadSettings()) -> torch.Tensor:
+    """`propagate` over `graph(codes)`: scores (N, n_classes) for every one of `codes` (N, d)."""
+    return propagate(graph(codes, settings), seeds, seed_labels, n_classes, settings)
 
 
 def vote(query: torch.Tensor, codes: torch.Tensor, scores: torch.Tensor,

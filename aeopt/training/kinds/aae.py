@@ -6,7 +6,9 @@ each with its own optimizer:
    run's `optim` settings);
 2. discriminator: tell prior samples (label 1) from codes of the batch (label 0);
 3. generator: the encoder makes its codes pass as prior samples.
-The two adversarial optimizers are Adam with beta1 = 0.5 (the usual GAN setting): the
+With `image_critic` > 0 (`aae_critic.py`), the reconstruction step also asks the decoder to make
+decoded prior samples pass an image critic, which then takes its own step against training images.
+The adversarial optimizers are Adam with beta1 = 0.5 (the usual GAN setting): the
 discriminator's at `disc_lr`, the generator's at `adv_weight * disc_lr`. `adv_weight` scales that
 learning rate, not the loss: Adam divides a loss's scale out of its steps, so a weight on the
 generator's loss changed nothing between 0.005 and 1 (only 0, no gradient, switched it off).
