@@ -91,12 +91,12 @@ def test_report_shows_the_image_critic_of_configs_aae_critic(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     numbers = json.loads((out / "report.json").read_text())
     aae = numbers["aae"]
-    assert aae["image_critic"] == 32 and aae["image_adv_weight"] == 0.01 and aae["prior"] == "gaussian"
+    assert aae["image_critic"] == 16 and aae["image_adv_weight"] == 0.01 and aae["prior"] == "gaussian"
     rows = numbers["generation"]["models"]
     assert [row["kind"] for row in rows] == ["aae", "aae"]
     assert all(math.isfinite(row["fd"]) and row["fd"] > 0 for row in rows)
     page = html.unescape((out / "report.html").read_text())
-    assert "image critic" in page and "width 32, learning rate 0.0002, the decoder's weight 0.01" in page
+    assert "image critic" in page and "width 16, learning rate 0.0002, the decoder's weight 0.01" in page
 
 
 def test_a_plain_autoencoder_without_aae_section(runs, tmp_path):
