@@ -230,7 +230,7 @@ MEANT: list[tuple[str, list[str], str]] = [
     ("meant-yaml-key", ["train", "{fx}/unknown.yaml"],
      "unknown.yaml: schedule: unknown key; valid keys: model, data, budget, optim, contrastive, seed"),
     ("meant-preset-name", ["train", "conv_aee"],
-     "did you mean 'conv_ae'? shipped run configs: aae, conv_ae,"),
+     "did you mean 'conv_ae'? shipped run configs: aae, aae_critic, conv_ae,"),
     ("meant-spec-name", ["study", "create", "vea", "--storage", DB],
      "did you mean 'vae'? shipped study specs:"),
     ("meant-old-path", ["train", "configs/conv_ae.yaml"],

@@ -149,7 +149,7 @@ def test_a_missing_file_says_where_aeopt_looked(tmp_path, monkeypatch):
     spec.write_text("task: classifier\nautoencoder: gone.yaml\n")
     message = _error(load_study_spec, spec)
     assert f"autoencoder = 'gone.yaml': no such file (looked for {tmp_path}/gone.yaml" in message
-    assert "shipped run config (aae, conv_ae, denoising_ae, vae)" in message
+    assert "shipped run config (aae, aae_critic, conv_ae, denoising_ae, vae)" in message
 
 
 def test_an_export_of_the_top_k_feeds_a_classifier_spec_and_is_named_when_trained(tmp_path):

@@ -76,7 +76,7 @@ def test_a_missing_name_says_where_aeopt_looked_and_what_ships(tmp_path, monkeyp
     assert str(tmp_path / "conv_aee") in message  # the file it looked for here
     assert str((PRESETS_DIR / "configs").resolve()) in message  # and the shipped folder
     assert "did you mean 'conv_ae'?" in message
-    assert "aae, conv_ae, denoising_ae, vae" in message
+    assert "aae, aae_critic, conv_ae, denoising_ae, vae" in message
 
 
 def test_a_missing_path_names_the_shipped_file_of_that_name_not_itself(tmp_path, monkeypatch):
