@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -181,5 +182,20 @@ GOVERNOR = ThreadGovernor()
 
 
 def tick() -> None:
-    """Called once per training step by aeopt's training loops (aeopt.training)."""
-    GOVERNOR.tick()
+    """Called once per training step by aeopt's training loops (aeopt.training). Only the main
+    thread governs: a lane (aeopt.training.lanes) holds its own thread count for its whole run."""
+    if threading.current_thread() is _MAIN:
+        GOVERNOR.tick()
+
+
+_MAIN = threading.main_thread()
+
+
+def lane_budget() -> int:
+    """The cores concurrent lanes may share: this process's cores (and AEOPT_MAX_THREADS) while
+    aeopt governs the threads, else the thread count the user (or torch's default) set."""
+    if GOVERNOR.active:
+        return thread_cap()
+    import torch  # noqa: PLC0415 (torch loads after apply_process_defaults, by design)
+
+    return max(1, torch.get_num_threads())

@@ -4,6 +4,9 @@ Both paths train the same k models (same initial weights, same batches) on real 
 folds; each repeat runs one epoch of each path, alternating, so both see the same machine load.
 Prints seconds per k-fold epoch and training images per second for each, and their ratio. On CUDA a
 third path, fused + CUDA graphs (aeopt.training.fused.use_graphs), with its one-time capture cost.
+On the CPU a third path instead, lanes: the sequential path's Trainers stepped side by side, one fold
+per lane (aeopt.training.lanes, the CPU default of `cross_validate`), as many lanes as this process's
+cores (`--lanes` to choose), one torch thread each.
 Each row also gives the seconds of a whole k-fold x `--trial-epochs` trial, estimated as that many
 epochs of training plus one validation pass over every fold per epoch (+ the capture, once).
 
@@ -21,10 +24,12 @@ import time
 
 import torch
 
+from aeopt import threads
 from aeopt.config import RunConfig
 from aeopt.training.data import prepare, stratified_folds, to_float
 from aeopt.training.engine import Trainer, resolve_device
 from aeopt.training.fused import FusedFolds
+from aeopt.training.lanes import Lanes, lane_count
 from aeopt.training.models import build_model
 
 WIDE = {"c1": 64, "c2": 128, "c3": 128, "fc": 256}
@@ -48,11 +53,7 @@ def measure(model: dict, args: argparse.Namespace, device: torch.device) -> dict
     for k in range(args.folds):
         torch.manual_seed(k)
         models.append(build_model(cfg))
-    trainers = []
-    for k, m in enumerate(models):
-        twin = build_model(cfg)
-        twin.load_state_dict(m.state_dict())
-        trainers.append(Trainer(twin, cfg, device, seed=k))
+    trainers = _twins(models, cfg, device)
     paths = {"fused": FusedFolds([copy.deepcopy(m) for m in models], cfg, device,
                                  seeds=list(range(args.folds)), graphs=False)}
     if device.type == "cuda":
@@ -70,6 +71,10 @@ def measure(model: dict, args: argparse.Namespace, device: torch.device) -> dict
             t.evaluate(vx)
 
     runs = {"sequential": (sequential, sequential_eval)}
+    lanes = None
+    if device.type == "cpu":
+        lanes, runs[f"lanes x{args.lanes or lane_count(args.folds, threads.thread_cap())}"] = _lane_runs(
+            _twins(models, cfg, device), fold_x, val_x, args)
     for name, fused in paths.items():
         runs[name] = (lambda f=fused: f.train_epoch(x, folds),
                       lambda f=fused: [f.evaluate(i, vx) for i, vx in enumerate(val_x)])
@@ -87,7 +92,28 @@ def measure(model: dict, args: argparse.Namespace, device: torch.device) -> dict
             times[name].append(t1 - t0)
             evals[name].append(time.perf_counter() - t1)
             first.setdefault(name, t1 - t0)
-    return _row(model, args, folds, times, evals, first, list(paths))
+    if lanes is not None:
+        lanes.close()
+    return _row(model, args, folds, times, evals, first, [name for name in runs if name != "sequential"])
+
+
+def _twins(models: list[torch.nn.Module], cfg: RunConfig, device: torch.device) -> list[Trainer]:
+    """A Trainer per fold over a copy of that fold's initial model."""
+    trainers = []
+    for k, m in enumerate(models):
+        twin = build_model(cfg)
+        twin.load_state_dict(m.state_dict())
+        trainers.append(Trainer(twin, cfg, device, seed=k))
+    return trainers
+
+
+def _lane_runs(trainers: list[Trainer], fold_x: list[torch.Tensor], val_x: list[torch.Tensor],
+               args: argparse.Namespace) -> tuple[Lanes, tuple]:
+    """The lanes path: (its lanes, (train one epoch, validate)), as cross_validate's CPU default."""
+    n = args.lanes or lane_count(args.folds, threads.thread_cap())
+    lanes = Lanes(n, threads_each=max(1, threads.thread_cap() // n))
+    return lanes, (lambda: lanes.map(lambda j: j[0].train_epoch(j[1]), zip(trainers, fold_x, strict=True)),
+                   lambda: lanes.map(lambda j: j[0].evaluate(j[1]), zip(trainers, val_x, strict=True)))
 
 
 def _row(model: dict, args: argparse.Namespace, folds: list, times: dict[str, list[float]],
@@ -121,6 +147,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--wide", action="store_true", help="also the wide conv AE (64/128/128, fc 256)")
     p.add_argument("--trial-epochs", type=int, default=50, help="epochs of the estimated whole trial")
+    p.add_argument("--lanes", type=int, default=None, help="CPU lanes (default: this process's cores)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:

@@ -21,8 +21,12 @@ import sys
 import time
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# torch's default thread count, folds one after another (aeopt before fold lanes); the same with
+# the folds side by side in lanes (aeopt.training.lanes: one thread per lane); one thread, one fold
+# at a time.
 FIXED = {
-    f"torch default ({CORES} threads)": {},
+    f"torch default ({CORES} threads)": {"AEOPT_CONCURRENT_FOLDS": "0"},
+    f"{CORES} threads as fold lanes": {},
     "1 thread": {"OMP_NUM_THREADS": "1"},
 }
 PASSIVE = {f"{CORES} threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}

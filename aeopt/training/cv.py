@@ -3,11 +3,13 @@
 After each epoch the mean validation loss across folds goes to `on_epoch`, so a caller can stop
 the whole run there (the Optuna objective prunes through it). Knows nothing about Optuna.
 
-Two ways to train the folds, with the same results (tests/unit/training/test_fused.py): one
-`Trainer` per fold, one after another, or all folds fused into one vmapped step per batch
-(aeopt.training.fused). Fused is the default on CUDA, where small models are bound by kernel
-launches; sequential on the CPU, where the grouped convolutions of the fused step measured slower
-(benchmarks/fused_folds.py: 0.66x on the 2-core machine, report's network, batch 256).
+Three ways to train the folds, with the same results (tests/unit/training/test_fused.py,
+test_lanes.py): one `Trainer` per fold, one after another; the same Trainers side by side in CPU
+lanes (aeopt.training.lanes), numbers equal to the sequential path's; or all folds fused into one
+vmapped step per batch (aeopt.training.fused). Fused is the default on CUDA, where small models are
+bound by kernel launches. On the CPU the fused step's grouped convolutions measured slower than
+sequential (0.64-0.93x, benchmarks/fused_folds.py), and lanes faster, so the CPU default is lanes
+wherever the process may use two cores or more, else one fold after another.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from aeopt import threads
 from aeopt.config import RunConfig
 from aeopt.training.data import Split, stratified_folds, to_float
 from aeopt.training.engine import Trainer, set_seed
 from aeopt.training.fused import FusedFolds
 from aeopt.training.kinds import gradient_step, kind_of
+from aeopt.training.lanes import Lanes, open_lanes
 from aeopt.training.models import build_model
 
 # on_epoch(epoch, mean validation loss over folds, per-fold validation losses)
@@ -47,6 +51,7 @@ class CVResult:
     model_fold: int = 0
     sample: torch.Tensor | None = None
     fused: bool = False  # whether the folds trained fused (one vmapped step per batch)
+    lanes: int = 1  # how many folds trained side by side (aeopt.training.lanes; 1: one after another)
     # What the kind's `score` says of fold 0's best model (Kind.score): added to the value by studies.
     penalty: float = 0.0
     measures: dict[str, float] = field(default_factory=dict)
@@ -71,6 +76,18 @@ def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -
     return fused
 
 
+def fold_lanes(folds: int, device: torch.device, concurrent: bool | None = None) -> Lanes | None:
+    """Lanes for unfused folds on the CPU (None: one after another). As asked, else wherever this
+    process may use more than one core (AEOPT_CONCURRENT_FOLDS=0 turns that off: the benchmarks'
+    sequential path). Measured on 2 cores: 1.7x the sequential path (BENCHMARKS.md, "Fused folds")."""
+    if device.type != "cpu" or concurrent is False:
+        return None
+    if concurrent is None and os.environ.get("AEOPT_CONCURRENT_FOLDS", "1") == "0":
+        return None
+    # Asked for explicitly: two lanes at least, even on one core (the tests' way to run them).
+    return open_lanes(folds, budget=max(2, threads.lane_budget()) if concurrent else None)
+
+
 class _SequentialFolds:
     """One Trainer per fold, each over its own copy of its training images."""
 
@@ -86,8 +103,28 @@ class _SequentialFolds:
     def evaluate(self, fold: int, x: torch.Tensor) -> float:
         return self.trainers[fold].evaluate(x)
 
+    def evaluate_all(self, val_x: list[torch.Tensor]) -> list[float]:
+        return [self.evaluate(k, x) for k, x in enumerate(val_x)]
+
     def state(self, fold: int) -> dict[str, torch.Tensor]:
         return self.trainers[fold].state()
+
+
+class _ConcurrentFolds(_SequentialFolds):
+    """The same Trainers, stepped side by side: each fold's epoch (and its validation) in a lane
+    (aeopt.training.lanes). Every fold draws from its own generator, so the numbers are those of
+    the sequential path, whichever lane runs a fold."""
+
+    def __init__(self, models: list[torch.nn.Module], cfg: RunConfig, device: torch.device, x: torch.Tensor,
+                 train_idx: list[torch.Tensor], *, amp: bool, lanes: Lanes):
+        super().__init__(models, cfg, device, x, train_idx, amp=amp)
+        self.lanes = lanes
+
+    def train_epoch(self) -> None:
+        self.lanes.map(lambda job: job[0].train_epoch(job[1]), zip(self.trainers, self.train_x, strict=True))
+
+    def evaluate_all(self, val_x: list[torch.Tensor]) -> list[float]:
+        return self.lanes.map(lambda pair: pair[0].evaluate(pair[1]), zip(self.trainers, val_x, strict=True))
 
 
 class _FusedFolds:
@@ -105,6 +142,9 @@ class _FusedFolds:
     def evaluate(self, fold: int, x: torch.Tensor) -> float:
         return self.fused.evaluate(fold, x)
 
+    def evaluate_all(self, val_x: list[torch.Tensor]) -> list[float]:
+        return [self.evaluate(k, x) for k, x in enumerate(val_x)]
+
     def state(self, fold: int) -> dict[str, torch.Tensor]:
         return self.fused.state(fold)
 
@@ -120,6 +160,7 @@ def cross_validate(
     amp: bool = False,
     patience: int = 0,
     fused: bool | None = None,
+    concurrent: bool | None = None,
     result: CVResult | None = None,
 ) -> CVResult:
     """Train one model per stratified fold of `pool` (the training split only), in lockstep.
@@ -127,6 +168,8 @@ def cross_validate(
     `patience` > 0 stops when the mean validation loss has not improved for that many epochs
     (the report's early stopping); studies with a pruner leave it at 0 and prune instead.
     `fused`: train the folds in one vmapped step (None: on CUDA only; see `use_fused`).
+    `concurrent`: on the CPU, train unfused folds side by side in lanes (None: where the cores
+    allow; see `fold_lanes`).
     `result`: a CVResult to fill in place, so the caller reaches fold 0's model while the folds train
     (the objective draws it when the trial is pruned).
     """
@@ -138,14 +181,23 @@ def cross_validate(
         val_x.append(x_all[va.to(device)])
         torch.manual_seed(cfg.seed + k)
         models.append(build_model(cfg).to(device))
-    backend = (_FusedFolds if use_fused(cfg, device, fused) else _SequentialFolds)(
-        models, cfg, device, x_all, train_idx, amp=amp)
-    # Filled in place when the caller passes one: it reaches fold 0's model while the folds train.
-    result = result if result is not None else CVResult()
-    result.model, result.sample, result.fused = models[0], val_x[0][:16], isinstance(backend, _FusedFolds)
-    result.current_state = lambda: backend.state(0)
-    best_state = _run_epochs(backend, cfg, val_x, sum(idx.numel() for idx in train_idx), device, result,
-                             on_epoch=on_epoch, patience=patience)
+    lanes = None if use_fused(cfg, device, fused) else fold_lanes(folds, device, concurrent)
+    try:
+        if lanes is not None:
+            backend = _ConcurrentFolds(models, cfg, device, x_all, train_idx, amp=amp, lanes=lanes)
+        else:
+            backend = (_FusedFolds if use_fused(cfg, device, fused) else _SequentialFolds)(
+                models, cfg, device, x_all, train_idx, amp=amp)
+        # Filled in place when the caller passes one: it reaches fold 0's model while the folds train.
+        result = result if result is not None else CVResult()
+        result.model, result.sample, result.fused = models[0], val_x[0][:16], isinstance(backend, _FusedFolds)
+        result.lanes = lanes.n if lanes is not None else 1
+        result.current_state = lambda: backend.state(0)
+        best_state = _run_epochs(backend, cfg, val_x, sum(idx.numel() for idx in train_idx), device, result,
+                                 on_epoch=on_epoch, patience=patience)
+    finally:
+        if lanes is not None:
+            lanes.close()
     if best_state is not None:
         result.model.load_state_dict(best_state)
     score = kind_of(cfg).score
@@ -167,7 +219,7 @@ def _run_epochs(backend: _SequentialFolds | _FusedFolds, cfg: RunConfig, val_x: 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-        losses = [backend.evaluate(k, x) for k, x in enumerate(val_x)]
+        losses = backend.evaluate_all(val_x)
         mean = sum(losses) / len(losses)
         result.history.append(mean)
         result.epochs = epoch

@@ -24,6 +24,7 @@ from aeopt.errors import AeoptError
 from aeopt.training.contrastive import ContrastiveTerm
 from aeopt.training.data import add_noise
 from aeopt.training.kinds import Autoencoder, kind_of
+from aeopt.training.kinds.base import random_stream
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import build_model, reconstruct
 from aeopt.training.schedules import StepSchedule
@@ -131,16 +132,19 @@ class Trainer:
                                          warmup_epochs=o.warmup_epochs, pct_start=o.pct_start)
         perm = torch.randperm(n, device=self.device, generator=self.generator)
         total = torch.zeros((), device=self.device)
-        for start in range(0, n, bs):
-            threads.tick()  # follow the cores free now (aeopt.threads; a clock read when not due)
-            target = x[perm[start : start + bs]]
-            if not self.schedule.constant:
-                self._set_lr()
-            loss = self.kind.step(self, add_noise(target, self.noise, self.generator), target)
-            if self.contrastive is not None:
-                self.contrastive.step(target, self.generator, self.autocast())
-            # Accumulate on the device: a .item() per step would sync the GPU every batch.
-            total += loss * target.shape[0]
+        # Dropout masks and a VAE's samples from this run's generator too, not torch's global one:
+        # the same numbers whatever else the process runs (fold models in concurrent lanes, say).
+        with random_stream(self.generator):
+            for start in range(0, n, bs):
+                threads.tick()  # follow the cores free now (aeopt.threads; a clock read when not due)
+                target = x[perm[start : start + bs]]
+                if not self.schedule.constant:
+                    self._set_lr()
+                loss = self.kind.step(self, add_noise(target, self.noise, self.generator), target)
+                if self.contrastive is not None:
+                    self.contrastive.step(target, self.generator, self.autocast())
+                # Accumulate on the device: a .item() per step would sync the GPU every batch.
+                total += loss * target.shape[0]
         value = float(total) / n
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss is {value}: the run diverged; lower optim.lr "

@@ -6,8 +6,9 @@ Imports nothing of `aeopt.training` (the registry and the engine import this mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +22,54 @@ _ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gel
 def activation(name: str) -> nn.Module:
     """A fresh activation module for a schema's `activation` name."""
     return _ACTIVATIONS[name]()
+
+
+_STREAM = threading.local()
+
+
+@contextmanager
+def random_stream(generator: torch.Generator | None) -> Iterator[None]:
+    """Draw the models' own randomness (dropout masks, a VAE's samples) from `generator` in this
+    thread while the block runs.
+
+    torch's default generator is one per process: fold models trained concurrently in threads
+    (aeopt.training.lanes) would take its numbers in whatever order the threads ran, so a seeded
+    run would not repeat. With each trainer's own generator here, every fold draws the same numbers
+    whichever thread runs it and whatever runs beside it. Outside such a block (the vmapped fused
+    step, inference) the default generator is used, as torch's own modules do.
+    """
+    previous = getattr(_STREAM, "generator", None)
+    _STREAM.generator = generator
+    try:
+        yield
+    finally:
+        _STREAM.generator = previous
+
+
+def current_stream() -> torch.Generator | None:
+    return getattr(_STREAM, "generator", None)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` that draws its mask from the thread's `random_stream` when one is set.
+    Same state (none) and the same scaling; only the source of the random numbers differs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = current_stream()
+        if g is None or not self.training or self.p == 0.0:
+            return super().forward(x)
+        if self.p >= 1.0:
+            return torch.zeros_like(x)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=g)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+def normal_like(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `x`, from the thread's `random_stream` when one is set."""
+    g = current_stream()
+    if g is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=g)
 
 
 class Autoencoder(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeopt.config import ConvAEConfig
-from aeopt.training.kinds.base import Autoencoder, Kind, activation
+from aeopt.training.kinds.base import Autoencoder, Dropout, Kind, activation
 
 
 def _conv_block(conv: nn.Module, channels: int, cfg: ConvAEConfig) -> list[nn.Module]:
@@ -33,13 +33,13 @@ class ConvAutoencoder(Autoencoder):
             nn.Flatten(),
             nn.Linear(3 * 3 * c3, cfg.fc),
             activation(cfg.activation),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
             nn.Linear(cfg.fc, cfg.latent_dim),
         )
         self.decoder = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.fc),
             activation(cfg.activation),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
             nn.Linear(cfg.fc, 3 * 3 * c3),
             activation(cfg.activation),
             nn.Unflatten(1, (c3, 3, 3)),

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeopt.config import VAEConfig
-from aeopt.training.kinds.base import Autoencoder, Kind, activation
+from aeopt.training.kinds.base import Autoencoder, Kind, activation, normal_like
 
 
 class VAEEncoder(nn.Module):
@@ -54,7 +54,7 @@ class VAE(Autoencoder):
         # z = mu + sigma * eps keeps the sample differentiable in mu and sigma.
         if not self.training:
             return mu
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return mu + torch.exp(0.5 * logvar) * normal_like(mu)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder_logits(z))
