@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from aeopt.progress import Progress, progress
 from aeopt.training.data import Split, add_noise, stratified_folds, to_float
 from aeopt.training.engine import noise_std, set_seed
 from aeopt.training.fused_supervised import fit_classifier_folds
+from aeopt.training.lanes import Lanes, fold_lanes
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import Autoencoder, build_model
 from aeopt.training.supervised import (
@@ -115,25 +117,30 @@ def _after_probe(fit: ClassifierFit, probe: ClassifierFit | None) -> ClassifierF
 
 
 def finetune_once(setup: FinetuneSetup, train: XY, val: XY, *, seed: int, desc: str = "finetune",
-                  on_epoch: OnClassifierEpoch | None = None) -> tuple[Classifier, ClassifierFit]:
-    """Fine-tune one classifier from the setup's autoencoder with early stopping on `val`."""
+                  on_epoch: OnClassifierEpoch | None = None,
+                  built: tuple[Classifier, Autoencoder] | None = None,
+                  show: Callable[[int, dict[str, float]], None] | None = None,
+                  ) -> tuple[Classifier, ClassifierFit]:
+    """Fine-tune one classifier from the setup's autoencoder with early stopping on `val`.
+    `built`: the network from `setup.fresh()`, made by the caller (default: made here); `show`: a
+    progress callback shared with other runs (default: a bar of this run's own)."""
     ft = setup.cfg.finetune
-    model, ae = setup.fresh()
+    model, ae = built if built is not None else setup.fresh()
     aug = augmentation_for(ft.augment, setup.cfg.data.dataset, train[0].shape[0])
     kw = {"seed": seed, "augmentation": aug, "amp": setup.amp}
     probe = None
-    with progress(ft.probe_epochs + ft.max_epochs, desc, enabled=setup.show_progress) as bar:
+    with progress(ft.probe_epochs + ft.max_epochs, desc, enabled=setup.show_progress and show is None) as bar:
+        show = show if show is not None else show_on(bar)
         if ft.probe_epochs and ft.mode == "full":
             # Linear probe, then fine-tune (Kumar et al., "Fine-Tuning can Distort Pretrained
             # Features and Underperform Out-of-Distribution", ICLR 2022): a trained head first,
             # so the random head's early gradients do not scramble the pretrained encoder.
             model.freeze_encoder()
             probe_cfg = ft.model_copy(update={"max_epochs": ft.probe_epochs, "patience": 0})
-            model, probe = fit_classifier(model, train, val, probe_cfg, setup.device, progress=show_on(bar),
-                                          **kw)
+            model, probe = fit_classifier(model, train, val, probe_cfg, setup.device, progress=show, **kw)
             model.unfreeze_encoder()
         model, fit = fit_classifier(model, train, val, ft, setup.device, encoder_lr_scale=ft.encoder_lr_scale,
-                                    on_epoch=on_epoch, progress=show_on(bar), **kw, **setup.aux(ae))
+                                    on_epoch=on_epoch, progress=show, **kw, **setup.aux(ae))
     return model, _after_probe(fit, probe)
 
 
@@ -200,15 +207,61 @@ def _finetune_fused(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: in
                        models if keep_models else [])
 
 
+def _finetune_lanes(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, lanes: Lanes, *,
+                    on_epoch: OnFoldEpoch | None, keep_models: bool, desc: str) -> FoldsResult:
+    """`finetune_folds` with the folds side by side on the CPU, one fold per lane (aeopt.training.lanes):
+    the same fine-tunes, each from its own seed, so the same numbers as one fold after another on one
+    thread. A fold that fails (or is pruned) stops the others at their next epoch."""
+    ft = setup.cfg.finetune
+    data = [(split_xy(pool.take(tr), setup.device), split_xy(pool.take(va), setup.device))
+            for tr, va in stratified_folds(pool.y, folds, fold_seed)]
+    # Built here, in fold order: a network's initial weights come from torch's global generator,
+    # which lanes would draw from in whatever order their threads ran.
+    built = [setup.fresh() for _ in data]
+    lock = threading.Lock()  # one fold at a time reports (a study's trial) and draws the bar
+    epochs = ft.max_epochs + (ft.probe_epochs if ft.probe_epochs and ft.mode == "full" else 0)
+    with progress(folds * epochs, f"{desc} ({folds} folds, {lanes.n} side by side)",
+                  enabled=setup.show_progress) as bar:
+        shown = show_on(bar)
+
+        def show(epoch: int, row: dict[str, float]) -> None:
+            with lock:
+                shown(epoch, row)
+
+        def run(k: int) -> tuple[Classifier, ClassifierFit]:
+            def hook(epoch: int, acc: float, loss: float) -> None:
+                lanes.check()  # another fold failed or was pruned: stop this one here
+                if on_epoch is not None:
+                    with lock:
+                        on_epoch(k, epoch, acc, loss)
+
+            train, val = data[k]
+            return finetune_once(setup, train, val, seed=setup.cfg.seed + k, on_epoch=hook, built=built[k],
+                                 show=show)
+
+        runs = lanes.map(run, range(folds))
+    # Each fit seeds torch's global generator; leave it as the sequential loop does (the last fold's).
+    set_seed(setup.cfg.seed + folds - 1)
+    return FoldsResult([fit for _, fit in runs], [model for model, _ in runs] if keep_models else [])
+
+
 def finetune_folds(setup: FinetuneSetup, pool: Split, folds: int, fold_seed: int, *,
                    on_epoch: OnFoldEpoch | None = None, keep_models: bool = True,
-                   desc: str = "finetune", fused: bool | None = None) -> FoldsResult:
+                   desc: str = "finetune", fused: bool | None = None,
+                   concurrent: bool | None = None) -> FoldsResult:
     """Fine-tune on each of `folds` stratified folds of the labelled `pool` (fold assignment fixed
-    by `fold_seed`; fold k trains with seed `cfg.seed + k`): one fold after another, or all folds in
-    one fused step per batch (`fused`; None: `use_fused_folds` decides)."""
+    by `fold_seed`; fold k trains with seed `cfg.seed + k`): one fold after another, all folds in
+    one fused step per batch (`fused`; None: `use_fused_folds` decides), or, on the CPU, side by
+    side in lanes (`concurrent`; None: where the process may use two cores or more, see
+    `aeopt.training.lanes.fold_lanes`)."""
     if use_fused_folds(setup, fused):
         return _finetune_fused(setup, pool, folds, fold_seed, on_epoch=on_epoch, keep_models=keep_models,
                                desc=desc)
+    lanes = fold_lanes(folds, setup.device, concurrent)
+    if lanes is not None:
+        with lanes:
+            return _finetune_lanes(setup, pool, folds, fold_seed, lanes, on_epoch=on_epoch,
+                                   keep_models=keep_models, desc=desc)
     result = FoldsResult()
     for k, (tr, va) in enumerate(stratified_folds(pool.y, folds, fold_seed)):
         hook = functools.partial(on_epoch, k) if on_epoch is not None else None

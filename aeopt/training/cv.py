@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from aeopt import threads
 from aeopt.config import RunConfig
 from aeopt.training.data import Split, stratified_folds, to_float
 from aeopt.training.engine import Trainer, set_seed
 from aeopt.training.fused import FusedFolds
 from aeopt.training.kinds import gradient_step, kind_of
-from aeopt.training.lanes import Lanes, open_lanes
+from aeopt.training.lanes import Lanes, fold_lanes
 from aeopt.training.models import build_model
 
 # on_epoch(epoch, mean validation loss over folds, per-fold validation losses)
@@ -74,18 +73,6 @@ def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -
     if fused is None:
         return device.type == "cuda" and os.environ.get("AEOPT_FUSED", "1") != "0"
     return fused
-
-
-def fold_lanes(folds: int, device: torch.device, concurrent: bool | None = None) -> Lanes | None:
-    """Lanes for unfused folds on the CPU (None: one after another). As asked, else wherever this
-    process may use more than one core (AEOPT_CONCURRENT_FOLDS=0 turns that off: the benchmarks'
-    sequential path). Measured on 2 cores: 1.7x the sequential path (BENCHMARKS.md, "Fused folds")."""
-    if device.type != "cpu" or concurrent is False:
-        return None
-    if concurrent is None and os.environ.get("AEOPT_CONCURRENT_FOLDS", "1") == "0":
-        return None
-    # Asked for explicitly: two lanes at least, even on one core (the tests' way to run them).
-    return open_lanes(folds, budget=max(2, threads.lane_budget()) if concurrent else None)
 
 
 class _SequentialFolds:
@@ -169,7 +156,7 @@ def cross_validate(
     (the report's early stopping); studies with a pruner leave it at 0 and prune instead.
     `fused`: train the folds in one vmapped step (None: on CUDA only; see `use_fused`).
     `concurrent`: on the CPU, train unfused folds side by side in lanes (None: where the cores
-    allow; see `fold_lanes`).
+    allow; see `aeopt.training.lanes.fold_lanes`).
     `result`: a CVResult to fill in place, so the caller reaches fold 0's model while the folds train
     (the objective draws it when the trial is pruned).
     """

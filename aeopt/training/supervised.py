@@ -22,6 +22,7 @@ from torch import nn
 from aeopt import threads
 from aeopt.config import CNNConfig, FinetuneConfig, SupervisedConfig
 from aeopt.training.engine import NonFiniteLossError, set_seed
+from aeopt.training.kinds.base import Dropout, random_stream
 from aeopt.training.models import Autoencoder
 from aeopt.training.schedules import StepSchedule
 
@@ -49,7 +50,7 @@ class Classifier(nn.Module):
             *norm,
             nn.Linear(code_dim, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, n_classes),
         )
         self.frozen = False
@@ -95,7 +96,7 @@ class BaselineCNN(nn.Module):
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.c2 * 7 * 7, cfg.fc), nn.ReLU(), Dropout(cfg.dropout),
             nn.Linear(cfg.fc, n_classes),
         )
 
@@ -262,21 +263,24 @@ class _EpochLoop:
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
-        for s in range(self.steps):
-            idx = order[s * self.batch : (s + 1) * self.batch]
-            if idx.numel() == 0:
-                break
-            threads.tick()  # follow the cores free now (aeopt.threads)
-            loss, hits = self._loss(idx)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not self.schedule.constant:
-                self._set_lr()
-            self.opt.step()
-            # Accumulated on the device: an .item() per step would sync the GPU every batch.
-            total += loss.detach() * idx.numel()
-            correct += hits
-            seen += idx.numel()
+        # Dropout masks from this run's generator too (the engine's Trainer does the same): the same
+        # numbers whatever else the process runs, folds in concurrent lanes included.
+        with random_stream(self.gen):
+            for s in range(self.steps):
+                idx = order[s * self.batch : (s + 1) * self.batch]
+                if idx.numel() == 0:
+                    break
+                threads.tick()  # follow the cores free now (aeopt.threads)
+                loss, hits = self._loss(idx)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if not self.schedule.constant:
+                    self._set_lr()
+                self.opt.step()
+                # Accumulated on the device: an .item() per step would sync the GPU every batch.
+                total += loss.detach() * idx.numel()
+                correct += hits
+                seen += idx.numel()
         return float(total) / seen, float(correct) / seen
 
 

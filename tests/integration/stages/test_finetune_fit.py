@@ -81,12 +81,12 @@ def test_k_fold_loop_reports_each_fold_and_is_reproducible():
     setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU)
     pool = training_pool(cfg.data)
     seen: list[tuple[int, int]] = []
-    result = finetune_folds(setup, pool, 3, 5,
+    result = finetune_folds(setup, pool, 3, 5, concurrent=False,
                             on_epoch=lambda fold, epoch, _acc, _loss: seen.append((fold, epoch)))
     assert seen == [(k, e) for k in range(3) for e in (1, 2)]
     assert len(result.models) == 3 and result.fold_epochs == [2, 2, 2]
     assert result.val_acc_mean == pytest.approx(sum(result.fold_val_acc) / 3) and result.val_acc_std >= 0
-    again = finetune_folds(setup, pool, 3, 5, keep_models=False)
+    again = finetune_folds(setup, pool, 3, 5, keep_models=False, concurrent=False)
     assert again.fold_val_acc == result.fold_val_acc and again.models == []
     # Fold 0 of the loop is exactly one fine-tune on that fold, with seed cfg.seed + 0.
     tr, va = stratified_folds(pool.y, 3, 5)[0]
@@ -139,3 +139,47 @@ def test_fused_folds_match_one_fold_after_another(changes):
             assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
     if "patience" in changes:
         assert any(f.stopped_early for f in fused.fits)
+
+
+def test_folds_side_by_side_give_the_numbers_of_one_fold_after_another():
+    # Dropout in the head and the encoder, augmentation, a probe phase and the reconstruction term:
+    # every random draw a fold makes comes from its own generator, so lanes cannot change a number.
+    cfg = _cfg(probe_epochs=1, recon_weight=0.1, head_dropout=0.3, encoder_dropout=0.2, augment="shift")
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    data = prepare(cfg.data)
+    setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU, unlabelled=split_xy(data.train, CPU)[0])
+    pool = training_pool(cfg.data)
+    seen: list[tuple[int, int]] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the lanes' own count, so the kernels sum in the same order
+    try:
+        seq = finetune_folds(setup, pool, 3, 5, concurrent=False)
+    finally:
+        torch.set_num_threads(before)
+    side = finetune_folds(setup, pool, 3, 5, concurrent=True,
+                          on_epoch=lambda fold, epoch, _a, _l: seen.append((fold, epoch)))
+    assert sorted(seen) == [(k, e) for k in range(3) for e in (1, 2)]
+    for a, b in zip(seq.fits, side.fits, strict=True):
+        assert a.history == b.history
+    for m_seq, m_side in zip(seq.models, side.models, strict=True):
+        assert _same(m_seq.state_dict(), m_side.state_dict())
+
+
+def test_a_pruned_fold_stops_the_folds_beside_it():
+    cfg = _cfg(max_epochs=8, patience=0)
+    ae, _ = pretrained_autoencoder(cfg, device=CPU, evaluate_test=False)
+    setup = FinetuneSetup(cfg, autoencoder_state(ae), 10, CPU)
+    seen: list[tuple[int, int]] = []
+
+    class Pruned(Exception):
+        pass
+
+    def hook(fold: int, epoch: int, _acc: float, _loss: float) -> None:
+        seen.append((fold, epoch))
+        if fold == 0 and epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        finetune_folds(setup, training_pool(cfg.data), 2, 5, concurrent=True, on_epoch=hook)
+    # Fold 1 ran beside fold 0 and stopped within an epoch or so of the prune, not at its epoch 8.
+    assert max(e for f, e in seen if f == 1) <= 4 and (0, 3) not in seen

@@ -13,7 +13,7 @@ from aeopt.config import RunConfig
 from aeopt.training.cv import cross_validate
 from aeopt.training.data import Split
 from aeopt.training.kinds.base import Dropout, normal_like, random_stream
-from aeopt.training.lanes import Lanes, lane_count, open_lanes
+from aeopt.training.lanes import LaneCancelled, Lanes, lane_count, open_lanes
 
 CPU = torch.device("cpu")
 
@@ -68,21 +68,29 @@ def test_the_random_stream_drives_dropout_and_samples_and_only_in_its_block():
     assert torch.equal(drop.eval()(x), x)
 
 
-def test_lanes_keep_order_wait_for_every_item_and_raise_the_first_error():
-    finished = []
-
-    def work(i: int) -> int:
-        if i == 1:
-            raise ValueError("lane 1 failed")
-        threading.Event().wait(0.05)
-        finished.append(i)
-        return i * i
+def test_lanes_keep_order_and_a_failure_stops_the_rest_then_surfaces():
+    finished, checked = [], []
 
     with Lanes(2) as lanes:
         assert lanes.map(lambda i: i * i, range(5)) == [0, 1, 4, 9, 16]
-        with pytest.raises(ValueError, match="lane 1 failed"):
+
+        def work(i: int) -> int:
+            if i == 1:
+                raise ValueError("item 1 failed")
+            threading.Event().wait(0.2)  # item 0 is still running when item 1 fails
+            try:
+                lanes.check()  # long work looks between its steps
+            except LaneCancelled:
+                checked.append(i)
+                raise
+            finished.append(i)
+            return i
+
+        with pytest.raises(ValueError, match="item 1 failed"):  # not item 0's LaneCancelled
             lanes.map(work, range(4))
-        assert sorted(finished) == [0, 2, 3]  # the others ran to the end before the error surfaced
+        # Item 0 stopped at its check; items 2 and 3 never started.
+        assert checked == [0] and finished == []
+        assert lanes.map(lambda i: i + 1, range(3)) == [1, 2, 3]  # the next map starts clean
 
 
 def test_a_lane_holds_its_own_thread_count_and_leaves_the_callers_alone():
