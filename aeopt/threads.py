@@ -18,6 +18,10 @@ sets it to each CPU worker's share). Measured (benchmarks/threads.py, BENCHMARKS
 busy processes, and one whose neighbours arrive after it started, stays within 10 % of the best
 fixed thread count for that load.
 
+Where a command has independent work (a trial's k fold models on the CPU), it runs it side by side
+in lanes instead (aeopt.training.lanes): one thread each, as many as `lane_budget()` allows; only the
+main thread governs, and a lane keeps its one thread.
+
 Whatever the user set wins: OMP_NUM_THREADS (other than aeopt's own choice, which child processes
 inherit and re-make), or `--threads N` (`hold_threads`, or any torch.set_num_threads call: the
 governor stops at the first thread count it did not set itself).
