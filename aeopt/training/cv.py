@@ -66,8 +66,8 @@ class CVResult:
 def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -> bool:
     """Whether to fuse the folds: as asked, else on CUDA only (AEOPT_FUSED=0 turns that off: the
     benchmarks' "today" path). A kind with its own training step (more than one optimizer, say)
-    always trains its folds one after another, and so does a run with the contrastive term (the
-    engine's `Trainer` takes its step; the fused step does not)."""
+    never fuses its folds, nor does a run with the contrastive term (the engine's `Trainer` takes
+    its step; the fused step does not): they train one fold after another, or in lanes on the CPU."""
     if kind_of(cfg).train_step is not gradient_step or cfg.contrastive.weight > 0:
         return False
     if fused is None:

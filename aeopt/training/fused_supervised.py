@@ -11,7 +11,7 @@ run's) for its batch order and augmentation, its own schedule, its own early sto
 stopped sits out every later update: masked) and its own best-epoch weights, restored at the end.
 Steps where every fold has a full batch run fused; the rest (a last partial batch) fold by fold.
 The optional reconstruction term (semi-supervised fine-tuning) is not fused: such runs train their
-folds one after another (aeopt.stages.finetune_fit decides).
+folds one after another, or side by side in lanes on the CPU (aeopt.stages.finetune_fit decides).
 """
 
 from __future__ import annotations
