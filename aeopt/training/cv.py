@@ -168,13 +168,14 @@ def cross_validate(
         val_x.append(x_all[va.to(device)])
         torch.manual_seed(cfg.seed + k)
         models.append(build_model(cfg).to(device))
-    lanes = None if use_fused(cfg, device, fused) else fold_lanes(folds, device, concurrent)
+    fuse = use_fused(cfg, device, fused)
+    lanes = None if fuse else fold_lanes(folds, device, concurrent)
     try:
         if lanes is not None:
             backend = _ConcurrentFolds(models, cfg, device, x_all, train_idx, amp=amp, lanes=lanes)
         else:
-            backend = (_FusedFolds if use_fused(cfg, device, fused) else _SequentialFolds)(
-                models, cfg, device, x_all, train_idx, amp=amp)
+            path = _FusedFolds if fuse else _SequentialFolds
+            backend = path(models, cfg, device, x_all, train_idx, amp=amp)
         # Filled in place when the caller passes one: it reaches fold 0's model while the folds train.
         result = result if result is not None else CVResult()
         result.model, result.sample, result.fused = models[0], val_x[0][:16], isinstance(backend, _FusedFolds)
