@@ -34,9 +34,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from aeopt import allocator
 from aeopt.config import RunConfig, load_run_config
 from aeopt.training.data import load_dataset, stratified_subset, to_float
-from aeopt.training.engine import Trainer, make_optimizer, resolve_device, set_seed
+from aeopt.training.engine import Trainer, resolve_device, set_seed
+from aeopt.training.layout import channels_last_here
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import build_model
 
@@ -85,6 +87,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--flops", action="store_true",
                     help="also measure the training step's FLOPs and this device's matmul peak, and print "
                          "the engine's FLOP/s against it (what 2x over the DataLoader loop would need)")
+    ap.add_argument("--malloc", choices=("aeopt", "glibc"), default="aeopt",
+                    help="the process's malloc settings, for both loops: aeopt's (what the CLI sets, "
+                         "aeopt/allocator.py) or glibc's defaults (default aeopt)")
     ap.add_argument("--json", default=None, help="write the results here")
     return ap.parse_args(argv)
 
@@ -148,13 +153,24 @@ def _flops_report(result: dict, flops: float, peak: float) -> dict:
     return out
 
 
+def tutorial_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The config's optimizer as a tutorial builds it: torch.optim with its default kernel (the
+    engine's `make_optimizer` picks the fused one where it exists: aeopt.training.layout)."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                               nesterov=o.momentum > 0)
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
+    return optimizer(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
 class NaiveLoop:
     """The loop most tutorials write: a DataLoader over PIL images, `loss.item()` per step."""
 
     def __init__(self, cfg: RunConfig, loader: DataLoader, n: int, device: torch.device):
         set_seed(0)
-        self.model = build_model(cfg).to(device)
-        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.model = build_model(cfg).to(device)  # torch's default layout
+        self.optimizer = tutorial_optimizer(self.model.parameters(), cfg)
         self.loader, self.n, self.device = loader, n, device
 
     def epoch(self) -> float:
@@ -226,6 +242,8 @@ def _print_table(result: dict, epochs: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
+    if args.malloc == "aeopt":
+        allocator.tune()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -265,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else platform.processor() or platform.machine()),
         "cpu_threads": torch.get_num_threads(),
+        "malloc": "aeopt" if allocator.applied() else "glibc",
+        "engine_layout": "channels_last" if channels_last_here(device) else "contiguous",
         "torch": torch.__version__,
         "config": args.config,
         "batch_size": bs,

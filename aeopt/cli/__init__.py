@@ -14,6 +14,7 @@ import matplotlib
 import optuna
 import typer
 
+from aeopt import allocator
 from aeopt.cli.common import HelpGroup
 from aeopt.errors import AeoptError
 from aeopt.threads import apply_process_defaults
@@ -91,6 +92,8 @@ def _process_setup() -> None:
     """Process-wide settings that belong to the program, not the library: set once, here."""
     # CPU threads: one per core idle now, chosen before any command imports torch (aeopt/threads.py).
     apply_process_defaults()
+    # Host memory that training steps reuse rather than fault in anew each step (aeopt/allocator.py).
+    allocator.tune()
     # Headless: workers, servers and CI have no display; Optuna's matplotlib plots use pyplot.
     matplotlib.use("Agg")
     # Heartbeats and their retry callback are "experimental" in Optuna; they are the mechanism

@@ -22,6 +22,7 @@ from torch import nn
 from aeopt.config import BaselineRun, FinetuneRun, RunConfig, run_config, validate
 from aeopt.errors import AeoptError
 from aeopt.files import atomic_write_bytes, versions
+from aeopt.training.layout import for_device
 from aeopt.training.models import Autoencoder, build_model
 from aeopt.training.supervised import BaselineCNN, build_classifier
 
@@ -90,7 +91,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     cfg = validate(RunConfig, payload.get("config"), f"{p} (its config)")
     model = build_model(cfg)
     _load_weights(p, model, payload)
-    return model.to(device), cfg, payload
+    return for_device(model, device), cfg, payload  # the layout it trained in (training.layout)
 
 
 # ----- classifiers -------------------------------------------------------------------------------
@@ -143,4 +144,4 @@ def load_classifier_checkpoint(path: str | Path, device: torch.device | str = "c
     cfg = validate(schema, raw, f"{p} (its config)")
     model = build_classifier_model(cfg, _n_classes(payload))
     _load_weights(p, model, payload)
-    return model.to(device).eval(), cfg, payload
+    return for_device(model, device).eval(), cfg, payload

@@ -54,9 +54,10 @@ def test_fused_folds_match_sequential_training_fold_by_fold(model, optim):
     for _ in range(2):
         seq_train = [t.train_epoch(x[f]) for t, f in zip(sequential, folds, strict=True)]
         fused_train = fused.train_epoch(x, folds)
-        # Float sums in another order (grouped convolutions), amplified a little by Adam and batch norm;
-        # the VAE samples its code (reparameterization) from the global RNG: in distribution only.
-        tol = 5e-2 if model["kind"] == "vae" else 2e-4
+        # Float sums in another order (grouped convolutions; the sequential trainers' channels-last
+        # layout and fused Adam on the CPU), amplified a little by Adam and batch norm; the VAE samples
+        # its code (reparameterization) from the global RNG: in distribution only.
+        tol = 5e-2 if model["kind"] == "vae" else 5e-4
         assert fused_train == pytest.approx(seq_train, rel=tol)
         seq_val = [t.evaluate(val) for t in sequential]
         fused_val = [fused.evaluate(i, val) for i in range(len(SIZES))]

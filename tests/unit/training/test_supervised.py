@@ -20,6 +20,7 @@ from aeopt.training.checkpoint import (
     save_classifier_checkpoint,
 )
 from aeopt.training.engine import NonFiniteLossError
+from aeopt.training.layout import for_device
 from aeopt.training.models import build_model
 from aeopt.training.supervised import (
     BaselineCNN,
@@ -178,7 +179,8 @@ def _trained_a_little(model: nn.Module) -> nn.Module:
             p.add_(torch.randn_like(p) * 0.1)
     model.train()
     model(torch.rand(16, 1, 28, 28))
-    return model.eval()
+    # In the layout aeopt's trainers leave it in (channels-last on the CPU), as a loaded one is.
+    return for_device(model, "cpu").eval()
 
 
 @pytest.mark.parametrize("ae_model", AE_MODELS, ids=lambda m: m["kind"])
