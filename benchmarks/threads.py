@@ -35,6 +35,8 @@ AEOPT = "aeopt default"
 # One child: a 2-fold cross-validation trial; prints "go" when its training starts, then the seconds.
 CHILD = r"""
 import os, sys, time
+from aeopt import allocator
+allocator.tune()  # every aeopt command's malloc settings, whatever the thread setting
 if os.environ.get("AEOPT_BENCH_DEFAULTS"):
     from aeopt.threads import apply_process_defaults
     apply_process_defaults()  # as every aeopt command does, before torch loads

@@ -6,8 +6,9 @@ exactly once, through this process, which forwards it as SIGTERM.
 
 `--workers auto` (`plan_workers`), the rule and what backs it:
 - CPU: one single-threaded worker per core idle at launch. On the 2-core machine two 1-thread workers
-  finished 1.25x the trials of one 2-thread worker (BENCHMARKS.md, "Workers on one machine"), and a
-  thread that shares its core with another process stalls every parallel region (aeopt/threads.py);
+  finished 1.25x the trials of one 2-thread worker, and 1.01x since one worker trains its folds side
+  by side in lanes (BENCHMARKS.md, "Worker scaling"): as fast, more trials at once for the sampler, and
+  a thread that shares its core with another process stalls every parallel region (aeopt/threads.py);
   each CPU worker may grow to its share of the cores (AEOPT_MAX_THREADS) when others are idle.
 - GPU: per GPU, as many workers as fit three bounds: GPU_WORKERS (small models are bound by kernel
   launches from one Python thread, so a second and third worker fill the gaps one leaves; the issue's

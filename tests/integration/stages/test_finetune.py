@@ -143,7 +143,7 @@ def test_export_from_postgres_holds_no_credentials(tmp_path, pg_url):
 
 
 def test_finetune_cli_writes_metrics_and_confusion_matrix(tmp_path):
-    cfg = _config(tmp_path, TINY_FT)
+    cfg = _config(tmp_path, {**TINY_FT, "max_epochs": 6})
     # One file serves both commands: `aeopt train` reads the run sections and skips `finetune:`.
     assert load_run_config(cfg) == run_config(load_finetune_config(cfg))
     out = tmp_path / "ft"
@@ -155,10 +155,11 @@ def test_finetune_cli_writes_metrics_and_confusion_matrix(tmp_path):
     assert metrics["autoencoder"]["source"] == "trained"
     assert (out / "autoencoder" / "checkpoint.pt").is_file()
     assert metrics["n_train"] == 480 and metrics["n_val"] == 120 and metrics["n_test"] == 500
-    assert metrics["epochs"] == 3 == len(metrics["history"]) and metrics["seconds"] > 0
-    # The synthetic classes are bars at different angles: twice chance (0.1) or more after 3 epochs
-    # (seeds 0-3 gave test accuracy 0.20-0.34; this run is seed 0's, 0.28).
-    assert metrics["test_acc"] > 0.2 and metrics["train_acc"] > 0.2
+    assert metrics["epochs"] == 6 == len(metrics["history"]) and metrics["seconds"] > 0
+    # The synthetic classes are bars at different angles: four times chance (0.1) or more after 6
+    # epochs (seeds 0-3 gave test accuracy 0.61-0.74 in-process; after 3 epochs 0.18-0.34, too close
+    # to chance to tell learning from luck).
+    assert metrics["test_acc"] > 0.4 and metrics["train_acc"] > 0.4
     assert set(metrics["per_class_acc"]) == {str(i) for i in range(10)}
 
     cm = json.loads((out / "confusion_matrix.json").read_text())
