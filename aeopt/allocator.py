@@ -7,9 +7,11 @@ blocks above its mmap threshold (128 KB at start, raised as large blocks are fre
 `mmap` calls and gives freed memory at the top of the heap back to the kernel once more than the
 trim threshold (twice the mmap threshold) is free there. Either way the next step touches new
 pages: a page fault per 4 KB, each page zeroed by the kernel, several thousand faults per
-step. Measured on the 2-core development VM (BENCHMARKS.md, "Host memory"): the report's conv AE
-trained at 26-29 ms a step with glibc's defaults and 19 ms with the settings below, the same
-figure as under jemalloc.
+step. Measured on the 2-core development VM (BENCHMARKS.md, "Host memory, layout and the optimizer
+kernel"): in a fresh process the report's conv AE trained at 26-29 ms a step with glibc's defaults
+and 19 ms with the settings below (21 ms under jemalloc). Where the process first loads a dataset,
+glibc's own threshold has already risen and the gain is smaller (1.04x an epoch), but the
+channels-last layout (aeopt.training.layout) was faster only with these settings.
 
 So the CLI sets, before any command allocates: blocks up to 32 MB (the most glibc allows) from the
 heap, and freed memory kept until 2 GB of it is free at the top. A process's resident memory
