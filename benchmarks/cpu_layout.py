@@ -1,6 +1,7 @@
-"""The CPU engine's three process and kernel settings, one at a time: glibc's malloc against aeopt's
-(aeopt/allocator.py), torch's contiguous layout against channels-last convolutions, and the
-unfused Adam kernel against the fused one (aeopt/training/layout.py).
+"""The CPU engine's process, kernel and layer settings, one at a time: glibc's malloc against aeopt's
+(aeopt/allocator.py), torch's contiguous layout against channels-last convolutions, the unfused
+Adam kernel against the fused one (aeopt/training/layout.py), and `nn.ConvTranspose2d` against
+`ToImage` as the decoder's last layer (aeopt/training/kinds/to_image.py).
 
 Each setting trains the report's conv AE (configs/conv_ae.yaml, batch 256) with the engine
 (`Trainer.train_epoch`) on the same 48,000 Fashion-MNIST training images, in a fresh process
@@ -25,19 +26,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (aeopt's malloc, channels-last, fused Adam)
+# name -> (aeopt's malloc, channels-last, fused Adam, ToImage as the decoder's last layer)
 SETTINGS = {
-    "torch defaults (glibc malloc, contiguous, unfused Adam)": (False, False, False),
-    "+ aeopt's malloc": (True, False, False),
-    "+ channels-last": (True, True, False),
-    "aeopt (+ fused Adam)": (True, True, True),
+    "torch defaults (glibc malloc, contiguous, unfused Adam, torch's last layer)":
+        (False, False, False, False),
+    "+ aeopt's malloc": (True, False, False, False),
+    "+ channels-last": (True, True, False, False),
+    "+ fused Adam": (True, True, True, False),
+    "aeopt (+ ToImage)": (True, True, True, True),
     # The layout's gain depends on the allocator: with glibc's defaults it measured none (throughput.py).
-    "aeopt without its malloc": (False, True, True),
+    "aeopt without its malloc": (False, True, True, True),
 }
 
 
 def child(args: argparse.Namespace) -> None:
-    malloc, channels_last, fused = SETTINGS[args.child]
+    malloc, channels_last, fused, to_image = SETTINGS[args.child]
     os.environ["AEOPT_CHANNELS_LAST"] = "1" if channels_last else "0"
     from aeopt import allocator
 
@@ -58,7 +61,13 @@ def child(args: argparse.Namespace) -> None:
     ds = load_dataset("fashion_mnist", args.data_dir)
     x = to_float(ds.train.x[stratified_subset(ds.train.y, args.train_size, seed=0)], torch.device("cpu"))
     engine.set_seed(0)
-    trainer = engine.Trainer(build_model(cfg), cfg, torch.device("cpu"), seed=0)
+    model = build_model(cfg)
+    if not to_image:  # torch's own layer, with the same weights
+        last = model.decoder[-2]
+        plain = torch.nn.ConvTranspose2d(last.in_channels, 1, 3, stride=2, padding=1, output_padding=1)
+        plain.load_state_dict(last.state_dict())
+        model.decoder[-2] = plain
+    trainer = engine.Trainer(model, cfg, torch.device("cpu"), seed=0)
     trainer.train_epoch(x[: 4 * cfg.budget.batch_size])  # warm-up: kernels, allocator
     seconds, losses = [], []
     for _ in range(args.epochs):
@@ -69,7 +78,8 @@ def child(args: argparse.Namespace) -> None:
                 if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
     print(json.dumps({"seconds": seconds, "losses": losses, "threads": torch.get_num_threads(),
                       "malloc": allocator.applied(), "fused": bool(trainer.optimizer.defaults.get("fused")),
-                      "channels_last": not conv.is_contiguous()}))
+                      "channels_last": not conv.is_contiguous(),
+                      "last_layer": type(trainer.model.decoder[-2]).__name__}))
 
 
 def classifiers(args: argparse.Namespace) -> dict:
@@ -151,7 +161,7 @@ def parent(args: argparse.Namespace) -> dict:
             out = subprocess.run(cmd, env=clean, capture_output=True, text=True, check=True)
             run = json.loads(out.stdout.strip().splitlines()[-1])
             runs[name].append(run)
-            print(f"round {r} {name:<58} " + " ".join(f"{s:6.2f} s" for s in run["seconds"])
+            print(f"round {r} {name:<76} " + " ".join(f"{s:6.2f} s" for s in run["seconds"])
                   + f"  loss {run['losses'][-1]:.4f}", file=sys.stderr, flush=True)
     base = statistics.median(s for run in runs[next(iter(SETTINGS))] for s in run["seconds"])
     rows = []
@@ -160,7 +170,7 @@ def parent(args: argparse.Namespace) -> dict:
         rows.append({"setting": name, "seconds_per_epoch": med, "speed": base / med,
                      "all_seconds": [s for run in rs for s in run["seconds"]], "threads": rs[0]["threads"],
                      "malloc_tuned": rs[0]["malloc"], "fused": rs[0]["fused"],
-                     "channels_last": rs[0]["channels_last"]})
+                     "channels_last": rs[0]["channels_last"], "last_layer": rs[0]["last_layer"]})
     print(f"\n{args.train_size} images per epoch, batch 256, {args.rounds} rounds x {args.epochs} epochs, "
           f"{rows[0]['threads']} CPU threads")
     print("| setting | s / epoch (median) | speed |\n|---|---:|---:|")

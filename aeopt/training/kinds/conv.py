@@ -9,6 +9,7 @@ from torch import nn
 
 from aeopt.config import ConvAEConfig
 from aeopt.training.kinds.base import Autoencoder, Dropout, Kind, activation
+from aeopt.training.kinds.to_image import ToImage
 
 
 def _conv_block(conv: nn.Module, channels: int, cfg: ConvAEConfig) -> list[nn.Module]:
@@ -45,7 +46,7 @@ class ConvAutoencoder(Autoencoder):
             nn.Unflatten(1, (c3, 3, 3)),
             *_conv_block(nn.ConvTranspose2d(c3, c2, 3, stride=2, output_padding=0), c2, cfg),
             *_conv_block(nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1), c1, cfg),
-            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1),
+            ToImage(c1),  # nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1), faster on CPU
             nn.Sigmoid(),
         )
 
