@@ -108,12 +108,12 @@ def apply_process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
     env.update(chosen)
     if own:
         GOVERNOR.active = bool(chosen)
+    if own and chosen:
         # What torch will run with (or already runs with, when a process calls this again): a
         # torch.set_num_threads before the governor's first look is then seen as the user's choice,
         # not overridden by it.
         torch = sys.modules.get("torch")
-        GOVERNOR._set = (torch.get_num_threads() if torch is not None else int(chosen["OMP_NUM_THREADS"])
-                         ) if chosen else None
+        GOVERNOR._set = torch.get_num_threads() if torch is not None else int(chosen["OMP_NUM_THREADS"])
     return chosen
 
 

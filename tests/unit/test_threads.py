@@ -93,30 +93,29 @@ def test_the_governor_gives_busy_cores_back():
     assert int(low) < cores and active == "True", out.stdout
 
 
+def _fresh(code: str) -> list[str]:
+    """What `code` prints in a fresh interpreter that starts as the CLI does (no OMP_NUM_THREADS)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    start = "from aeopt import threads; threads.apply_process_defaults(); import torch; "
+    out = subprocess.run([sys.executable, "-c", start + code], env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
 def test_a_thread_count_set_elsewhere_stops_the_governor():
     # The governor set 2 threads; then something else sets 1 (a library, `--threads 1`): theirs wins.
-    code = ("from aeopt import threads; threads.apply_process_defaults(); import torch; "
-            "torch.set_num_threads(2); threads.GOVERNOR._set = 2; torch.set_num_threads(1); "
-            "threads.GOVERNOR.adjust(); print(threads.GOVERNOR.active, torch.get_num_threads())")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "1"]
+    assert _fresh("torch.set_num_threads(2); threads.GOVERNOR._set = 2; torch.set_num_threads(1); "
+                  "threads.GOVERNOR.adjust(); print(threads.GOVERNOR.active, torch.get_num_threads())"
+                  ) == ["False", "1"]
 
 
 def test_a_thread_count_set_before_the_governors_first_look_is_kept():
     # torch.set_num_threads(1) right after start (a test, a library), before any tick: the governor
     # used to take it for its own first reading and move it back to the idle cores (seen in CI).
-    code = ("from aeopt import threads; threads.apply_process_defaults(); import torch; "
-            "torch.set_num_threads(1); threads.GOVERNOR.adjust(); "
-            "print(threads.GOVERNOR.active, torch.get_num_threads())")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "1"]
+    assert _fresh("torch.set_num_threads(1); threads.GOVERNOR.adjust(); "
+                  "print(threads.GOVERNOR.active, torch.get_num_threads())") == ["False", "1"]
 
 
 def test_hold_threads_is_the_users_choice():
-    code = ("from aeopt import threads; threads.apply_process_defaults(); import torch; "
-            "threads.hold_threads(1); print(threads.GOVERNOR.active, torch.get_num_threads())")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "1"]
+    assert _fresh("threads.hold_threads(1); print(threads.GOVERNOR.active, torch.get_num_threads())"
+                  ) == ["False", "1"]
