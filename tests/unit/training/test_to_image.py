@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from aeopt.training.kinds.to_image import ToImage, _ToOneChannel
+from aeopt.training.kinds.to_image import ToImage, _ToImage, patches, unpatch
 
 
 def _twins(channels: int, dtype: torch.dtype = torch.float32) -> tuple[ToImage, nn.ConvTranspose2d]:
@@ -22,8 +23,33 @@ def _twins(channels: int, dtype: torch.dtype = torch.float32) -> tuple[ToImage, 
 def test_the_hand_written_gradients_pass_gradcheck():
     fast, _ = _twins(3, torch.float64)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_ToOneChannel.apply, (x, fast.weight, fast.bias))
-    assert torch.autograd.gradcheck(_ToOneChannel.apply, (x, fast.weight, None))
+    assert torch.autograd.gradcheck(_ToImage.apply, (x, fast.weight, fast.bias))
+    assert torch.autograd.gradcheck(_ToImage.apply, (x, fast.weight, None))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (7, 5), (1, 1)])
+def test_patches_are_the_convolutions_windows_and_unpatch_is_their_adjoint(size):
+    torch.manual_seed(0)
+    image = torch.randn(3, 1, 2 * size[0], 2 * size[1], dtype=torch.float64)
+    windows = patches(image)  # [9, N, h, w]
+    assert windows.shape == (9, 3, *size)
+    # Tap k of window (i, j) is what a 3x3 stride-2 padding-1 convolution multiplies by kernel tap k.
+    eye = torch.eye(9, dtype=torch.float64).view(9, 1, 3, 3)
+    torch.testing.assert_close(windows, F.conv2d(image, eye, stride=2, padding=1).transpose(0, 1))
+    taps = torch.randn_like(windows)
+    # <patches(a), b> == <a, unpatch(b)>: unpatch adds each tap back where patches took it from.
+    torch.testing.assert_close((windows * taps).sum(), (image * unpatch(taps)).sum())
+
+
+def test_under_cpu_autocast_it_is_torchs_layer():
+    fast, ref = _twins(4)
+    x = torch.randn(2, 4, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fast(x)
+        y.float().sum().backward()  # the hand-written backward would mix dtypes here
+        want = ref(x)
+    assert y.dtype == torch.bfloat16 and "_ToImage" not in type(y.grad_fn).__name__
+    torch.testing.assert_close(y, want)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -40,7 +66,7 @@ def test_output_and_gradients_match_conv_transpose2d(layout):
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # The fast path really ran: autograd recorded the custom function, not torch's convolution.
-    assert "_ToOneChannel" in type(y_fast.grad_fn).__name__
+    assert "_ToImage" in type(y_fast.grad_fn).__name__
 
 
 def test_inside_vmap_it_is_torchs_layer():
