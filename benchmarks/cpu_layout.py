@@ -53,6 +53,7 @@ def child(args: argparse.Namespace) -> None:
     from aeopt.config import load_run_config
     from aeopt.training import engine
     from aeopt.training.data import load_dataset, stratified_subset, to_float
+    from aeopt.training.kinds.to_image import with_torch_layers
     from aeopt.training.models import build_model
 
     if not fused:
@@ -63,10 +64,7 @@ def child(args: argparse.Namespace) -> None:
     engine.set_seed(0)
     model = build_model(cfg)
     if not to_image:  # torch's own layer, with the same weights
-        last = model.decoder[-2]
-        plain = torch.nn.ConvTranspose2d(last.in_channels, 1, 3, stride=2, padding=1, output_padding=1)
-        plain.load_state_dict(last.state_dict())
-        model.decoder[-2] = plain
+        with_torch_layers(model)
     trainer = engine.Trainer(model, cfg, torch.device("cpu"), seed=0)
     trainer.train_epoch(x[: 4 * cfg.budget.batch_size])  # warm-up: kernels, allocator
     seconds, losses = [], []

@@ -125,3 +125,18 @@ class ToImage(nn.ConvTranspose2d):
                 or wrapped(x) or wrapped(self.weight) or torch.is_autocast_enabled("cpu")):
             return super().forward(x, output_size)
         return _ToImage.apply(x, self.weight, self.bias)
+
+
+def with_torch_layers(model: nn.Module) -> nn.Module:
+    """`model` (in place) with every `ToImage` swapped for torch's `nn.ConvTranspose2d` holding the same
+    parameters: the network as a plain torch program would build it (the benchmarks' baselines)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, ToImage):
+            plain = nn.ConvTranspose2d(child.in_channels, 1, KERNEL, stride=STRIDE, padding=PADDING,
+                                       output_padding=1, bias=child.bias is not None,
+                                       device=child.weight.device, dtype=child.weight.dtype)
+            plain.load_state_dict(child.state_dict())
+            setattr(model, name, plain)
+        else:
+            with_torch_layers(child)
+    return model

@@ -3,13 +3,15 @@ hand-written gradients are right."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from aeopt.training.kinds.to_image import ToImage, _ToImage, patches, unpatch
+from aeopt.training.kinds.to_image import ToImage, _ToImage, patches, unpatch, with_torch_layers
 
 
 def _twins(channels: int, dtype: torch.dtype = torch.float32) -> tuple[ToImage, nn.ConvTranspose2d]:
@@ -80,3 +82,20 @@ def test_inside_vmap_it_is_torchs_layer():
 
     y = vmap(one)(params, buffers, x)
     torch.testing.assert_close(y[0], ref(x[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_with_torch_layers_swaps_every_to_image_for_torchs_layer_with_the_same_numbers():
+    from aeopt.config import load_run_config
+    from aeopt.training.models import build_model
+
+    torch.manual_seed(0)
+    config = Path(__file__).resolve().parents[3] / "configs" / "conv_ae.yaml"
+    model = build_model(load_run_config(config)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    want = model(x)
+    state = model.state_dict()
+    plain = with_torch_layers(model)
+    assert not any(isinstance(m, ToImage) for m in plain.modules())
+    assert sum(type(m) is nn.ConvTranspose2d for m in plain.modules()) == 3
+    assert plain.state_dict().keys() == state.keys()
+    torch.testing.assert_close(plain(x), want, rtol=1e-5, atol=1e-6)
