@@ -53,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
     from aeopt.config import load_run_config
     from aeopt.training import engine
     from aeopt.training.data import load_dataset, stratified_subset, to_float
-    from aeopt.training.kinds.to_image import with_torch_layers
+    from aeopt.training.kinds.transposed import with_torch_layers
     from aeopt.training.models import build_model
 
     if not fused:

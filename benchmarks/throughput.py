@@ -38,7 +38,7 @@ from aeopt import allocator
 from aeopt.config import RunConfig, load_run_config
 from aeopt.training.data import load_dataset, stratified_subset, to_float
 from aeopt.training.engine import Trainer, resolve_device, set_seed
-from aeopt.training.kinds.to_image import with_torch_layers
+from aeopt.training.kinds.transposed import with_torch_layers
 from aeopt.training.layout import channels_last_here
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.models import build_model
@@ -170,7 +170,7 @@ class NaiveLoop:
 
     def __init__(self, cfg: RunConfig, loader: DataLoader, n: int, device: torch.device):
         set_seed(0)
-        # torch's default layout and torch's own layers (aeopt's ToImage is the engine's)
+        # torch's default layout and torch's own layers (aeopt's Stride2Transposed is the engine's)
         self.model = with_torch_layers(build_model(cfg)).to(device)
         self.optimizer = tutorial_optimizer(self.model.parameters(), cfg)
         self.loader, self.n, self.device = loader, n, device

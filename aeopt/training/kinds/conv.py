@@ -9,7 +9,7 @@ from torch import nn
 
 from aeopt.config import ConvAEConfig
 from aeopt.training.kinds.base import Autoencoder, Dropout, Kind, activation
-from aeopt.training.kinds.to_image import ToImage
+from aeopt.training.kinds.transposed import Stride2Transposed
 
 
 def _conv_block(conv: nn.Module, channels: int, cfg: ConvAEConfig) -> list[nn.Module]:
@@ -44,9 +44,10 @@ class ConvAutoencoder(Autoencoder):
             nn.Linear(cfg.fc, 3 * 3 * c3),
             activation(cfg.activation),
             nn.Unflatten(1, (c3, 3, 3)),
-            *_conv_block(nn.ConvTranspose2d(c3, c2, 3, stride=2, output_padding=0), c2, cfg),
-            *_conv_block(nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1), c1, cfg),
-            ToImage(c1),  # nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1), faster on CPU
+            # nn.ConvTranspose2d(c, c', 3, stride=2, ...), faster on the CPU where it measures so
+            *_conv_block(Stride2Transposed(c3, c2), c2, cfg),
+            *_conv_block(Stride2Transposed(c2, c1, padding=1, output_padding=1), c1, cfg),
+            Stride2Transposed(c1, 1, padding=1, output_padding=1),
             nn.Sigmoid(),
         )
 
