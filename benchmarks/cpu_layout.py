@@ -1,7 +1,8 @@
 """The CPU engine's process, kernel and layer settings, one at a time: glibc's malloc against aeopt's
 (aeopt/allocator.py), torch's contiguous layout against channels-last convolutions, the unfused
-Adam kernel against the fused one (aeopt/training/layout.py), and `nn.ConvTranspose2d` against
-`ToImage` as the decoder's last layer (aeopt/training/kinds/to_image.py).
+Adam kernel against the fused one (aeopt/training/layout.py), and torch's `nn.ConvTranspose2d`
+against aeopt's matmul transposed convolutions in the decoder (`Stride2Transposed`,
+aeopt/training/kinds/transposed.py).
 
 Each setting trains the report's conv AE (configs/conv_ae.yaml, batch 256) with the engine
 (`Trainer.train_epoch`) on the same 48,000 Fashion-MNIST training images, in a fresh process
@@ -26,21 +27,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (aeopt's malloc, channels-last, fused Adam, ToImage as the decoder's last layer)
+# name -> (aeopt's malloc, channels-last, fused Adam, aeopt's transposed convolutions)
 SETTINGS = {
-    "torch defaults (glibc malloc, contiguous, unfused Adam, torch's last layer)":
+    "torch defaults (glibc malloc, contiguous, unfused Adam, torch's transposed convolutions)":
         (False, False, False, False),
     "+ aeopt's malloc": (True, False, False, False),
     "+ channels-last": (True, True, False, False),
     "+ fused Adam": (True, True, True, False),
-    "aeopt (+ ToImage)": (True, True, True, True),
+    "aeopt (+ matmul transposed convolutions)": (True, True, True, True),
     # The layout's gain depends on the allocator: with glibc's defaults it measured none (throughput.py).
     "aeopt without its malloc": (False, True, True, True),
 }
 
 
 def child(args: argparse.Namespace) -> None:
-    malloc, channels_last, fused, to_image = SETTINGS[args.child]
+    malloc, channels_last, fused, matmul_transposed = SETTINGS[args.child]
     os.environ["AEOPT_CHANNELS_LAST"] = "1" if channels_last else "0"
     from aeopt import allocator
 
@@ -63,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
     x = to_float(ds.train.x[stratified_subset(ds.train.y, args.train_size, seed=0)], torch.device("cpu"))
     engine.set_seed(0)
     model = build_model(cfg)
-    if not to_image:  # torch's own layer, with the same weights
+    if not matmul_transposed:  # torch's own layers, with the same weights
         with_torch_layers(model)
     trainer = engine.Trainer(model, cfg, torch.device("cpu"), seed=0)
     trainer.train_epoch(x[: 4 * cfg.budget.batch_size])  # warm-up: kernels, allocator
