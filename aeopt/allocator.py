@@ -31,6 +31,8 @@ import logging
 import os
 import platform
 
+from aeopt.switches import turned_off
+
 log = logging.getLogger(__name__)
 
 ENV = "AEOPT_MALLOC"  # "0": leave the C library's allocator as it is
@@ -48,8 +50,8 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 def why_not(env: dict[str, str] | None = None) -> str | None:
     """Why aeopt leaves malloc alone in this process, or None when it tunes it."""
     env = os.environ if env is None else env
-    if env.get(ENV, "").strip().lower() in ("0", "false", "no", "off"):
-        return f"{ENV}=0"
+    if turned_off(ENV, env):
+        return f"{ENV}={env[ENV]}"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
     chosen = [name for name in _USER_SETTINGS if env.get(name)]

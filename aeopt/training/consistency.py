@@ -33,6 +33,7 @@ from torch import nn
 
 from aeopt import threads
 from aeopt.errors import AeoptError
+from aeopt.switches import word
 from aeopt.training.supervised import augment, evaluate
 from aeopt.training.views import strong_augment
 
@@ -107,11 +108,10 @@ def settings_from(steps: int, options: list[str] | None = None) -> ConsistencySe
 
 
 def _boolean(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
+    on = word(value)
+    if on is None:
+        raise ValueError(value)
+    return on
 
 
 def consistency_loss(model: nn.Module, weak: torch.Tensor, strong: torch.Tensor, threshold: float,

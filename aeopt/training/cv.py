@@ -15,7 +15,6 @@ wherever the process may use two cores or more, else one fold after another.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aeopt.config import RunConfig
+from aeopt.switches import turned_off
 from aeopt.training.data import Split, stratified_folds, to_float
 from aeopt.training.engine import Trainer, set_seed
 from aeopt.training.fused import FusedFolds
@@ -71,7 +71,7 @@ def use_fused(cfg: RunConfig, device: torch.device, fused: bool | None = None) -
     if kind_of(cfg).train_step is not gradient_step or cfg.contrastive.weight > 0:
         return False
     if fused is None:
-        return device.type == "cuda" and os.environ.get("AEOPT_FUSED", "1") != "0"
+        return device.type == "cuda" and not turned_off("AEOPT_FUSED")
     return fused
 
 

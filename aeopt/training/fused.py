@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from aeopt import threads
 from aeopt.config import OptimConfig, RunConfig
+from aeopt.switches import turned_off
 from aeopt.training.data import add_noise
 from aeopt.training.engine import EVAL_BATCH, NonFiniteLossError, noise_std
 from aeopt.training.losses import reconstruction_loss
@@ -164,7 +164,7 @@ def use_graphs(device: torch.device, graphs: bool | None = None) -> bool:
     if device.type != "cuda":
         return False
     if graphs is None:
-        return os.environ.get("AEOPT_CUDA_GRAPHS", "1") != "0"
+        return not turned_off("AEOPT_CUDA_GRAPHS")
     return graphs
 
 

@@ -19,7 +19,6 @@ Each lane's work must draw its random numbers from its own generator (the engine
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from typing import TypeVar
 import torch
 
 from aeopt import threads
+from aeopt.switches import turned_off
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -112,7 +112,7 @@ def fold_lanes(folds: int, device: torch.device, concurrent: bool | None = None)
     path on two threads (BENCHMARKS.md, "Fused folds")."""
     if device.type != "cpu" or concurrent is False:
         return None
-    if concurrent is None and os.environ.get("AEOPT_CONCURRENT_FOLDS", "1") == "0":
+    if concurrent is None and turned_off("AEOPT_CONCURRENT_FOLDS"):
         return None
     # Asked for explicitly: two lanes at least, even on one core (the tests' way to run them).
     return open_lanes(folds, budget=max(2, threads.lane_budget()) if concurrent else None)

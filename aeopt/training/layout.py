@@ -15,11 +15,12 @@ Both are measured on the CPU (BENCHMARKS.md, "Host memory, layout and the optimi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from aeopt.switches import turned_off
 
 CHANNELS_LAST_ENV = "AEOPT_CHANNELS_LAST"
 
@@ -30,8 +31,7 @@ def _has_conv(model: nn.Module) -> bool:
 
 def channels_last_here(device: torch.device | str) -> bool:
     """Whether models on `device` train in channels-last layout (the CPU, unless turned off)."""
-    return (torch.device(device).type == "cpu"
-            and os.environ.get(CHANNELS_LAST_ENV, "1").strip().lower() not in ("0", "false", "no", "off"))
+    return torch.device(device).type == "cpu" and not turned_off(CHANNELS_LAST_ENV)
 
 
 def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:

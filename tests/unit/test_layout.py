@@ -24,8 +24,8 @@ import aeopt
 
 SRC = Path(aeopt.__file__).resolve().parent
 PACKAGES = ("config", "training", "stages", "search", "report", "cli")
-LEAVES = {"errors": set(), "files": {"errors"}, "progress": set(), "threads": set(), "allocator": set(),
-          "figures": {"files"}}
+LEAVES = {"errors": set(), "files": {"errors"}, "progress": set(), "threads": set(), "switches": set(),
+          "allocator": {"switches"}, "figures": {"files"}}
 ENTRY_POINTS = {"aeopt", "aeopt.__main__"}
 OPTUNA = {"optuna", "optuna_dashboard"}
 OPTUNA_HOMES = {"search", "cli"}
