@@ -34,6 +34,7 @@ from torch import nn
 from aeopt import threads
 from aeopt.errors import AeoptError
 from aeopt.switches import word
+from aeopt.training.layout import adam
 from aeopt.training.supervised import augment, evaluate
 from aeopt.training.views import strong_augment
 
@@ -149,8 +150,8 @@ def fit_consistency(model: nn.Module, train: XY, val: XY, unlabelled: torch.Tens
     s = settings
     dev = train[0].device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
-                            weight_decay=s.weight_decay)
+    opt = adam([p for p in model.parameters() if p.requires_grad], decoupled=True, lr=s.lr,
+               weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, s.steps) / s.steps)))
     fit = ConsistencyFit()

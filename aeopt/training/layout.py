@@ -47,3 +47,12 @@ def fused_optimizer_ok(params: Iterable[torch.Tensor]) -> bool:
     CPU or all on CUDA (the devices the kernel exists for)."""
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"}
+
+
+def adam(params: Iterable[torch.Tensor], *, decoupled: bool = False, **kwargs) -> torch.optim.Optimizer:
+    """`torch.optim.Adam` (`AdamW` when `decoupled`) over `params` on torch's fused kernel where
+    `fused_optimizer_ok`: for the optimizers a kind or stage builds itself (the adversarial
+    autoencoder's discriminators, the consistency fit), as `make_optimizer` does for the trainers'."""
+    params = list(params)
+    optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return optimizer(params, fused=fused_optimizer_ok(params) or None, **kwargs)

@@ -29,6 +29,7 @@ from aeopt.config import AAEConfig, ConvAEConfig
 from aeopt.training.kinds.aae_critic import critic_step, decoder_adversarial_loss, image_critic
 from aeopt.training.kinds.base import Autoencoder, Kind, StepContext
 from aeopt.training.kinds.conv import ConvAutoencoder, pixel_mse
+from aeopt.training.layout import adam
 
 MIXTURE_COMPONENTS = 10
 MIXTURE_RADIUS = 4.0  # distance of the mixture's means from the origin
@@ -134,9 +135,9 @@ def prior_mmd(codes: torch.Tensor, prior: torch.Tensor) -> float:
 def _adversarial_optimizers(model: AdversarialAutoencoder) -> tuple[torch.optim.Optimizer, ...]:
     cfg = model.cfg
     critic = model.image_critic
-    return (torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)),
-            torch.optim.Adam(model.encoder.parameters(), lr=cfg.adv_weight * cfg.disc_lr, betas=(0.5, 0.999)),
-            torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.999)) if critic else None)
+    return (adam(model.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)),
+            adam(model.encoder.parameters(), lr=cfg.adv_weight * cfg.disc_lr, betas=(0.5, 0.999)),
+            adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.999)) if critic else None)
 
 
 def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeopt.training.kinds.aae import KINDS, AdversarialAutoencoder, adversarial_step
+from aeopt.training.layout import adam
 from aeopt.training.supervised import augment, evaluate
 
 XY = tuple[torch.Tensor, torch.Tensor]
@@ -81,8 +82,8 @@ def fit_semi_supervised(model: AdversarialAutoencoder, unlabelled: torch.Tensor,
     device = unlabelled.device
     gen = torch.Generator(device=device).manual_seed(seed)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
-    ctx = _Context(model, torch.optim.Adam(params, lr=lr), gen)
-    supervised_opt = torch.optim.Adam(model.encoder.parameters(), lr=lr)
+    ctx = _Context(model, adam(params, lr=lr), gen)
+    supervised_opt = adam(model.encoder.parameters(), lr=lr)
     x_lab, y_lab = train
     fit = SemiSupervisedFit()
     best_state: dict[str, torch.Tensor] | None = None

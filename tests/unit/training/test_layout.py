@@ -7,11 +7,12 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from aeopt.config import BaselineRun, RunConfig
 from aeopt.training.checkpoint import build_classifier_model, load_checkpoint, save_checkpoint
 from aeopt.training.engine import Trainer, make_optimizer
-from aeopt.training.layout import channels_last_here, for_device, fused_optimizer_ok
+from aeopt.training.layout import adam, channels_last_here, for_device, fused_optimizer_ok
 from aeopt.training.models import build_model
 from aeopt.training.supervised import fit_classifier
 
@@ -104,3 +105,20 @@ def test_a_checkpoint_loads_into_the_layout_it_trained_in_and_scores_the_same(tm
     trainer.model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), trainer.model(x))
+
+
+def test_adam_builds_the_fused_kernel_where_it_exists_and_the_same_update():
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    fast = adam(a.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    assert fast.defaults["fused"] and not plain.defaults["fused"]
+    assert adam(a.parameters(), decoupled=True, lr=1e-3).__class__ is torch.optim.AdamW
+    x = torch.randn(8, 4)
+    for model, opt in ((a, fast), (b, plain)):
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6)
