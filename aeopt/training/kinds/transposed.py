@@ -55,11 +55,16 @@ def _tap_slices(padding: int, h: int, w: int, out_h: int, out_w: int):
 
 
 def scatter(taps: torch.Tensor, padding: int, out_h: int, out_w: int) -> torch.Tensor:
-    """[N, h, w, 9, C] -> [N, out_h, out_w, C]: adds every tap into the output pixel it lands on."""
+    """[N, h, w, 9, C] -> [N, C, out_h, out_w] (channels-last): adds every tap into the output pixel
+    it lands on."""
     n, h, w, _, c = taps.shape
-    out = taps.new_zeros(n, out_h, out_w, c)
+    # The map itself, not a permuted view of an NHWC tensor: a custom Function's view output could
+    # not be modified in place (an in-place ReLU after it, say).
+    out = torch.empty((n, c, out_h, out_w), dtype=taps.dtype, device=taps.device,
+                      memory_format=torch.channels_last).zero_()
+    rows = out.permute(0, 2, 3, 1)  # [N, out_h, out_w, C], a view to write through
     for k, (wi, wj), (oi, oj) in _tap_slices(padding, h, w, out_h, out_w):
-        out[:, oi, oj] += taps[:, wi, wj, k]
+        rows[:, oi, oj] += taps[:, wi, wj, k]
     return out
 
 
@@ -91,8 +96,8 @@ class _Stride2Transposed(torch.autograd.Function):
         taps = (pixels @ _kernel_matrix(weight)).view(n, h, w, TAPS, weight.shape[1])
         y = scatter(taps, padding, out_h, out_w)
         if bias is not None:
-            y += bias
-        return y.permute(0, 3, 1, 2)  # [N, C_out, out_h, out_w], channels-last
+            y += bias.view(1, -1, 1, 1)
+        return y
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: ARG004 (torch's signature)

@@ -190,3 +190,24 @@ def test_checkpoint_round_trip_and_errors(tmp_path, batch: torch.Tensor) -> None
     torch.save(bad_weights, tmp_path / "bad_weights.pt")
     with pytest.raises(AeoptError, match="do not fit"):
         load_checkpoint(tmp_path / "bad_weights.pt")
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "elu", "gelu", "silu"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_conv_blocks_in_place_activations_leave_the_gradients_exact(act: str, batch_norm: bool) -> None:
+    cfg = ConvAEConfig(kind="conv_ae", activation=act, batch_norm=batch_norm, dropout=0.0)
+    torch.manual_seed(0)
+    model = ConvAutoencoder(cfg).train()
+    plain = ConvAutoencoder(cfg).train()
+    plain.load_state_dict(model.state_dict())
+    for m in plain.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    # ReLU and leaky ReLU run in place inside the conv blocks; the others out of place.
+    in_place = [m for m in model.modules() if getattr(m, "inplace", False)]
+    assert len(in_place) == (5 if act in ("relu", "leaky_relu") else 0)  # 3 encoder + 2 decoder blocks
+    x = torch.rand(8, 1, 28, 28)
+    got = torch.autograd.grad(model(x).pow(2).sum(), list(model.parameters()))
+    want = torch.autograd.grad(plain(x).pow(2).sum(), list(plain.parameters()))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -106,3 +106,13 @@ def test_with_torch_layers_swaps_them_for_torchs_layers_with_the_same_numbers():
     assert sum(type(m) is nn.ConvTranspose2d for m in plain.modules()) == 3
     assert plain.state_dict().keys() == state.keys()
     torch.testing.assert_close(plain(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_its_output_is_a_map_of_its_own_that_takes_in_place_ops():
+    fast, ref = _twins(4, 2, 0, 0)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = fast(x)
+    assert y._base is None and y.is_contiguous(memory_format=torch.channels_last)
+    y.relu_()  # an in-place ReLU after the layer (a view's output would refuse it)
+    g = torch.autograd.grad(y.sum(), x)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(ref(x).relu().sum(), x)[0])
