@@ -126,6 +126,7 @@ class ClassifierObjective:
         return self.pool.take(stratified_subset(self.pool.y, cfg.finetune.labels, cfg.data.split_seed))
 
     def __call__(self, trial: optuna.Trial) -> float:
+        raise_if_stop_requested()  # one noted as the trial began (aeopt.search.stopping)
         check_surplus(trial, self.target_trials)  # the same study-wide target rule as autoencoder studies
         stop_at_deadline(trial, self.deadline, None)
         cfg: FinetuneRun = self.spec.run_config(suggest(trial, self.spec.space))

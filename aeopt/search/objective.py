@@ -131,6 +131,7 @@ class AutoencoderObjective:
         self.pool = training_pool(spec.data, data_dir=data_dir)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        raise_if_stop_requested()  # one noted as the trial began (aeopt.search.stopping)
         check_surplus(trial, self.target_trials)
         stop_at_deadline(trial, self.deadline, None)
         cfg = self.spec.run_config(suggest(trial, self.spec.space))

@@ -12,7 +12,11 @@ at the next epoch, before the next trial and between a storage's retries:
   and drops it;
 - inside an import: raised in a C extension's initialisation it becomes "ImportError:
   initialization failed" (seen when SIGTERM met a worker's first, lazy import of scipy), so the
-  worker exits 1 with a traceback instead of stopping cleanly.
+  worker exits 1 with a traceback instead of stopping cleanly;
+- inside Optuna's heartbeat thread's start (`with get_heartbeat_thread(...)` as a trial begins):
+  raised after the thread started but before the `with` took it, nothing stops that non-daemon
+  thread, so the process never exits (CI saw a SIGTERM'd quickstart print its last line and hang).
+  The objective raises the noted stop as it starts (`raise_if_stop_requested`), inside the `with`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def clear_stop_requests() -> None:
 # Code an exception must not cut through: a storage's transaction or lock (see the module doc).
 _UNSAFE_PACKAGES = tuple(os.sep + part + os.sep for part in
                          ("sqlalchemy", "psycopg", os.path.join("optuna", "storages", "journal")))
+_UNSAFE_FILES = (os.path.join("optuna", "storages", "_heartbeat.py"),)  # (module doc)
 _DROPPED_HERE = ("weakref.py", "_weakrefset.py")  # where Python drops an exception (module doc)
 _IMPORTING = "<frozen importlib"  # the import machinery's frames (module doc)
 
@@ -66,7 +71,8 @@ def stop_is_safe_here(frame: FrameType | None) -> bool:
         return False
     while frame is not None:
         name = frame.f_code.co_filename
-        if name.startswith(_IMPORTING) or any(part in name for part in _UNSAFE_PACKAGES):
+        if (name.startswith(_IMPORTING) or any(part in name for part in _UNSAFE_PACKAGES)
+                or name.endswith(_UNSAFE_FILES)):
             return False
         frame = frame.f_back
     return True

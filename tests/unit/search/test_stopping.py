@@ -115,3 +115,21 @@ def test_frames_inside_an_import_are_not_safe(tmp_path, monkeypatch):
     import aeopt_probe_module  # noqa: PLC0415 (the import is what is tested)
 
     assert aeopt_probe_module.SAFE is False
+
+
+def test_frames_inside_optunas_heartbeat_thread_start_are_not_safe(monkeypatch):
+    """A stop raised there would orphan the non-daemon heartbeat thread: the process would never exit."""
+    from optuna.storages import _heartbeat
+
+    seen: list[bool] = []
+
+    class _Thread:  # stands in for threading.Thread inside HeartbeatThread.start
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            seen.append(stop_is_safe_here(_caller()))
+
+    monkeypatch.setattr(_heartbeat, "Thread", _Thread)
+    _heartbeat.HeartbeatThread(0, None).start()
+    assert seen == [False]
