@@ -1,0 +1,143 @@
+"""The conv decoders' transposed convolutions, one layer at a time: torch's kernel (oneDNN on the
+CPU) against aeopt's matmul + scatter path (`aeopt.training.kinds.transposed`), forward + backward.
+
+What `_matmul_wins` rests on: which path is faster for which layer shape. CPUs differ (AVX2 against
+AVX-512 / AMX matmul kernels), so rerun this on a new kind of machine before trusting the rule there.
+The two paths alternate within each round, and the figure is the median over rounds.
+
+    python benchmarks/transposed_layers.py --threads 2,1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from aeopt import allocator
+from aeopt.training.kinds.transposed import Stride2Transposed, _matmul_wins, with_torch_layers
+
+# (name, in channels, out channels, input size, padding, output padding): the decoders' layers.
+LAYERS = (
+    ("3x3 -> 7x7, 16 -> 16", 16, 16, 3, 0, 0),
+    ("3x3 -> 7x7, 32 -> 32 (report's first)", 32, 32, 3, 0, 0),
+    ("3x3 -> 7x7, 64 -> 32", 64, 32, 3, 0, 0),
+    ("3x3 -> 7x7, 128 -> 64", 128, 64, 3, 0, 0),
+    ("7x7 -> 14x14, 32 -> 16 (report's second)", 32, 16, 7, 1, 1),
+    ("7x7 -> 14x14, 64 -> 32", 64, 32, 7, 1, 1),
+    ("14x14 -> 28x28, 16 -> 1 (report's last)", 16, 1, 14, 1, 1),
+    ("14x14 -> 28x28, 32 -> 1", 32, 1, 14, 1, 1),
+)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=256, help="batch size (default 256, the report's)")
+    ap.add_argument("--threads", default="2,1", help="torch thread counts to measure (default 2,1)")
+    ap.add_argument("--rounds", type=int, default=7, 
+                    help="alternating rounds; the median is kept (default 7)")
+    ap.add_argument("--steps", type=int, default=20, help="forward + backward passes per round (default 20)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    return ap.parse_args(argv)
+
+
+def _pass_seconds(layer: nn.Module, x: torch.Tensor, steps: int) -> float:
+    """Seconds per forward + backward pass (input and weight gradients, as in training)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+    return (time.perf_counter() - t0) / steps
+
+
+def measure(c_in: int, c_out: int, size: int, padding: int, output_padding: int, *, batch: int,
+            rounds: int, steps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    ours = Stride2Transposed(c_in, c_out, padding=padding, output_padding=output_padding)
+    theirs = with_torch_layers(nn.Sequential(Stride2Transposed(c_in, c_out, padding=padding,
+                                                               output_padding=output_padding)))
+    theirs.load_state_dict({"0." + k: v for k, v in ours.state_dict().items()})
+    # Channels-last, as the engine trains on the CPU (aeopt.training.layout).
+    x = torch.randn(batch, c_in, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    # The matmul path by force here, whatever `_matmul_wins` says, to compare both everywhere.
+    forced = _Forced(ours)
+    _check_same(forced, theirs, x)
+    for layer in (forced, theirs):
+        _pass_seconds(layer, x, 3)  # warm-up: allocator, oneDNN primitive cache
+    times: dict[str, list[float]] = {"torch": [], "matmul": []}
+    for _ in range(rounds):
+        times["torch"].append(_pass_seconds(theirs, x, steps))
+        times["matmul"].append(_pass_seconds(forced, x, steps))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _check_same(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> None:
+    """Both paths compute the same layer (to float rounding), or the timings compare nothing."""
+    got = []
+    for layer in (ours, theirs):
+        x.grad = None
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        got.append((y.detach(), x.grad.clone()))
+    for a, b in zip(*got, strict=True):
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+            raise SystemExit(f"the matmul path differs from torch's by {(a - b).abs().max():.3g}")
+    x.grad = None
+
+
+class _Forced(nn.Module):
+    """The matmul path of a `Stride2Transposed`, whatever its rule picks."""
+
+    def __init__(self, layer: Stride2Transposed):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from aeopt.training.kinds.transposed import _Stride2Transposed
+
+        m = self.layer
+        return _Stride2Transposed.apply(x, m.weight, m.bias, m.padding[0], m.output_padding[0])
+
+
+def _layer_row(layer: tuple, counts: list[int], args: argparse.Namespace) -> dict:
+    name, c_in, c_out, size, pad, out_pad = layer
+    row = {"layer": name, "in": c_in, "out": c_out, "size": size,
+           "rule_picks": "matmul" if _matmul_wins(torch.empty(1, c_in, size, size), c_out) else "torch"}
+    for n in counts:
+        torch.set_num_threads(n)
+        t = measure(c_in, c_out, size, pad, out_pad, batch=args.batch, rounds=args.rounds, steps=args.steps)
+        row[f"{n}t"] = {"torch_ms": 1e3 * t["torch"], "matmul_ms": 1e3 * t["matmul"],
+                        "faster": "matmul" if t["matmul"] < t["torch"] else "torch"}
+    cells = " | ".join(f"{row[f'{n}t']['torch_ms']:.2f} / {row[f'{n}t']['matmul_ms']:.2f}" for n in counts)
+    print(f"| {name} | {cells} | {row['rule_picks']} |", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    allocator.tune()
+    counts = [int(t) for t in args.threads.split(",")]
+    before = torch.get_num_threads()
+    try:
+        rows = [_layer_row(layer, counts, args) for layer in LAYERS]
+    finally:
+        torch.set_num_threads(before)  # a caller's (a test's) thread count as it was
+    result = {"benchmark": "transposed_layers", "cpu": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
+              "threads": counts, "layers": rows}
+    wrong = [r["layer"] for r in rows for n in counts if r[f"{n}t"]["faster"] != r["rule_picks"]]
+    print(f"ms per forward + backward, torch / matmul, at {', '.join(map(str, counts))} threads; "
+          f"the rule's pick last. Rows where the rule picks the slower path: {wrong or 'none'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
