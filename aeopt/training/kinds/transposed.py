@@ -15,8 +15,9 @@ for the kernel's. oneDNN's kernels are far from their arithmetic on two kinds of
 
 At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter and the gather cost more than the
 matmul saves (3.5 ms against 3.0 ms), so there the layer runs torch's kernel: the rule is
-`_matmul_wins`. (Measured at batch 256 on the 2-core CPU: BENCHMARKS.md, "Transposed convolutions
-as matrix multiplies".) Outputs and gradients equal torch's to float rounding
+`_matmul_wins`. (Measured at batch 256 on two 2-core CPUs, an Intel one with AMX and an AMD EPYC
+with AVX2 only; the rule held on both: BENCHMARKS.md, "Transposed convolutions as matrix multiplies",
+and `benchmarks/transposed_layers.py` to check another.) Outputs and gradients equal torch's to float rounding
 (tests/unit/training/test_transposed.py). Everything the matmul path does not cover (CUDA, the fused
 fold step's vmap, autocast, an explicit output size) also runs torch's layer. The module subclasses
 `nn.ConvTranspose2d` with the same parameters, so state dicts, checkpoints and `isinstance` checks
