@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from aeopt.machine import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 
 # name -> (aeopt's malloc, channels-last, fused Adam, aeopt's transposed convolutions)
@@ -175,8 +177,8 @@ def parent(args: argparse.Namespace) -> dict:
     print("| setting | s / epoch (median) | speed |\n|---|---:|---:|")
     for row in rows:
         print(f"| {row['setting']} | {row['seconds_per_epoch']:.2f} | {row['speed']:.2f}x |")
-    result = {"benchmark": "cpu_layout", "train_size": args.train_size, "rounds": args.rounds,
-              "epochs": args.epochs, "config": args.config, "rows": rows}
+    result = {"benchmark": "cpu_layout", "cpu": cpu_name(), "train_size": args.train_size,
+              "rounds": args.rounds, "epochs": args.epochs, "config": args.config, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -26,6 +26,7 @@ import torch
 
 from aeopt import threads
 from aeopt.config import RunConfig
+from aeopt.machine import cpu_name
 from aeopt.training.data import prepare, stratified_folds, to_float
 from aeopt.training.engine import Trainer, resolve_device
 from aeopt.training.fused import FusedFolds
@@ -166,7 +167,8 @@ def main() -> None:
                   f"{r[f'{path}_s_per_trial']} | {r.get(f'{path}_speedup', 1.0)} |")
     if args.json:
         meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "cpu": cpu_name()}
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from aeopt.machine import cpu_name
+
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 # torch's default thread count, folds one after another (aeopt before fold lanes); the same with
 # the folds side by side in lanes (aeopt.training.lanes: one thread per lane); one thread, one fold
@@ -120,8 +122,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cores": CORES, "subset": args.subset, "epochs": args.epochs, "repeats": args.repeats,
-                       "rows": rows}, fh, indent=2)
+            json.dump({"cpu": cpu_name(), "cores": CORES, "subset": args.subset, "epochs": args.epochs,
+                       "repeats": args.repeats, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

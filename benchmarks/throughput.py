@@ -21,7 +21,6 @@ import argparse
 import atexit
 import gzip
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -36,6 +35,7 @@ from torchvision import datasets, transforms
 
 from aeopt import allocator
 from aeopt.config import RunConfig, load_run_config
+from aeopt.machine import cpu_name
 from aeopt.training.data import load_dataset, stratified_subset, to_float
 from aeopt.training.engine import Trainer, resolve_device, set_seed
 from aeopt.training.kinds.transposed import with_torch_layers
@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "throughput",
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+                        else cpu_name()),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "malloc": "aeopt" if allocator.applied() else "glibc",
         "engine_layout": "channels_last" if channels_last_here(device) else "contiguous",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from aeopt import allocator
+from aeopt.machine import cpu_name
 from aeopt.training.kinds.transposed import Stride2Transposed, _matmul_wins, with_torch_layers
 
 # (name, in channels, out channels, input size, padding, output padding): the decoders' layers.
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [_layer_row(layer, counts, args) for layer in LAYERS]
     finally:
         torch.set_num_threads(before)  # a caller's (a test's) thread count as it was
-    result = {"benchmark": "transposed_layers", "cpu": platform.processor() or platform.machine(),
+    result = {"benchmark": "transposed_layers", "cpu": cpu_name(),
               "torch": torch.__version__, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
               "threads": counts, "layers": rows}
     wrong = [r["layer"] for r in rows for n in counts if r[f"{n}t"]["faster"] != r["rule_picks"]]

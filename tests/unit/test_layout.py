@@ -25,7 +25,7 @@ import aeopt
 SRC = Path(aeopt.__file__).resolve().parent
 PACKAGES = ("config", "training", "stages", "search", "report", "cli")
 LEAVES = {"errors": set(), "files": {"errors"}, "progress": set(), "threads": set(), "switches": set(),
-          "allocator": {"switches"}, "figures": {"files"}}
+          "allocator": {"switches"}, "figures": {"files"}, "machine": set()}
 ENTRY_POINTS = {"aeopt", "aeopt.__main__"}
 OPTUNA = {"optuna", "optuna_dashboard"}
 OPTUNA_HOMES = {"search", "cli"}

@@ -26,6 +26,7 @@ def test_every_decoder_layer_is_timed_both_ways_and_checked_equal(tmp_path):
     result = bench.main(["--batch", "4", "--threads", "1", "--rounds", "1", "--steps", "1",
                          "--json", str(out)])
     assert torch.get_num_threads() == before
+    assert result["cpu"].strip()  # the CPU kind the figures belong to
     assert json.loads(out.read_text()) == result
     assert [r["layer"] for r in result["layers"]] == [layer[0] for layer in bench.LAYERS]
     for row in result["layers"]:
