@@ -20,7 +20,12 @@ from torch import nn
 
 from aeopt import allocator
 from aeopt.machine import cpu_name
-from aeopt.training.kinds.transposed import Stride2Transposed, _matmul_wins, with_torch_layers
+from aeopt.training.kinds.transposed import (
+    Stride2Transposed,
+    _matmul_wins,
+    _Stride2Transposed,
+    with_torch_layers,
+)
 
 # (name, in channels, out channels, input size, padding, output padding): the decoders' layers.
 LAYERS = (
@@ -98,8 +103,6 @@ class _Forced(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from aeopt.training.kinds.transposed import _Stride2Transposed
-
         m = self.layer
         return _Stride2Transposed.apply(x, m.weight, m.bias, m.padding[0], m.output_padding[0])
 
