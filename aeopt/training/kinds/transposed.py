@@ -1,25 +1,34 @@
 """`Stride2Transposed`: the conv decoders' 3x3 stride-2 transposed convolutions, with a faster CPU
-path where it measures faster than oneDNN's.
+path than torch's layer.
 
-A transposed convolution is one matrix multiply, every input pixel's channels times the kernel
-(C_in x 9 C_out: nine output taps per pixel), plus a scatter that adds each tap into the output
-pixel it lands on (`scatter`). Its backward pass is the adjoint's: the output's gradient cut into
-the same windows (`gather`, an im2col), times the kernel for the input's gradient, times the input
-for the kernel's. oneDNN's kernels are far from their arithmetic on two kinds of these layers:
+Forward. A transposed convolution is one matrix multiply, every input pixel's channels times the
+kernel (C_in x 9 C_out: nine output taps per pixel), plus a scatter that adds each tap into the
+output pixel it lands on (`scatter`). oneDNN's transposed kernels are far from their arithmetic on
+two kinds of these layers, and there the forward pass is the matmul and the scatter (`_matmul_wins`):
 
 - one output channel (the decoders' last layer, 16 x 14 x 14 -> 1 x 28 x 28 in the report's
-  network): forward + backward 1.6 ms here against torch's 3.0 ms, and a whole training step of
-  the report's network 1.07x faster;
-- a 3 x 3 input map (the decoders' first, 3 x 3 -> 7 x 7): 1.3-1.8x faster at 16 to 128 channels,
-  on one thread and on two.
+  network): 1.05 ms against oneDNN's 2.4 ms at batch 256 on two threads;
+- a 3 x 3 input map (the decoders' first, 3 x 3 -> 7 x 7): 0.56 ms against 2.2 ms (32 channels).
 
-At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter and the gather cost more than the
-matmul saves (3.5 ms against 3.0 ms), so there the layer runs torch's kernel: the rule is
-`_matmul_wins`. (Measured at batch 256 on two 2-core CPUs, an Intel one with AMX and an AMD EPYC
-with AVX2 only; the rule held on both: BENCHMARKS.md, "Transposed convolutions as matrix multiplies",
-and `benchmarks/transposed_layers.py` to check another.) Outputs and gradients equal torch's to float rounding
-(tests/unit/training/test_transposed.py). Everything the matmul path does not cover (CUDA, the fused
-fold step's vmap, autocast, an explicit output size) also runs torch's layer. The module subclasses
+At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter costs more than the matmul saves,
+so there the forward pass is torch's kernel.
+
+Backward, for every layer. The input's gradient of a transposed convolution is an ordinary strided
+convolution of the output's gradient with the same weights (`conv2d(g, w)`), and the weights'
+gradient is that convolution's weight gradient. oneDNN's ordinary convolutions are fast at these
+shapes, so the backward pass runs them, not torch's transposed backward: its weight gradient took
+0.31 ms against 0.12 ms (report's last layer) and 0.95 against 0.62 ms (its second, bias included).
+An earlier backward, the matmul path's adjoint (an im2col of the output's gradient times the
+kernel), cost 0.9 ms for the last layer's weight gradient alone.
+
+Whole layers, forward + backward at batch 256 on two threads, torch's layer against this one: the
+report's first 2.3 -> 1.8 ms, its second 3.7 -> 3.3 ms, its last 3.4 -> 2.0 ms; a training step of the
+report's network 1.10-1.14x faster than with the matmul path's adjoint (an AMD EPYC with AVX-512,
+2026-11-29; BENCHMARKS.md, "Transposed convolutions as matrix multiplies", which also has the
+Intel (AMX) and AVX2-only CPUs' figures of the forward rule). `benchmarks/transposed_layers.py`
+checks the rule on another CPU. Outputs and gradients equal torch's to float rounding
+(tests/unit/training/test_transposed.py). Everything this path does not cover (CUDA, the fused fold
+step's vmap, autocast, an explicit output size) runs torch's layer. The module subclasses
 `nn.ConvTranspose2d` with the same parameters, so state dicts, checkpoints and `isinstance` checks
 see torch's layer.
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 KERNEL, STRIDE = 3, 2
@@ -69,14 +79,19 @@ def scatter(taps: torch.Tensor, padding: int, out_h: int, out_w: int) -> torch.T
     return out
 
 
-def gather(pixels: torch.Tensor, padding: int, h: int, w: int) -> torch.Tensor:
-    """[N, out_h, out_w, C] -> [N, h, w, 9, C], the adjoint of `scatter`: each window's taps read back
-    (zero where a tap lands outside)."""
-    n, out_h, out_w, c = pixels.shape
-    windows = pixels.new_zeros(n, h, w, TAPS, c)
-    for k, (wi, wj), (oi, oj) in _tap_slices(padding, h, w, out_h, out_w):
-        windows[:, wi, wj, k] = pixels[:, oi, oj]
-    return windows
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _as_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """`t` with channels-last strides. oneDNN picks a convolution's layout from its input's strides,
+    and the gradient of a one-channel map (the last layer's, from the loss) arrives with NCHW strides:
+    the same bytes, but they sent the layer's backward to NCHW kernels and copies, 3.9 ms against
+    0.7 ms (batch 256). One channel: the same bytes given channels-last strides, no copy."""
+    n, c, h, w = t.shape
+    if c == 1 and t.is_contiguous():
+        return t.as_strided(t.shape, (h * w, 1, w, 1))
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -85,11 +100,16 @@ def _kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _Stride2Transposed(torch.autograd.Function):
-    """y = conv_transpose2d(x, w, b, stride=2, padding, output_padding) for a 3x3 kernel."""
+    """y = conv_transpose2d(x, w, b, stride=2, padding, output_padding) for a 3x3 kernel; the forward
+    pass as a matmul and a scatter when `matmul`, else torch's kernel; the backward pass as ordinary
+    convolutions either way (the module docstring)."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                padding: int, output_padding: int) -> torch.Tensor:
+                padding: int, output_padding: int, matmul: bool) -> torch.Tensor:
+        if not matmul:
+            return F.conv_transpose2d(x, weight, bias, stride=STRIDE, padding=padding,
+                                      output_padding=output_padding)
         n, c_in, h, w = x.shape
         out_h, out_w = (STRIDE * (h - 1) - 2 * padding + KERNEL + output_padding,
                         STRIDE * (w - 1) - 2 * padding + KERNEL + output_padding)
@@ -102,7 +122,7 @@ class _Stride2Transposed(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: ARG004 (torch's signature)
-        x, weight, bias, padding, _ = inputs
+        x, weight, bias, padding, _, _ = inputs
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
@@ -110,29 +130,29 @@ class _Stride2Transposed(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        n, c_in, h, w = x.shape
-        g = grad_y.permute(0, 2, 3, 1)  # [N, out_h, out_w, C_out]
-        windows = gather(g, ctx.padding, h, w).view(n * h * w, -1)  # [N*h*w, 9 * C_out]
-        kernel = _kernel_matrix(weight)
+        if _is_channels_last(x):
+            grad_y = _as_channels_last(grad_y)
         grad_x = grad_w = grad_b = None
+        # <conv_transpose2d(x, w), g> = <x, conv2d(g, w)>: the adjoint is the ordinary convolution of g,
+        # x's size whatever the output padding: floor((out_h + 2 padding - 3) / 2) + 1 = h.
         if ctx.needs_input_grad[0]:
-            grad_x = (windows @ kernel.T).view(n, h, w, c_in).permute(0, 3, 1, 2)
+            grad_x = F.conv2d(grad_y, weight, stride=STRIDE, padding=ctx.padding)
         if ctx.needs_input_grad[1]:
-            pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
-            grad_w = (pixels.T @ windows).view(c_in, KERNEL, KERNEL, -1).permute(0, 3, 1, 2)
+            grad_w = torch.nn.grad.conv2d_weight(grad_y, weight.shape, x, stride=STRIDE, padding=ctx.padding)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum((0, 1, 2))
-        return grad_x, grad_w, grad_b, None, None
+            grad_b = grad_y.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _matmul_wins(x: torch.Tensor, out_channels: int) -> bool:
-    """Where the matmul path measured faster than oneDNN (the module docstring)."""
+    """Where the matmul forward pass measured faster than oneDNN's (the module docstring)."""
     return out_channels == 1 or x.shape[-2] * x.shape[-1] <= 9
 
 
 class Stride2Transposed(nn.ConvTranspose2d):
-    """`nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding, output_padding)`, computed
-    as a matrix multiply and a scatter on CPU tensors where that measures faster."""
+    """`nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding, output_padding)`; on CPU
+    tensors a matrix multiply and a scatter forward where that measures faster, and ordinary
+    convolutions backward."""
 
     def __init__(self, in_channels: int, out_channels: int, *, padding: int = 0, output_padding: int = 0):
         super().__init__(in_channels, out_channels, KERNEL, stride=STRIDE, padding=padding,
@@ -142,10 +162,10 @@ class Stride2Transposed(nn.ConvTranspose2d):
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # inside vmap (the fused fold step)
         # Under autocast torch's kernels handle the dtypes (aeopt autocasts on CUDA only).
         if (x.device.type != "cpu" or output_size is not None or x.dim() != 4
-                or wrapped(x) or wrapped(self.weight) or torch.is_autocast_enabled("cpu")
-                or not _matmul_wins(x, self.out_channels)):
+                or wrapped(x) or wrapped(self.weight) or torch.is_autocast_enabled("cpu")):
             return super().forward(x, output_size)
-        return _Stride2Transposed.apply(x, self.weight, self.bias, self.padding[0], self.output_padding[0])
+        return _Stride2Transposed.apply(x, self.weight, self.bias, self.padding[0], self.output_padding[0],
+                                        _matmul_wins(x, self.out_channels))
 
 
 def with_torch_layers(model: nn.Module) -> nn.Module:

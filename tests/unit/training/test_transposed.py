@@ -1,5 +1,5 @@
 """`Stride2Transposed` (the conv decoders' transposed convolutions) computes what
-`nn.ConvTranspose2d` computes, its hand-written gradients are right, and it runs its matmul path
+`nn.ConvTranspose2d` computes, its hand-written gradients are right, and it runs its matmul forward
 exactly where `_matmul_wins` says."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from aeopt.training.kinds import transposed
 from aeopt.training.kinds.transposed import Stride2Transposed, _Stride2Transposed, with_torch_layers
 
 # (in channels, out channels, input size, padding, output padding): the report's three decoder
@@ -36,11 +37,13 @@ def test_the_hand_written_gradients_pass_gradcheck(c_in, c_out, size, padding, o
     fast, _ = _twins(c_in, c_out, padding, output_padding, torch.float64)
     x = torch.randn(2, c_in, *size, dtype=torch.float64, requires_grad=True)
 
-    def f(x, w, b):
-        return _Stride2Transposed.apply(x, w, b, padding, output_padding)
+    for matmul in (True, False):  # either forward pass; the same backward
 
-    assert torch.autograd.gradcheck(f, (x, fast.weight, fast.bias))
-    assert torch.autograd.gradcheck(f, (x, fast.weight, None))
+        def f(x, w, b, matmul=matmul):
+            return _Stride2Transposed.apply(x, w, b, padding, output_padding, matmul)
+
+        assert torch.autograd.gradcheck(f, (x, fast.weight, fast.bias))
+        assert torch.autograd.gradcheck(f, (x, fast.weight, None))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -61,10 +64,19 @@ def test_output_and_gradients_match_conv_transpose2d(layout, c_in, c_out, size, 
 
 @pytest.mark.parametrize(("c_out", "size", "matmul"), [(1, (14, 14), True), (32, (3, 3), True),
                                                         (16, (7, 7), False), (16, (4, 3), False)])
-def test_the_matmul_path_runs_where_it_measured_faster(c_out, size, matmul):
+def test_the_matmul_forward_runs_where_it_measured_faster(monkeypatch, c_out, size, matmul):
+    scattered, scatter = [], transposed.scatter
+
+    def spy(*args):
+        scattered.append(args)
+        return scatter(*args)
+
+    monkeypatch.setattr(transposed, "scatter", spy)
     fast, _ = _twins(4, c_out, 1, 1)
     y = fast(torch.randn(2, 4, *size))
-    assert ("_Stride2Transposed" in type(y.grad_fn).__name__) is matmul
+    assert bool(scattered) is matmul
+    # Either forward, the backward is aeopt's (ordinary convolutions), not torch's transposed one.
+    assert "_Stride2Transposed" in type(y.grad_fn).__name__
 
 
 def test_under_cpu_autocast_it_is_torchs_layer():
