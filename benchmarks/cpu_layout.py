@@ -1,7 +1,7 @@
 """The CPU engine's process, kernel and layer settings, one at a time: glibc's malloc against aeopt's
 (aeopt/allocator.py), torch's contiguous layout against channels-last convolutions, the unfused
 Adam kernel against the fused one (aeopt/training/layout.py), and torch's `nn.ConvTranspose2d`
-against aeopt's matmul transposed convolutions in the decoder (`Stride2Transposed`,
+against aeopt's transposed convolutions in the decoder (`Stride2Transposed`,
 aeopt/training/kinds/transposed.py).
 
 Each setting trains the report's conv AE (configs/conv_ae.yaml, batch 256) with the engine
@@ -36,7 +36,7 @@ SETTINGS = {
     "+ aeopt's malloc": (True, False, False, False),
     "+ channels-last": (True, True, False, False),
     "+ fused Adam": (True, True, True, False),
-    "aeopt (+ matmul transposed convolutions)": (True, True, True, True),
+    "aeopt (+ its transposed convolutions)": (True, True, True, True),
     # The layout's gain depends on the allocator: with glibc's defaults it measured none (throughput.py).
     "aeopt without its malloc": (False, True, True, True),
 }

@@ -4,29 +4,29 @@ path than torch's layer.
 Forward. A transposed convolution is one matrix multiply, every input pixel's channels times the
 kernel (C_in x 9 C_out: nine output taps per pixel), plus a scatter that adds each tap into the
 output pixel it lands on (`scatter`). oneDNN's transposed kernels are far from their arithmetic on
-two kinds of these layers, and there the forward pass is the matmul and the scatter (`_matmul_wins`):
+two kinds of these layers, and there the forward pass is the matmul and the scatter (`_matmul_wins`;
+forward alone, batch 256, two threads, on an AMD EPYC with AVX-512):
 
 - one output channel (the decoders' last layer, 16 x 14 x 14 -> 1 x 28 x 28 in the report's
-  network): 1.05 ms against oneDNN's 2.4 ms at batch 256 on two threads;
-- a 3 x 3 input map (the decoders' first, 3 x 3 -> 7 x 7): 0.56 ms against 2.2 ms (32 channels).
+  network): 1.05 ms against oneDNN's 2.40 ms;
+- a 3 x 3 input map (the decoders' first, 3 x 3 -> 7 x 7): 0.56 ms against 2.22 ms at 32 channels.
 
-At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter costs more than the matmul saves,
-so there the forward pass is torch's kernel.
+At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter costs more than the matmul saves
+(1.28 ms against 1.16 ms), so there the forward pass is torch's kernel.
 
 Backward, for every layer. The input's gradient of a transposed convolution is an ordinary strided
 convolution of the output's gradient with the same weights (`conv2d(g, w)`), and the weights'
 gradient is that convolution's weight gradient. oneDNN's ordinary convolutions are fast at these
-shapes, so the backward pass runs them, not torch's transposed backward: its weight gradient took
-0.31 ms against 0.12 ms (report's last layer) and 0.95 against 0.62 ms (its second, bias included).
-An earlier backward, the matmul path's adjoint (an im2col of the output's gradient times the
-kernel), cost 0.9 ms for the last layer's weight gradient alone.
+shapes, faster than torch's own transposed backward (the weight and bias gradients of the report's
+last layer 0.31 ms there, the weight gradient here 0.12 ms) and than this layer's first backward,
+the matmul path's adjoint (an im2col of the output's gradient, 0.26 ms, then two matrix multiplies).
 
-Whole layers, forward + backward at batch 256 on two threads, torch's layer against this one: the
-report's first 2.3 -> 1.8 ms, its second 3.7 -> 3.3 ms, its last 3.4 -> 2.0 ms; a training step of the
-report's network 1.10-1.14x faster than with the matmul path's adjoint (an AMD EPYC with AVX-512,
-2026-11-29; BENCHMARKS.md, "Transposed convolutions as matrix multiplies", which also has the
-Intel (AMX) and AVX2-only CPUs' figures of the forward rule). `benchmarks/transposed_layers.py`
-checks the rule on another CPU. Outputs and gradients equal torch's to float rounding
+Whole layers, forward + backward, one thread (`benchmarks/transposed_layers.py`), torch's layer against
+this one: the report's first 4.88 -> 3.39 ms, its second 6.58 -> 6.33 ms, its last 6.81 -> 3.86 ms.
+A training step of the report's network ran 1.06-1.13x faster than with the matmul adjoint backward
+(2026-11-29; BENCHMARKS.md, "Transposed convolutions as matrix multiplies" and the sections after it,
+with the Intel (AMX) and AVX2-only CPUs' figures of the forward rule). Rerun the benchmark to check
+the rule on another CPU. Outputs and gradients equal torch's to float rounding
 (tests/unit/training/test_transposed.py). Everything this path does not cover (CUDA, the fused fold
 step's vmap, autocast, an explicit output size) runs torch's layer. The module subclasses
 `nn.ConvTranspose2d` with the same parameters, so state dicts, checkpoints and `isinstance` checks
