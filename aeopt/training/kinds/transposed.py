@@ -75,7 +75,8 @@ def scatter(taps: torch.Tensor, padding: int, out_h: int, out_w: int) -> torch.T
                       memory_format=torch.channels_last).zero_()
     rows = out.permute(0, 2, 3, 1)  # [N, out_h, out_w, C], a view to write through
     for k, (wi, wj), (oi, oj) in _tap_slices(padding, h, w, out_h, out_w):
-        rows[:, oi, oj] += taps[:, wi, wj, k]
+        # add_ on the view: `rows[...] += t` would also copy the view back onto itself (__setitem__).
+        rows[:, oi, oj].add_(taps[:, wi, wj, k])
     return out
 
 
