@@ -10,6 +10,7 @@ import torch
 
 from aeopt.config import FinetuneRun
 from aeopt.errors import AeoptError
+from aeopt.stages import few_labels
 from aeopt.stages.compare import compare_rows, format_table
 from aeopt.stages.few_labels import (
     PseudoLabels,
@@ -100,8 +101,25 @@ def test_label_budget_draws_differ_pretrained_and_random_write_a_comparable_fold
     assert f"{summary[0]['test_acc_mean']:.4f} +- {summary[0]['test_acc_std']:.4f}" in table
 
 
-def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scored(tmp_path, caplog):
+def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scored(tmp_path, caplog,
+                                                                                   monkeypatch):
     caplog.set_level(logging.INFO, logger="aeopt")
+    # Spies on the real functions: which classifier each test scoring saw (its weights then), and
+    # which one consistency training returned. Accuracies alone can tie (181 of 359 both, once).
+    scored, trained = [], []
+    evaluate, fit_consistency = few_labels.evaluate_on_test, few_labels.fit_consistency
+
+    def scoring(models, *args, **kwargs):
+        scored.append((models[0], {k: v.clone() for k, v in models[0].state_dict().items()}))
+        return evaluate(models, *args, **kwargs)
+
+    def consistency_fit(*args, **kwargs):
+        model, fit = fit_consistency(*args, **kwargs)
+        trained.append(model)
+        return model, fit
+
+    monkeypatch.setattr(few_labels, "evaluate_on_test", scoring)
+    monkeypatch.setattr(few_labels, "fit_consistency", consistency_fit)
     cfg = _cfg()
     data = prepare(cfg.data)
     ae, _ = fit(cfg, to_float(data.train.x, CPU), to_float(data.val.x, CPU), CPU)
@@ -114,8 +132,10 @@ def test_consistency_runs_after_the_fine_tune_and_its_classifier_is_the_one_scor
     # its progress: a line per check off a terminal (a bar on one)
     assert "40 labels + consistency, draw 0 2/2 step=40" in caplog.text
     assert draw.val_acc == draw.consistency[-1]["val_acc"]  # select "last"
-    # A second classifier was scored: 40 more steps on the same start change its test accuracy.
-    assert draw.test_acc != draw.test_acc_labelled_only and 0.0 <= draw.test_acc <= 1.0
+    # Scored twice: the fine-tuned classifier, then the one consistency training returned, 40 steps on.
+    assert len(scored) == 2 and len(trained) == 1 and scored[1][0] is trained[0]
+    assert any(not torch.equal(scored[0][1][k], scored[1][1][k]) for k in scored[0][1])
+    assert 0.0 <= draw.test_acc <= 1.0 and 0.0 <= draw.test_acc_labelled_only <= 1.0
     write_label_draws(tmp_path / "few", [result], {})
     assert read_label_draws(tmp_path / "few")[0]["per_draw"][0]["consistency"][-1]["step"] == 40
 
