@@ -133,11 +133,25 @@ def _stopped(signum: int) -> int:
     return 128 + signum  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
 
 
+class StderrHandler(logging.StreamHandler):
+    """Log lines to whatever `sys.stderr` is when a line comes, not the stream there when the first
+    command ran in this process: a later `main()` under another capture or redirect (tests, notebooks)
+    would otherwise write to a stream that may be closed by then."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property decides
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _process_setup()
     debug = "--debug" in argv or bool(os.environ.get("AEOPT_DEBUG"))
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("aeopt")
     if not root.handlers:

@@ -75,3 +75,26 @@ def test_user_errors_are_one_line_without_the_password(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == (f"error: no study named 'nope' in sqlite:///{tmp_path}/s.db (there are none: "
                                 "run `aeopt study create SPEC.yaml`)")
+
+
+def test_the_log_handler_writes_to_the_stderr_of_the_moment(monkeypatch):
+    import io
+    import logging
+
+    from aeopt.cli import StderrHandler
+
+    handler = StderrHandler()
+    log = logging.getLogger("aeopt.test_stderr_handler")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        log.warning("one")
+        first.close()  # as a test's capture is closed after it
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        log.warning("two")  # raised "I/O operation on closed file" with a handler bound to `first`
+        assert second.getvalue() == "two\n"
+    finally:
+        log.removeHandler(handler)
