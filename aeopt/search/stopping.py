@@ -16,7 +16,12 @@ at the next epoch, before the next trial and between a storage's retries:
 - inside Optuna's heartbeat thread's start (`with get_heartbeat_thread(...)` as a trial begins):
   raised after the thread started but before the `with` took it, nothing stops that non-daemon
   thread, so the process never exits (CI saw a SIGTERM'd quickstart print its last line and hang).
-  The objective raises the noted stop as it starts (`raise_if_stop_requested`), inside the `with`.
+  The objective raises the noted stop as it starts (`raise_if_stop_requested`), inside the `with`;
+- inside Optuna's setting-up and telling of a trial (`Study.ask`, which creates the RUNNING trial and
+  then samples its relative parameters; `_tell.py`; `_optimize.py`'s own lines between them): raised
+  there, no `except` of Optuna's fails the trial, so it stays RUNNING for good on a storage without
+  heartbeats (CI saw a Ctrl-C'd quickstart leave one). Noted there, the stop is raised as the objective
+  starts, and the trial ends FAIL, "stopped by signal N".
 """
 
 from __future__ import annotations
@@ -59,20 +64,24 @@ def clear_stop_requests() -> None:
 # Code an exception must not cut through: a storage's transaction or lock (see the module doc).
 _UNSAFE_PACKAGES = tuple(os.sep + part + os.sep for part in
                          ("sqlalchemy", "psycopg", os.path.join("optuna", "storages", "journal")))
-_UNSAFE_FILES = (os.path.join("optuna", "storages", "_heartbeat.py"),)  # (module doc)
+_UNSAFE_FILES = (os.path.join("optuna", "storages", "_heartbeat.py"),  # (module doc)
+                 os.path.join("optuna", "study", "_tell.py"))
+_ASK = (os.path.join("optuna", "study", "study.py"), "ask")  # Study.ask: a new trial set up
+_TRIAL_LOOP = os.path.join("optuna", "study", "_optimize.py")  # innermost only: the objective runs under it
 _DROPPED_HERE = ("weakref.py", "_weakrefset.py")  # where Python drops an exception (module doc)
 _IMPORTING = "<frozen importlib"  # the import machinery's frames (module doc)
 
 
 def stop_is_safe_here(frame: FrameType | None) -> bool:
     """Whether raising in `frame` (a signal handler's) is safe: no frame on its stack is unsafe."""
-    if frame is not None and (frame.f_code.co_filename.endswith(_DROPPED_HERE)
+    if frame is not None and (frame.f_code.co_filename.endswith(_DROPPED_HERE + (_TRIAL_LOOP,))
                               or frame.f_code.co_name == "__del__"):
         return False
     while frame is not None:
         name = frame.f_code.co_filename
         if (name.startswith(_IMPORTING) or any(part in name for part in _UNSAFE_PACKAGES)
-                or name.endswith(_UNSAFE_FILES)):
+                or name.endswith(_UNSAFE_FILES)
+                or (name.endswith(_ASK[0]) and frame.f_code.co_name == _ASK[1])):
             return False
         frame = frame.f_back
     return True

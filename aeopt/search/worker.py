@@ -338,6 +338,7 @@ class _Recorded:
             # Cleared directly: TrialRecord.write stores set fields only, and None reads as unset.
             trial.set_user_attr(FAIL_REASON, None)
         try:
+            raise_if_stop_requested()  # one noted while Optuna set this trial up (aeopt.search.stopping)
             return self.objective(trial)
         except optuna.TrialPruned:
             raise

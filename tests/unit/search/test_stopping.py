@@ -133,3 +133,35 @@ def test_frames_inside_optunas_heartbeat_thread_start_are_not_safe(monkeypatch):
     monkeypatch.setattr(_heartbeat, "Thread", _Thread)
     _heartbeat.HeartbeatThread(0, None).start()
     assert seen == [False]
+
+
+class _SignalWhileAsked(optuna.samplers.RandomSampler):
+    """A real sampler that receives SIGINT while Optuna sets a trial up (inside `Study.ask`, after
+    the RUNNING trial was created): where CI's Ctrl-C'd quickstart once left a trial RUNNING."""
+
+    def __init__(self, at_trial: int):
+        super().__init__(seed=0)
+        self.at_trial = at_trial
+
+    def before_trial(self, study, trial):
+        super().before_trial(study, trial)
+        if trial.number == self.at_trial:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside Study.ask
+
+
+def test_a_stop_while_optuna_sets_a_trial_up_fails_that_trial(tmp_path, stop_handlers):
+    from aeopt.search.records import TrialRecord
+    from aeopt.search.worker import run_trials
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/a.db").optuna,
+                                study_name="a", sampler=_SignalWhileAsked(at_trial=1))
+
+    def objective(trial):
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    with pytest.raises(StopSignal):
+        run_trials(study, objective, target=5, heartbeat=None)
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert TrialRecord.of(study.trials[1]).fail_reason == f"stopped by signal {signal.SIGINT.value}"
