@@ -8,7 +8,7 @@ two kinds of these layers, and there the forward pass is the matmul and the scat
 forward alone, batch 256, two threads, on an AMD EPYC with AVX-512):
 
 - one output channel (the decoders' last layer, 16 x 14 x 14 -> 1 x 28 x 28 in the report's
-  network): 1.05 ms against oneDNN's 2.40 ms;
+  network): 0.59 ms against oneDNN's 2.50 ms (1.05 ms while its product was a BLAS matmul: `_taps`);
 - a 3 x 3 input map (the decoders' first, 3 x 3 -> 7 x 7): 0.56 ms against 2.22 ms at 32 channels.
 
 At 7 x 7 -> 14 x 14 with 16 or more output channels the scatter costs more than the matmul saves
@@ -22,7 +22,7 @@ last layer 0.31 ms there, the weight gradient here 0.12 ms) and than this layer'
 the matmul path's adjoint (an im2col of the output's gradient, 0.26 ms, then two matrix multiplies).
 
 Whole layers, forward + backward, one thread (`benchmarks/transposed_layers.py`), torch's layer against
-this one: the report's first 4.88 -> 3.39 ms, its second 6.58 -> 6.33 ms, its last 6.81 -> 3.86 ms.
+this one: the report's first 4.73 -> 3.17 ms, its second 6.59 -> 6.36 ms, its last 6.64 -> 2.41 ms.
 A training step of the report's network ran 1.06-1.13x faster than with the matmul adjoint backward
 (2026-11-29; BENCHMARKS.md, "Transposed convolutions as matrix multiplies" and the sections after it,
 with the Intel (AMX) and AVX2-only CPUs' figures of the forward rule). Rerun the benchmark to check
@@ -100,6 +100,22 @@ def _kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], TAPS * weight.shape[1])
 
 
+def _taps(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Every input pixel's channels times the kernel matrix: [N * h * w, 9 * C_out], pixels major.
+
+    With one output channel the product has nine columns, a shape the BLAS matmul runs far below
+    its arithmetic: the report's last layer (256 x 14 x 14 pixels, 16 -> 9) took 0.73 ms there and
+    0.17 ms as oneDNN's 1 x 1 convolution of the channels-last map, whose output has the same bytes
+    (two threads, AMD EPYC with AVX-512; 4.2-4.6x at 16 and 32 input channels, one thread or two).
+    With more output channels the two were within 0.7-1.1x at a 3 x 3 map, so the matmul stays."""
+    n, c_in, h, w = x.shape
+    kernel = _kernel_matrix(weight)
+    if weight.shape[1] == 1 and _is_channels_last(x):
+        taps = F.conv2d(x, kernel.t().reshape(kernel.shape[1], c_in, 1, 1))
+        return taps.permute(0, 2, 3, 1).reshape(n * h * w, kernel.shape[1])  # a view: channels-last
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, c_in) @ kernel  # a view of x when channels-last
+
+
 class _Stride2Transposed(torch.autograd.Function):
     """y = conv_transpose2d(x, w, b, stride=2, padding, output_padding) for a 3x3 kernel; the forward
     pass as a matmul and a scatter when `matmul`, else torch's kernel; the backward pass as ordinary
@@ -114,8 +130,7 @@ class _Stride2Transposed(torch.autograd.Function):
         n, c_in, h, w = x.shape
         out_h, out_w = (STRIDE * (h - 1) - 2 * padding + KERNEL + output_padding,
                         STRIDE * (w - 1) - 2 * padding + KERNEL + output_padding)
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)  # a view when x is channels-last
-        taps = (pixels @ _kernel_matrix(weight)).view(n, h, w, TAPS, weight.shape[1])
+        taps = _taps(x, weight).view(n, h, w, TAPS, weight.shape[1])
         y = scatter(taps, padding, out_h, out_w)
         if bias is not None:
             y += bias.view(1, -1, 1, 1)
