@@ -168,15 +168,48 @@ def use_graphs(device: torch.device, graphs: bool | None = None) -> bool:
     return graphs
 
 
+class CudaGraph:
+    """A replayable training step on CUDA, behind the three calls FusedFolds makes: `warm_up(device,
+    fn)` runs fn eagerly off the default stream (as capture needs), `capture(fn)` records fn's kernels
+    without running them and returns its outputs (tensors the graph owns), `replay()` runs them again
+    on the same memory. `GRAPH` names the class in use; tests put a CPU stand-in with the same three
+    calls there to check FusedFolds' bookkeeping around the graph (tests/unit/training/test_fused.py)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.graph = torch.cuda.CUDAGraph()
+
+    @staticmethod
+    def warm_up(device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            out = fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        return out
+
+    def capture(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(self.graph):
+            return fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+GRAPH = CudaGraph
+
+
 class _Graphed:
     """One captured fused training step and the tensors it reads and writes, reused by every
     FusedFolds of the same architecture, fold count, batch size and optimizer structure in this
     process: a trial copies its initial weights into `params` and resets the optimizer, so a study's
     trials pay the capture once per architecture (`CAPTURES` counts them)."""
 
-    def __init__(self, params: Tensors, buffers: Tensors, optimizer: StackedOptimizer):
+    def __init__(self, params: Tensors, buffers: Tensors, optimizer: StackedOptimizer, base: nn.Module):
         self.params, self.buffers, self.optimizer = params, buffers, optimizer
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.base = base  # the architecture the step was recorded with (its train / eval mode too)
+        self.graph: CudaGraph | None = None
         self.x_in: torch.Tensor | None = None
         self.target: torch.Tensor | None = None
         self.losses: torch.Tensor | None = None
@@ -217,8 +250,9 @@ class FusedFolds:
         self.graphed: _Graphed | None = None
         if use_graphs(device, graphs):
             self.graphed = self._cached(params, buffers, cfg)
-            self.params, self.buffers, self.optimizer = (self.graphed.params, self.graphed.buffers,
-                                                         self.graphed.optimizer)
+            # The graph's tensors and module: every trial that replays it trains and evaluates those.
+            self.params, self.buffers, self.optimizer, self.base = (
+                self.graphed.params, self.graphed.buffers, self.graphed.optimizer, self.graphed.base)
         else:
             self.params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
             self.buffers = {n: b.detach().clone() for n, b in buffers.items()}
@@ -237,7 +271,7 @@ class FusedFolds:
         if entry is None:
             own = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
             entry = _Graphed(own, {n: b.detach().clone() for n, b in buffers.items()},
-                             StackedOptimizer(own, cfg.optim, self.k))
+                             StackedOptimizer(own, cfg.optim, self.k), self.base)
             _GRAPHED[key] = entry
             while len(_GRAPHED) > GRAPH_CACHE_SIZE:
                 _GRAPHED.popitem(last=False)
@@ -270,15 +304,10 @@ class FusedFolds:
         """`_full_step` through the cached CUDA graph: eager for the warm-up, then captured once,
         then replayed. A capture that fails leaves this architecture eager (logged once)."""
         g = self.graphed
-        if g.failed or self._steps_taken < WARMUP_STEPS and g.graph is None:
-            if g.graph is None and not g.failed:  # warm-up off the default stream, as capture needs
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    losses = self._full_step(x_in, target)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                return losses
+        if g.failed:
             return self._full_step(x_in, target)
+        if g.graph is None and self._steps_taken < WARMUP_STEPS:
+            return GRAPH.warm_up(self.device, lambda: self._full_step(x_in, target))
         if g.graph is None:
             self._capture(x_in, target)
             if g.failed:
@@ -293,11 +322,9 @@ class FusedFolds:
         g = self.graphed
         start = time.perf_counter()
         g.x_in, g.target = x_in.clone(), target.clone()
-        graph = torch.cuda.CUDAGraph()
+        graph = GRAPH(self.device)
         try:
-            torch.cuda.synchronize(self.device)
-            with torch.cuda.graph(graph):
-                g.losses = self._full_step(g.x_in, g.target)
+            g.losses = graph.capture(lambda: self._full_step(g.x_in, g.target))
         except RuntimeError as exc:  # an op that cannot be captured: stay eager, correct and slower
             g.failed = True
             log.warning("CUDA graph capture of the fused step failed (%s); training it eagerly",
