@@ -12,6 +12,7 @@
 #                ungraphed path (before this issue: the trials/hour ratio)
 # Usage: OUT=out DATA=path/to/data bash benchmarks/gpu_suite.sh      (FULL=1 adds the slower quality runs)
 # Without aeopt's dependencies installed, pass wheels in WHEELS=dir (installed to /tmp/site).
+# On a lent machine without network: bash benchmarks/gpu_stage.sh first (it prints the device call).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export AEOPT_DATA_DIR=${DATA:-${AEOPT_DATA_DIR:-../shared/data}} PYTHONUNBUFFERED=1

@@ -64,11 +64,12 @@ def spec_markdown(spec: SearchSpec | dict[str, Any], name: str | None = None) ->
 def write_study_note(study: optuna.Study, spec: SearchSpec | dict[str, Any]) -> None:
     """Show the study's spec as its note in optuna-dashboard. Never raises: the note is a
     convenience, and a study that was created must not be reported as failed for it."""
-    # Imported here: optuna-dashboard costs a second at start-up, and `aeopt study` commands need it
-    # only for this call.
-    from optuna_dashboard import save_note  # noqa: PLC0415
-
     try:
+        # Imported here: optuna-dashboard costs a second at start-up, and `aeopt study` commands need
+        # it only for this call. Inside the try: an install without it (a GPU image given only the
+        # packages that train) still creates studies, without the note.
+        from optuna_dashboard import save_note  # noqa: PLC0415
+
         save_note(study, spec_markdown(spec, study.study_name))
     except Exception as exc:
         log.warning("could not write study %s's dashboard note: %s: %s", study.study_name, type(exc).__name__,

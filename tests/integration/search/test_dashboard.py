@@ -22,7 +22,7 @@ from aeopt.config import StudySpec
 from aeopt.search.artifacts import find_best_checkpoint, upload_trial_artifacts
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.storage import open_storage
-from aeopt.search.studies import create_study
+from aeopt.search.studies import create_study, study_names
 from aeopt.training.checkpoint import load_checkpoint
 from aeopt.training.cv import CVResult
 from aeopt.training.data import load_dataset
@@ -105,6 +105,17 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def test_a_study_is_created_without_its_note_where_optuna_dashboard_is_missing(tmp_path, monkeypatch, caplog):
+    # A GPU image given only what training needs (benchmarks/gpu_stage.sh) may lack optuna-dashboard:
+    # the note is a convenience, so the study is created all the same, with a warning.
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` raises ImportError
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = create_study(storage, _spec())
+    write_study_note(study, _spec())
+    assert "dashboard note: ModuleNotFoundError" in caplog.text
+    assert study_names(storage) == [study.study_name]
 
 
 def test_dashboard_lists_trial_artifacts_and_spec_note(study_with_artifacts, tmp_path):
