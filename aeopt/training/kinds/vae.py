@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aeopt.config import VAEConfig
 from aeopt.training.kinds.base import Autoencoder, Kind, activation, normal_like
+from aeopt.training.kinds.bce import bce_with_logits_sum
 
 
 class VAEEncoder(nn.Module):
@@ -73,7 +73,7 @@ def vae_loss(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
     (Kingma & Welling, "Auto-Encoding Variational Bayes", 2014, Appendix B); beta weights it
     as in Higgins et al., "beta-VAE", 2017 (beta = 1 is the plain ELBO).
     """
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="sum")
+    bce = bce_with_logits_sum(logits.float(), target.float())
     kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
     return (bce + beta * kl) / target.shape[0]
 
