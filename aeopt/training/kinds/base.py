@@ -72,6 +72,15 @@ def normal_like(x: torch.Tensor) -> torch.Tensor:
     return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=g)
 
 
+def hand_written_cpu_ok(*tensors: torch.Tensor) -> bool:
+    """Whether aeopt's hand-written CPU kernels (`Stride2Transposed`, `bce_with_logits_sum`) may take
+    these tensors: all on the CPU, none inside vmap (the fused fold step, which needs torch's own
+    batching rules) and no CPU autocast (torch's kernels handle its dtypes; aeopt autocasts on CUDA only)."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return (all(t.device.type == "cpu" and not wrapped(t) for t in tensors)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 class Autoencoder(nn.Module):
     """The base of every kind's model.
 

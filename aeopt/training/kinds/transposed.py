@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aeopt.training.kinds.base import hand_written_cpu_ok
+
 KERNEL, STRIDE = 3, 2
 TAPS = KERNEL * KERNEL
 
@@ -175,10 +177,7 @@ class Stride2Transposed(nn.ConvTranspose2d):
                          output_padding=output_padding)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # inside vmap (the fused fold step)
-        # Under autocast torch's kernels handle the dtypes (aeopt autocasts on CUDA only).
-        if (x.device.type != "cpu" or output_size is not None or x.dim() != 4
-                or wrapped(x) or wrapped(self.weight) or torch.is_autocast_enabled("cpu")):
+        if output_size is not None or x.dim() != 4 or not hand_written_cpu_ok(x, self.weight):
             return super().forward(x, output_size)
         return _Stride2Transposed.apply(x, self.weight, self.bias, self.padding[0], self.output_padding[0],
                                         _matmul_wins(x, self.out_channels))

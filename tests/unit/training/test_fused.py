@@ -208,12 +208,13 @@ class ReplayedOnCPU:
     train / eval mode again: it caught a second trial replaying the first trial's module, left in eval
     mode by its last validation (harmless under CUDA, whose graph keeps the mode it was recorded in)."""
 
-    made: list[ReplayedOnCPU] = []
+    made: list[ReplayedOnCPU] = []  # every graph made
+    warmed = 0  # warm-up steps, over all graphs
 
     def __init__(self, device: torch.device):
         self.step = None
         self.out = torch.empty(0)
-        self.warm_ups = self.replays = 0
+        self.replays = 0
         ReplayedOnCPU.made.append(self)
 
     @staticmethod
@@ -239,7 +240,7 @@ def test_the_graph_path_trains_as_the_eager_one_with_a_stand_in_graph_on_the_cpu
     monkeypatch.setattr(fused_module, "use_graphs", lambda device, graphs=None: bool(graphs))
     monkeypatch.setattr(fused_module, "_GRAPHED", type(fused_module._GRAPHED)())
     monkeypatch.setattr(ReplayedOnCPU, "made", [])
-    monkeypatch.setattr(ReplayedOnCPU, "warmed", 0, raising=False)
+    monkeypatch.setattr(ReplayedOnCPU, "warmed", 0)
     _eager_graphed_and_again(model, CPU, rel=1e-6)
     # One graph for both graphed trials: 3 warm-up steps, the capture, then every full step replayed
     # (the second trial's too, from its first step); 9 full steps per trial.
