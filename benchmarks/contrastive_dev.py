@@ -18,20 +18,19 @@ import time
 from pathlib import Path
 
 import torch
+from dev_draw import CPU, held_out_draw
 
 from aeopt.config import load_run_config
-from aeopt.stages.classifier_run import labelled_split
-from aeopt.stages.few_labels import RECIPE, load_encoders
-from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
+from aeopt.stages.few_labels import RECIPE
+from aeopt.stages.finetune_fit import finetune_once
 from aeopt.training.checkpoint import save_checkpoint
 from aeopt.training.consistency import fit_consistency, settings_from
-from aeopt.training.data import prepare, stratified_subset, to_float, training_pool
+from aeopt.training.data import prepare, to_float
 from aeopt.training.engine import fit, mse, set_seed
 from aeopt.training.models import build_model
 from aeopt.training.supervised import augmentation_for, evaluate
 
 torch.set_num_threads(1)
-CPU = torch.device("cpu")
 out, labels = Path(sys.argv[1]), int(sys.argv[2])
 rest_args = sys.argv[3:]
 overrides = [rest_args[i + 1] for i, a in enumerate(rest_args) if a == "--set"]
@@ -58,33 +57,20 @@ if not out.exists():
 
 
 def dev_score(source: str) -> None:
-    if source == "random":
-        encoders, _ = load_encoders({}, out, recipe, CPU)
-        cfg, state = encoders["random"]
-    else:
-        encoders, _ = load_encoders({"ae": out}, None, recipe, CPU)
-        cfg, state = encoders["ae"]
-    data_cfg = cfg.data.model_copy(update={"split_seed": draw})
-    cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
-    data = labelled_split(data_cfg, labels)
-    pool = training_pool(data_cfg)
-    rest = torch.ones(len(pool), dtype=torch.bool)
-    rest[stratified_subset(pool.y, labels, draw)] = False
-    restidx = torch.nonzero(rest).flatten()
-    perm = torch.randperm(len(restidx), generator=torch.Generator().manual_seed(99))
-    dev_idx, unl_idx = restidx[perm[:5000]], restidx[perm[5000:]]
-    devxy = (to_float(pool.x[dev_idx], CPU), pool.y[dev_idx])
-    train, val = split_xy(data.train, CPU), split_xy(data.val, CPU)
-    model, fit_ = finetune_once(FinetuneSetup(cfg, state, len(data.classes), CPU), train, val, seed=draw)
+    held = held_out_draw(None, str(out), labels, draw, recipe) if source == "random" else \
+        held_out_draw(source, None, labels, draw, recipe)
+    train, devxy = held.train, held.dev
+    model, fit_ = finetune_once(held.setup, train, held.val, seed=draw)
     print("RESULT", source, labels, "draw", draw, recipe[len(RECIPE):], "fine-tune dev",
           round(evaluate(model, *devxy).accuracy, 4),
           "val", round(fit_.best_val_acc, 3), round(time.time() - t0), "s", flush=True)
     if steps > 0:
         settings = settings_from(steps, [f"{k}={v}" for k, v in opts.items()])
+        cfg = held.setup.cfg
         weak = augmentation_for(cfg.finetune.augment, cfg.data.dataset, train[0].shape[0])
-        unlabelled = to_float(pool.x[unl_idx], CPU)
-        model, _ = fit_consistency(model, train, devxy, unlabelled, seed=draw, settings=settings, weak=weak,
-                                   on_eval=lambda s, row: print(s, round(row["val_acc"], 4), flush=True))
+        model, _ = fit_consistency(
+            model, train, devxy, held.unlabelled(), seed=draw, settings=settings, weak=weak,
+            on_eval=lambda s, row: print(s, round(row["val_acc"], 4), flush=True))
         print("RESULT", source, labels, "draw", draw, f"+ FixMatch {steps} dev",
               round(evaluate(model, *devxy).accuracy, 4), round(time.time() - t0), "s", flush=True)
 

@@ -15,41 +15,24 @@ import sys
 import time
 
 import torch
+from dev_draw import held_out_draw
 
-from aeopt.stages.classifier_run import labelled_split
-from aeopt.stages.few_labels import RECIPE, load_encoders
-from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
+from aeopt.stages.few_labels import RECIPE
+from aeopt.stages.finetune_fit import finetune_once
 from aeopt.training.consistency import fit_consistency, settings_from
-from aeopt.training.data import stratified_subset, to_float, training_pool
 from aeopt.training.supervised import augmentation_for, evaluate
 
 torch.set_num_threads(1)
-CPU = torch.device("cpu")
 source, labels = sys.argv[1], int(sys.argv[2])
 opts = dict(a.split("=", 1) for a in sys.argv[3:])
 draw, spread = int(opts.pop("draw", 0)), int(opts.pop("spread", 0))
 settings = settings_from(int(opts.pop("steps", 600)), [f"{k}={v}" for k, v in opts.items()])
 t0 = time.time()
-if source.startswith("random:"):
-    encoders, _ = load_encoders({}, source[7:], RECIPE, CPU)
-    cfg, state = encoders["random"]
-else:
-    encoders, _ = load_encoders({"ae": source}, None, RECIPE, CPU)
-    cfg, state = encoders["ae"]
-data_cfg = cfg.data.model_copy(update={"split_seed": draw})
-cfg = cfg.model_copy(update={"data": data_cfg, "seed": draw})
-data = labelled_split(data_cfg, labels)
-pool = training_pool(data_cfg)
-rest = torch.ones(len(pool), dtype=torch.bool)
-rest[stratified_subset(pool.y, labels, draw)] = False
-restidx = torch.nonzero(rest).flatten()
-perm = torch.randperm(len(restidx), generator=torch.Generator().manual_seed(99))
-dev_idx, unl_idx = restidx[perm[:5000]], restidx[perm[5000:]]
-devxy = (to_float(pool.x[dev_idx], CPU), pool.y[dev_idx])
-unlabelled = to_float(pool.x[unl_idx], CPU)
-train, val = split_xy(data.train, CPU), split_xy(data.val, CPU)
-setup = FinetuneSetup(cfg, state, len(data.classes), CPU)
-model, fit = finetune_once(setup, train, val, seed=draw)
+held = (held_out_draw(None, source[7:], labels, draw, RECIPE) if source.startswith("random:")
+        else held_out_draw(source, None, labels, draw, RECIPE))
+cfg, state = held.setup.cfg, held.setup.ae_state
+train, devxy, unlabelled = held.train, held.dev, held.unlabelled()
+model, fit = finetune_once(held.setup, train, held.val, seed=draw)
 print(source, labels, "draw", draw, "fine-tune dev", round(evaluate(model, *devxy).accuracy, 4),
       "val", round(fit.best_val_acc, 3), round(time.time() - t0), "s", flush=True)
 
@@ -59,9 +42,9 @@ if spread and state is not None:
     model.eval()
     with torch.no_grad():
         enc = model.encoder
-        codes = torch.cat([enc(x) for x in (train[0], val[0], unlabelled[:20000], devxy[0])]).numpy()
+        codes = torch.cat([enc(x) for x in (train[0], held.val[0], unlabelled[:20000], devxy[0])]).numpy()
     y = -torch.ones(codes.shape[0], dtype=torch.long)
-    y[: train[1].shape[0] + val[1].shape[0]] = torch.cat([train[1], val[1]])
+    y[: train[1].shape[0] + held.val[1].shape[0]] = torch.cat([train[1], held.val[1]])
     codes = (codes - codes.mean(0)) / (codes.std(0) + 1e-6)
     ls = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=50).fit(codes, y.numpy())
     pred = torch.as_tensor(ls.transduction_[-5000:])
