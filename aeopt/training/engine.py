@@ -59,6 +59,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def epoch_images(n: int, batch_size: int) -> int:
+    """How many of an epoch's n images (in its random order) train: all, but a last batch of one.
+    Batch norm cannot train on a single image (the AAE's code norm, the contrastive head raise), and
+    one image's gradient at the full learning rate is noise; the order is new each epoch, so no image
+    is always the one left out. The fused path (aeopt.training.fused) leaves out the same."""
+    return n - 1 if n > 1 and n % batch_size == 1 else n
+
+
 def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     params = list(params)
@@ -130,12 +138,13 @@ class Trainer:
     def train_epoch(self, x: torch.Tensor) -> float:
         """One pass over `x` in a random order; returns the mean training loss."""
         self.model.train()
-        n, bs = x.shape[0], self.cfg.budget.batch_size
+        bs = self.cfg.budget.batch_size
+        n = epoch_images(x.shape[0], bs)
         if self.schedule is None:
             o = self.cfg.optim
             self.schedule = StepSchedule(o.schedule, math.ceil(n / bs), self.cfg.budget.max_epochs,
                                          warmup_epochs=o.warmup_epochs, pct_start=o.pct_start)
-        perm = torch.randperm(n, device=self.device, generator=self.generator)
+        perm = torch.randperm(x.shape[0], device=self.device, generator=self.generator)
         total = torch.zeros((), device=self.device)
         # Dropout masks and a VAE's samples from this run's generator too, not torch's global one:
         # the same numbers whatever else the process runs (fold models in concurrent lanes, say).

@@ -34,7 +34,7 @@ from aeopt import threads
 from aeopt.config import OptimConfig, RunConfig
 from aeopt.switches import turned_off
 from aeopt.training.data import add_noise
-from aeopt.training.engine import EVAL_BATCH, NonFiniteLossError, noise_std
+from aeopt.training.engine import EVAL_BATCH, NonFiniteLossError, epoch_images, noise_std
 from aeopt.training.losses import reconstruction_loss
 from aeopt.training.schedules import StepSchedule
 
@@ -376,9 +376,11 @@ class FusedFolds:
         bs = self.cfg.budget.batch_size
         perms = [idx.to(self.device)[torch.randperm(idx.numel(), device=self.device, generator=g)]
                  for idx, g in zip(folds, self.generators, strict=True)]
+        # As the sequential Trainer: a fold's last batch of a single image is left out.
+        used = [epoch_images(p.numel(), bs) for p in perms]
         if self.schedules is None:
-            self.schedules = [self._plan(math.ceil(p.numel() / bs)) for p in perms]
-        full = min(p.numel() for p in perms) // bs
+            self.schedules = [self._plan(math.ceil(u / bs)) for u in used]
+        full = min(used) // bs
         totals = torch.zeros(self.k, device=self.device)
         for s in range(full):
             threads.tick()  # follow the cores free now (aeopt.threads)
@@ -391,10 +393,10 @@ class FusedFolds:
             self._steps_taken += 1
             totals += losses * bs
         for i, p in enumerate(perms):
-            for start in range(full * bs, p.numel(), bs):
-                batch = p[start:start + bs]
+            for start in range(full * bs, used[i], bs):
+                batch = p[start:min(start + bs, used[i])]
                 totals[i] += self._step_fold(i, x[batch]) * batch.numel()
-        means = (totals / torch.tensor([p.numel() for p in perms], device=self.device)).tolist()
+        means = (totals / torch.tensor(used, device=self.device)).tolist()
         if not all(math.isfinite(v) for v in means):
             raise NonFiniteLossError(f"training loss is {means}: the run diverged; lower optim.lr "
                                      f"(now {self.cfg.optim.lr:g})")
