@@ -211,6 +211,10 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
             idx, guessed = most_confident(teacher.scores, pseudo.per_class, n_classes)
         else:
             idx, guessed = confident_pseudo_labels(model, unlabelled, pseudo.per_class, n_classes)
+        # Both teachers score on the host (sklearn's spread; `evaluate`'s probabilities): on CUDA the
+        # guesses must join the labels on the device.
+        idx, guessed = idx.to(device), guessed.to(device)
+        if model is not None:
             agreement.append(float((guessed == truth[idx]).float().mean()))  # reported, never used to choose
         grown = (torch.cat([train[0], unlabelled[idx]]), torch.cat([train[1], guessed]))
         desc = f"{labels} labels + pseudo, draw {draw}"
@@ -245,6 +249,7 @@ def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | N
     training images and cross-entropy on the draw's labelled ones; its category head is the
     classifier. The drawn images (validation ones too) are not among the unlabelled; no
     pseudo-labels (the categorical prior does their work); the test split scores it once."""
+    set_seed(draw)  # before the model: fresh weights (ae_state None) are the draw's, not the RNG's history
     model = build_model(run_config(cfg)).to(device)
     if ae_state is not None:
         model.load_state_dict(ae_state)
@@ -252,7 +257,6 @@ def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | N
     rest = torch.ones(len(pool), dtype=torch.bool)
     rest[stratified_subset(pool.y, labels, draw)] = False
     unlabelled, _ = split_xy(pool.take(torch.nonzero(rest).flatten()), device)
-    set_seed(draw)
     train, val = split_xy(data.train, device), split_xy(data.val, device)
     clf, fit = fit_semi_supervised(model, unlabelled, train, val, lr=cfg.optim.lr, seed=draw,
                                    settings=SemiSupervisedSettings(steps=cfg.model.ssl_steps))

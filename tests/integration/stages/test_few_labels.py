@@ -229,6 +229,39 @@ def test_a_categorical_aae_takes_the_semi_supervised_path_without_pseudo_labels(
     assert [r["model"] for r in compare_rows([tmp_path / "few"])] == ["ssl (label draws)"]
 
 
+def test_a_fresh_semi_supervised_aae_starts_from_its_draws_weights_whatever_ran_before(monkeypatch):
+    # A spy on the real semi-supervised fit: the weights it starts from. Earlier draws and encoders
+    # move torch's global generator; a draw's fresh model must not depend on them.
+    started = []
+    fit_semi_supervised = few_labels.fit_semi_supervised
+
+    def spy(model, *args, **kwargs):
+        started.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        return fit_semi_supervised(model, *args, **kwargs)
+
+    monkeypatch.setattr(few_labels, "fit_semi_supervised", spy)
+    cfg = FinetuneRun.model_validate({
+        **_cfg().model_dump(exclude={"model"}),
+        "model": {"kind": "aae", "c1": 4, "c2": 8, "c3": 8, "fc": 16, "latent_dim": 4, "disc_hidden": 16,
+                  "categories": 10, "ssl_steps": 5}})
+    for before in (1, 2):
+        torch.manual_seed(before)
+        label_budget({"random": (cfg, None)}, [60], 1, pseudo=PseudoLabels(rounds=0), device=CPU)
+    assert len(started) == 2 and torch.equal(started[0], started[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gpu_suite.sh runs it)")
+@pytest.mark.parametrize("spreading", [None, SpreadSettings(neighbours=10)], ids=["fine-tune", "spread"])
+def test_pseudo_label_rounds_run_on_cuda(spreading):
+    # Both teachers score on the host (the classifier's probabilities, sklearn's spread); their
+    # guesses join labels that live on the GPU.
+    cfg = _cfg()
+    [result] = label_budget({"random": (cfg, None)}, [40], 1, pseudo=PseudoLabels(rounds=1, per_class=20),
+                            device=torch.device("cuda"), spreading=spreading)
+    [d] = result.draws
+    assert 0.0 <= d.test_acc <= 1.0 and len(d.pseudo_label_acc) == 1
+
+
 def test_cli_train_with_the_contrastive_term_then_few_labels_uses_its_encoder(tmp_path):
     from tests.conftest import REPO, run_cli
 
