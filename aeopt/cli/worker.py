@@ -21,8 +21,11 @@ TimeoutOpt = Annotated[float | None, typer.Option(
 # Set by `aeopt launch` for its workers: the launch's own deadline (Unix time), so a worker's slow
 # start (importing torch, loading data) is not added to the budget.
 DeadlineOpt = Annotated[float | None, typer.Option("--deadline", envvar="AEOPT_DEADLINE", hidden=True)]
-WorkerIndexOpt = Annotated[int, typer.Option("--worker-index", min=0, envvar="AEOPT_WORKER_INDEX",
-                                             help="Offsets the sampler seed so workers differ.")]
+WorkerIndexOpt = Annotated[int | None, typer.Option(
+    "--worker-index", min=0, envvar="AEOPT_WORKER_INDEX",
+    help="Offsets the sampler seed (the spec's seed plus this) so workers differ, reproducibly on a fresh "
+         "study. Without it the worker also mixes in its host and process id: workers started anywhere "
+         "still differ, but not reproducibly. `aeopt launch` numbers its workers.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")]
 
 
@@ -33,7 +36,7 @@ def worker(
     timeout: TimeoutOpt = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
-    worker_index: WorkerIndexOpt = 0,
+    worker_index: WorkerIndexOpt = None,
     threads: ThreadsOpt = None,
     amp: AmpOpt = False,
     deadline: DeadlineOpt = None,
@@ -48,7 +51,7 @@ def worker(
         timeout = max(0.01, min(timeout or float("inf"), deadline - time.time()))
     summary = run_worker(opened, study, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
                          worker_index=worker_index, threads=threads, amp=amp)
-    typer.echo(f"worker {worker_index} finished: {summary.counts.text()}; {summary.stopped_because}")
+    typer.echo(f"worker {worker_index or 0} finished: {summary.counts.text()}; {summary.stopped_because}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import optuna
 
 from aeopt.config import SearchSpec
@@ -11,10 +12,24 @@ from aeopt.errors import ConfigError
 from aeopt.search.space import grid
 
 
-def build_sampler(spec: SearchSpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+def sampler_seed(seed: int | None, worker_index: int = 0, salt: tuple[int, ...] = ()) -> int | None:
+    """One worker's sampler seed: the spec's seed plus the worker's index, so workers started together
+    on a fresh study propose different points, reproducibly. A `salt` (the trials a study already
+    holds, a process's identity) is mixed in where that sum alone would repeat an earlier worker's
+    proposals: a rerun or a restart on the same study, workers started without an index."""
+    if seed is None:
+        return None
+    if not salt:
+        return seed + worker_index
+    # SeedSequence hashes its words (non-negative): no two salts map to neighbouring seeds.
+    words = [abs(seed), int(seed < 0), worker_index, *salt]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def build_sampler(spec: SearchSpec, worker_index: int = 0,
+                  salt: tuple[int, ...] = ()) -> optuna.samplers.BaseSampler:
     s = spec.sampler
-    # Each worker offsets the seed, so workers started together do not propose the same trials.
-    seed = None if s.seed is None else s.seed + worker_index
+    seed = sampler_seed(s.seed, worker_index, salt)
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.name == "tpe":
         # multivariate + constant_liar: model parameter interactions, and let running trials of

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import signal
+import socket
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -139,7 +142,7 @@ def run_worker(
     timeout: float | None = None,
     device: str | None = None,
     data_dir: str | None = None,
-    worker_index: int = 0,
+    worker_index: int | None = 0,
     threads: int | None = None,
     amp: bool = False,
     poll_seconds: float = 2.0,
@@ -153,6 +156,7 @@ def run_worker(
     env vars, else the defaults). Stopped by a signal, it logs what it finished and raises `StopSignal`."""
     # The budget counts from here: loading the data and the study is part of it.
     deadline = time.monotonic() + timeout if timeout else None
+    index = 0 if worker_index is None else worker_index  # None: started without an index (see _seed_salt)
     if threads:
         hold_threads(threads)  # the user's count: the thread governor leaves it alone
     clear_stop_requests()  # a stop from an earlier run in this process (tests) is not this one's
@@ -161,13 +165,13 @@ def run_worker(
     study, spec = load_study(storage, study_name)
     # A dead worker's trial first: failed and re-queued before this worker asks for anything.
     fail_stale_trials(study, storage.optuna)
-    study.sampler = build_sampler(spec, worker_index)
+    study.sampler = build_sampler(spec, index, _seed_salt(study, worker_index))
     study.pruner = build_pruner(spec)
     target = study_target(spec, n_trials)
     objective = make_objective(spec, data_dir=data_dir, device=device, amp=amp, target_trials=target,
                                storage=storage)
     _give_deadline(objective, deadline, spec.task)
-    log.info("worker %d on %s: study '%s' (%s), target %s finished trials%s", worker_index, objective.device,
+    log.info("worker %d on %s: study '%s' (%s), target %s finished trials%s", index, objective.device,
              study_name, spec.model.kind, target if target else "unlimited",
              f", {duration_text(timeout)} budget" if timeout else "")
     summary = WorkerSummary()
@@ -181,18 +185,29 @@ def run_worker(
             raise_if_stop_requested()  # a stop noted during the last trial's final storage writes
     except StopSignal as stop:
         summary.stopped_because = f"stopped by signal {signal.Signals(stop.signum).name}"
-        log.warning("worker %d stopped: %s (%s)", worker_index, summary.counts.text(),
+        log.warning("worker %d stopped: %s (%s)", index, summary.counts.text(),
                     summary.stopped_because)
         raise
     if summary.stopped_because == TIMEOUT_REASON:
         # Under a second: what was left of `aeopt launch`'s deadline when this worker was ready.
         summary.stopped_because = (f"the time budget of {duration_text(timeout)} ran out" if timeout >= 1
                                    else "the time budget ran out before this worker was ready")
-    log.info("worker %d done: %s (%s)", worker_index, summary.counts.text(), summary.stopped_because)
+    log.info("worker %d done: %s (%s)", index, summary.counts.text(), summary.stopped_because)
     return summary
 
 
 TIMEOUT_REASON = "timeout"  # what run_trials returns when its time is up
+
+
+def _seed_salt(study: optuna.Study, worker_index: int | None) -> tuple[int, ...]:
+    """What this worker mixes into its sampler's seed (`samplers.sampler_seed`): the trials the study
+    already holds, so that a restarted worker, or a rerun of `aeopt launch` or the quickstart, does
+    not propose the points of the first run again; without an index (workers started by hand or as
+    container replicas, all at index 0), also its host and process, so that no two propose alike."""
+    salt = [len(study.get_trials(deepcopy=False))]
+    if worker_index is None:
+        salt += [zlib.crc32(socket.gethostname().encode()), os.getpid()]
+    return tuple(salt) if any(salt) else ()
 
 
 def _give_deadline(objective: object, deadline: float | None, task: str) -> None:

@@ -107,6 +107,34 @@ def test_nan_trial_fails_and_worker_goes_on(tmp_path):
     assert "NonFiniteLossError" in study.trials[0].user_attrs["fail_reason"]
 
 
+def test_a_rerun_on_the_same_study_proposes_new_points(tmp_path):
+    # The random sampler is seeded: a rerun seeded as the first run would propose its points again.
+    spec = StudySpec.model_validate(tiny_spec("rerun", budget__max_epochs=1))
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_study(storage, spec, "rerun")
+    run_worker(storage, "rerun", n_trials=1, device="cpu", show_progress=False)
+    run_worker(storage, "rerun", n_trials=2, device="cpu", show_progress=False)
+    first, second = load_study(storage, "rerun")[0].trials
+    assert first.params != second.params
+
+
+def test_workers_started_without_an_index_propose_different_points(tmp_path):
+    # Two fresh studies of one spec, a worker process each, no --worker-index (as container replicas
+    # run): each mixes in its process, so their first proposals differ; with an index they repeat.
+    spec_path = write_spec(tmp_path, tiny_spec("noindex", budget__max_epochs=1))
+    params = {}
+    for name, index in (("a", []), ("b", []), ("c", ["--worker-index", "0"]), ("d", ["--worker-index", "0"])):
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        assert run_cli("study", "create", str(spec_path), "--storage", url, cwd=tmp_path).returncode == 0
+        r = run_cli("worker", "--study", "noindex", "--storage", url, "--n-trials", "1", "--device", "cpu",
+                    *index, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        [trial] = load_study(open_storage(url), "noindex")[0].trials
+        params[name] = trial.params
+    assert params["a"] != params["b"]
+    assert params["c"] == params["d"]
+
+
 def test_sqlite_end_to_end_cli(tmp_path):
     spec_path = write_spec(tmp_path, tiny_spec("e2e"))
     url = f"sqlite:///{tmp_path}/studies.db"

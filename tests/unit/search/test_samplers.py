@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
 from aeopt.errors import ConfigError
-from aeopt.search.samplers import build_pruner, build_sampler
+from aeopt.search.samplers import build_pruner, build_sampler, sampler_seed
 from aeopt.search.space import grid, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -71,6 +71,15 @@ def test_the_seed_is_the_spec_seed_plus_the_worker_index(name):
     assert proposals(s, build_sampler(s, worker_index=1), 4) != first  # another worker explores elsewhere
     shifted = spec({**s.sampler.model_dump(), "seed": 8})
     assert proposals(shifted, build_sampler(shifted, 0), 4) == proposals(s, build_sampler(s, 1), 4)
+
+
+def test_a_salt_gives_another_seed_and_always_the_same_one():
+    assert sampler_seed(7, 2) == 9 and sampler_seed(None, 2, (5,)) is None
+    salted = {sampler_seed(7, 0, (n,)) for n in range(1, 50)}
+    assert len(salted) == 49 and 7 not in salted  # a rerun at any study size: a seed of its own
+    assert sampler_seed(7, 0, (3, 11)) == sampler_seed(7, 0, (3, 11)) != sampler_seed(7, 1, (3, 11))
+    assert sampler_seed(-7, 0, (3,)) != sampler_seed(7, 0, (3,))
+    assert all(0 <= sampler_seed(7, i, (i,)) < 2**32 for i in range(5))  # numpy's seed range
 
 
 def test_tpe_starts_with_the_specs_number_of_random_trials():
