@@ -69,8 +69,11 @@ class _FoldHook:
             self.trial.report(1.0 - val_acc, epoch)
             self.reported = epoch
         # A later fold's epoch can cross the deadline too: the trial stops there, pruned at the
-        # last epoch it reported (fold 0's), so `--timeout` holds inside a trial of any length.
-        stop_at_deadline(self.trial, self.deadline, self.reported)
+        # last epoch it reported (fold 0's), so `--timeout` holds inside a trial of any length. A
+        # fold's last epoch stops nothing: were it the trial's last, a complete result would be lost
+        # (folds in lanes still running stop at their own next epoch).
+        if epoch < self.max_epochs:
+            stop_at_deadline(self.trial, self.deadline, self.reported)
         if fold == 0 and self.trial.should_prune():
             TrialRecord(epochs=epoch).write(self.trial, "epochs")
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (validation accuracy {val_acc:.4f})")

@@ -147,7 +147,8 @@ class AutoencoderObjective:
             clock.epoch_done(epoch, mean)
             trial.report(mean, epoch)
             try:
-                stop_at_deadline(trial, self.deadline, epoch)
+                if epoch < cfg.budget.max_epochs:  # after the last epoch the trial is complete, not stopped
+                    stop_at_deadline(trial, self.deadline, epoch)
                 if trial.should_prune():
                     TrialRecord(epochs=epoch, fold_losses=losses).write(trial)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean validation loss {mean:.5g})")

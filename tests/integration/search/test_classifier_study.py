@@ -149,14 +149,26 @@ def test_the_deadline_stops_a_classifier_trial_at_an_epoch_end(tmp_path):
 
 
 def test_a_later_folds_epoch_past_the_deadline_stops_the_trial():
-    # The hook after fold 1's epoch (fold 0 finished, reported up to epoch 2): pruned at epoch 2.
+    # The hook after fold 1's first epoch (fold 0 finished, reported up to epoch 2): pruned at epoch 2.
     study = optuna.create_study()
     trial = study.ask()
     hook = _FoldHook(trial, deadline=None, folds=2, max_epochs=2)
     hook(0, 1, 0.5, 1.0)
     hook(0, 2, 0.6, 0.9)
-    hook(1, 1, 0.5, 1.0)  # no deadline: nothing happens
     hook.deadline = time.monotonic() - 1.0
     with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
-        hook(1, 2, 0.6, 0.9)
+        hook(1, 1, 0.5, 1.0)
     assert trial.user_attrs[STOPPED_BY] == DEADLINE_REASON
+
+
+def test_a_folds_last_epoch_past_the_deadline_leaves_the_trial_complete():
+    # After the last fold's last epoch nothing is left to stop: the result is complete, not pruned.
+    study = optuna.create_study()
+    trial = study.ask()
+    hook = _FoldHook(trial, deadline=None, folds=2, max_epochs=2)
+    hook(0, 1, 0.5, 1.0)
+    hook(0, 2, 0.6, 0.9)
+    hook(1, 1, 0.5, 1.0)
+    hook.deadline = time.monotonic() - 1.0
+    hook(1, 2, 0.6, 0.9)
+    assert STOPPED_BY not in trial.user_attrs

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from aeopt.config import StudySpec
-from aeopt.search.objective import AutoencoderObjective
+from aeopt.search.objective import STOPPED_BY, AutoencoderObjective
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import SPEC_ATTR, create_study, load_study
 from aeopt.search.worker import run_worker
@@ -72,6 +72,28 @@ def test_objective_through_ask_tell(tmp_path):
     assert t.user_attrs["epochs"] == 2 and t.user_attrs["device"] == "cpu"
     assert sorted(t.intermediate_values) == [1, 2]
     assert set(t.params) == {"optim.lr", "model.c1"}
+
+
+@pytest.mark.parametrize(("epochs", "state"), [(1, TrialState.COMPLETE), (2, TrialState.PRUNED)])
+def test_a_deadline_passed_in_the_last_epoch_leaves_the_trial_complete(tmp_path, monkeypatch, epochs, state):
+    # The deadline passes as training starts (a spy on the real cross_validate): a trial whose first
+    # epoch is its last is complete, not stopped; one with an epoch left stops after its first.
+    from aeopt.search import objective as objective_module
+
+    spec = StudySpec.model_validate(tiny_spec("late", budget__max_epochs=epochs, budget__patience=0))
+    study = create_study(open_storage(f"sqlite:///{tmp_path}/s.db"), spec, "late")
+    objective = AutoencoderObjective(spec, device="cpu", upload_artifacts=False)
+    cross_validate = objective_module.cross_validate
+
+    def past_deadline(*args, **kwargs):
+        objective.deadline = time.monotonic() - 1.0
+        return cross_validate(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "cross_validate", past_deadline)
+    study.optimize(objective, n_trials=1)
+    [t] = study.trials
+    assert t.state == state and t.last_step == 1
+    assert (STOPPED_BY in t.user_attrs) == (state == TrialState.PRUNED)
 
 
 def test_pruning_prunes_a_bad_configuration(tmp_path):
