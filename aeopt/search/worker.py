@@ -110,7 +110,9 @@ def next_step(counts: StudyCounts, target: int | None, heartbeat: bool) -> Decis
         return Decision(Step.RUN)
     if counts.finished >= target:
         return Decision(Step.STOP, f"the study holds {counts.finished} finished trials")
-    if counts.finished + counts.running >= target and not counts.waiting:
+    # Waiting trials past the target (enqueued points) stay for a later, larger target: run now, they
+    # would fail as surplus. A dead worker's re-queued copy is within it: the original is FAIL.
+    if counts.finished + counts.running >= target:
         if heartbeat:
             return Decision(Step.WAIT, "the remaining trials are running in other workers")
         return Decision(Step.STOP, "the remaining trials are running in other workers")
@@ -184,7 +186,7 @@ def run_worker(
                 poll_seconds=poll_seconds, callbacks=[_TrialLines(summary, bar, target)], limits=limits)
             raise_if_stop_requested()  # a stop noted during the last trial's final storage writes
     except StopSignal as stop:
-        summary.stopped_because = f"stopped by signal {signal.Signals(stop.signum).name}"
+        summary.stopped_because = f"{STOPPED_REASON} {signal.Signals(stop.signum).name}"
         log.warning("worker %d stopped: %s (%s)", index, summary.counts.text(),
                     summary.stopped_because)
         raise
@@ -306,16 +308,22 @@ class _NoTrialTracebacks(logging.Filter):
         return True
 
 
-def _is_surplus(trial: FrozenTrial) -> bool:
-    # A surplus trial failed on purpose (two workers raced for the last one), or one the time budget
-    # ended before it reported anything: not a failing study.
+STOPPED_REASON = "stopped by signal"  # how a trial ended by Ctrl-C / SIGTERM's fail_reason begins
+
+
+def _not_the_trials_fault(trial: FrozenTrial) -> bool:
+    """A failed trial that says nothing of the study: a surplus trial failed on purpose (two workers
+    raced for the last one), one the time budget ended before it reported anything, one stopped by a
+    signal (Ctrl-C, `aeopt launch` stopping, a preempted machine), or a dead worker's (re-queued, at
+    most 3 times: storage.py's RetryHeartbeatStaleTrialCallback)."""
     reason = TrialRecord.of(trial).fail_reason or ""
-    return reason.startswith(SurplusTrialError.__name__) or reason == DEADLINE_REASON
+    return (reason.startswith((SurplusTrialError.__name__, STOPPED_REASON, LOST_REASON))
+            or reason == DEADLINE_REASON)
 
 
 def _check_study_budget(name: str, trials: list[FrozenTrial], limits: FailureLimits,
                         target: int | None) -> None:
-    failed = [t for t in trials if t.state == TrialState.FAIL and not _is_surplus(t)]
+    failed = [t for t in trials if t.state == TrialState.FAIL and not _not_the_trials_fault(t)]
     budget = limits.study_budget(target, StudyCounts.of(trials).finished)
     if len(failed) > budget:
         last = TrialRecord.of(max(failed, key=lambda t: t.number)).fail_reason or "no reason recorded"
@@ -333,7 +341,7 @@ class _FailureStreak:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:  # noqa: ARG002
         if trial.state != TrialState.FAIL:
             self.count = 0
-        elif not _is_surplus(trial):
+        elif not _not_the_trials_fault(trial):
             self.count += 1
             self.last_reason = TrialRecord.of(trial).fail_reason or "no reason recorded"
 
@@ -358,7 +366,7 @@ class _Recorded:
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt as exc:
-            _record_reason(trial, f"stopped by signal {getattr(exc, 'signum', signal.SIGINT.value)}")
+            _record_reason(trial, f"{STOPPED_REASON} {getattr(exc, 'signum', signal.SIGINT.value)}")
             raise
         except Exception as exc:
             _record_reason(trial, fail_reason(exc))

@@ -30,13 +30,30 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
     (StudyCounts(complete=2, running=1), 3, True, Step.WAIT),
     (StudyCounts(complete=1, running=2), 3, True, Step.WAIT),
     (StudyCounts(complete=2, running=1), 3, False, Step.STOP),
-    # A waiting trial (enqueued, or a dead worker's re-queued one) is this worker's to run.
-    (StudyCounts(complete=2, running=1, waiting=1), 3, True, Step.RUN),
-    (StudyCounts(complete=2, running=1, waiting=1), 3, False, Step.RUN),
+    # A waiting trial (enqueued, or a dead worker's re-queued copy) within the target is this worker's.
+    (StudyCounts(complete=1, failed=1, waiting=1), 3, False, Step.RUN),
+    # One past the target is left for a later, larger target: run now, it would fail as surplus.
+    (StudyCounts(complete=2, running=1, waiting=1), 3, True, Step.WAIT),
+    (StudyCounts(complete=2, running=1, waiting=1), 3, False, Step.STOP),
     (StudyCounts(complete=1, running=1), 3, False, Step.RUN),
 ])
 def test_next_step(counts, target, heartbeat, step):
     assert next_step(counts, target, heartbeat).step is step
+
+
+def test_enqueued_points_past_the_target_stay_waiting():
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # another worker's
+    study.enqueue_trial({"x": 0.1})
+    study.enqueue_trial({"x": 0.2})
+
+    def objective(trial: optuna.Trial) -> float:
+        check_surplus(trial, 1)
+        return trial.suggest_float("x", 0, 1)
+
+    why = run_trials(study, objective, target=1, heartbeat=None)
+    assert why == "the remaining trials are running in other workers"
+    assert StudyCounts.of(study) == StudyCounts(running=1, waiting=2)  # no point used up as a surplus FAIL
 
 
 def test_stop_and_wait_say_why():

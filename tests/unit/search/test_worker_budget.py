@@ -71,11 +71,20 @@ def test_the_study_budget_stops_every_worker_before_a_new_trial():
                       limits=FailureLimits()) == "the study holds 6 finished trials"
 
 
-def test_surplus_trials_count_against_no_budget():
+@pytest.mark.parametrize("reason", [
+    "SurplusTrialError: the study already has 2 trials finished or running",
+    "stopped by signal 15",  # Ctrl-C, `aeopt launch` stopping, a preempted machine: not the spec's fault
+    "worker lost: no heartbeat for 120 s",  # a dead worker's trial, re-queued at most 3 times
+    "deadline",
+])
+def test_trials_that_say_nothing_of_the_study_count_against_no_budget(reason):
     study = optuna.create_study()
-    _add_failed(study, 12, reason="SurplusTrialError: the study already has 2 trials finished or running")
+    _add_failed(study, 12, reason=reason)
     assert run_trials(study, lambda t: 0.5, target=2, heartbeat=None,
                       limits=FailureLimits()) == "the study holds 2 finished trials"
+
+
+def test_surplus_trials_count_against_no_streak():
 
     def surplus(trial: optuna.Trial) -> float:
         raise SurplusTrialError("raced")
