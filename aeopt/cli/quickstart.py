@@ -47,7 +47,8 @@ def quickstart(
     """Run a small pruned, cross-validated study end to end and export the best config.
 
     Uses SQLite (studies/aeopt.db) and a 5,000-image Fashion-MNIST subset (or scikit-learn's digits
-    when Fashion-MNIST is not on disk). Rerunning continues the same study up to --n-trials.
+    when Fashion-MNIST is not on disk). Rerunning continues the same study up to --n-trials; with another
+    --max-epochs or --train-subset (or dataset) it stops and says how to start afresh.
 
     Ctrl-C (or SIGTERM) stops it cleanly: the summary of what finished and the export of the best
     complete trial so far, then exit 130 (143).

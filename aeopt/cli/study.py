@@ -32,7 +32,8 @@ SpecArg = Annotated[str, typer.Argument(
     "classifier; `aeopt configs` lists them).", show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
                                              help=f"Name (default: the spec's `name`): {NAME_RULE}.")]
-SkipOpt = Annotated[bool, typer.Option("--skip-if-exists", help="Reuse an existing study of that name.")]
+SkipOpt = Annotated[bool, typer.Option(
+    "--skip-if-exists", help="Reuse an existing study of that name; it keeps the spec it was created with.")]
 ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", envvar="AEOPT_ARTIFACTS",
                                                   help="Folder for trial artifacts (PNGs, best checkpoint).")]
 StudyNameArg = Annotated[str, typer.Argument(help="Study name.")]
@@ -62,7 +63,7 @@ def create(
     opened = open_storage(storage)
     folder = artifacts if artifacts is not None else str(default_artifact_dir(opened))
     study = create_study(opened, spec_obj, name, skip_if_exists=skip_if_exists, artifacts=folder)
-    write_study_note(study, spec_obj)
+    write_study_note(study)  # from the stored spec: an existing study keeps its own
     typer.echo(f"study '{study.study_name}' ready in {opened.display}")
     typer.echo(f"run workers with: aeopt worker --study {study.study_name} --n-trials 50"
                + ("" if storage is None else " --storage URL"))

@@ -27,6 +27,7 @@ from aeopt.search.studies import (
     ARTIFACTS_ENV,
     default_artifact_dir,
     name_objectives,
+    spec_of,
     study_names,
 )
 
@@ -61,10 +62,13 @@ def spec_markdown(spec: SearchSpec | dict[str, Any], name: str | None = None) ->
     return "\n".join(parts)
 
 
-def write_study_note(study: optuna.Study, spec: SearchSpec | dict[str, Any]) -> None:
-    """Show the study's spec as its note in optuna-dashboard. Never raises: the note is a
+def write_study_note(study: optuna.Study) -> None:
+    """Show the study's stored spec as its note in optuna-dashboard. Never raises: the note is a
     convenience, and a study that was created must not be reported as failed for it."""
     try:
+        # The stored spec, not the one a caller has in hand: with --skip-if-exists (or a quickstart
+        # rerun) that one may differ, and the note says this is what every worker trains.
+        spec = spec_of(study)
         # Imported here: optuna-dashboard costs a second at start-up, and `aeopt study` commands need
         # it only for this call. Inside the try: an install without it (a GPU image given only the
         # packages that train) still creates studies, without the note.

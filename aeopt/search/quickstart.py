@@ -19,14 +19,22 @@ import optuna
 from optuna.trial import TrialState
 
 from aeopt.config import SearchSpec, StudySpec
-from aeopt.errors import AeoptError, DataNotFoundError
+from aeopt.errors import AeoptError, DataNotFoundError, StudyError
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.export import export_best, write_export
 from aeopt.search.launch import launch
 from aeopt.search.records import StudyCounts, TrialRecord
 from aeopt.search.refit import refit_study
 from aeopt.search.storage import Storage
-from aeopt.search.studies import create_study, default_artifact_dir, load_study
+from aeopt.search.studies import (
+    changes_text,
+    create_study,
+    default_artifact_dir,
+    load_study,
+    spec_changes,
+    storage_flag,
+    study_names,
+)
 from aeopt.search.worker import StopSignal, run_worker
 from aeopt.training.data import load_dataset
 
@@ -94,14 +102,16 @@ def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials
                    data_dir: str | None = None, device: str | None = None,
                    out: str | Path = "quickstart", timeout: float | None = None,
                    refit: bool = True) -> QuickstartResult:
-    """Create (or continue) the quickstart study, run it to `n_trials` (or until `timeout` seconds or a
-    stop signal), export the best config and, with `refit`, refit it and test it once."""
+    """Create (or continue, when made with the same settings: `check_rerun`) the quickstart study, run it
+    to `n_trials` (or until `timeout` seconds or a stop signal), export the best config and, with
+    `refit`, refit it and test it once."""
     dataset = pick_dataset(data_dir)
     subset = train_subset if dataset in ("fashion_mnist", "mnist") else None
     spec = quickstart_spec(dataset, subset, max_epochs)
+    check_rerun(storage, study_name, spec)
     study = create_study(storage, spec, study_name, skip_if_exists=True,
                          artifacts=str(default_artifact_dir(storage)))
-    write_study_note(study, spec)
+    write_study_note(study)
     log.info("study '%s' in %s: %d trials of a conv autoencoder on %s, %d-fold CV, TPE + Hyperband",
              study_name, storage.display, n_trials, dataset, spec.cv.folds)
     stopped_because, signum = _run_trials(storage, study_name, n_trials=n_trials, workers=workers,
@@ -114,13 +124,47 @@ def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials
         best_path = None
     result = QuickstartResult(study, spec, best_path, stopped_because, signum)
     if refit and best_path is not None and signum is None and not stopped_because:
-        # On the search's own images (the subset), so that the quickstart stays minutes long; the
-        # printed next step refits on the full training split.
+        # On the search's own images (the stored spec's subset), so that the quickstart stays minutes
+        # long; the printed next step refits on the full training split.
+        subset = spec.data.train_subset
         keep = [f"data.train_subset={subset}"] if subset is not None else []
         done = refit_study(storage, study_name, Path(out) / "refit", keep, data_dir=data_dir, device=device,
                            show_progress=False)
         result.refit_path, result.refit_headline = done.checkpoint, done.record["summary"]
     return result
+
+
+# The quickstart options that set a field of its spec.
+_OPTION_OF = {"budget.max_epochs": "--max-epochs", "data.train_subset": "--train-subset"}
+
+
+def check_rerun(storage: Storage, study_name: str, spec: SearchSpec) -> None:
+    """A rerun continues the study only with the spec it was made with, else a one-line StudyError.
+
+    Refused rather than continued on the stored spec: the options a user changed (--max-epochs,
+    --train-subset, Fashion-MNIST now on disk) would be dropped, and minutes of trials and a refit
+    spent on settings they did not ask for, with one warning line among the progress to tell them.
+    Nor can the study take the new spec: its trials would no longer be comparable (TPE, Hyperband)."""
+    if study_name not in study_names(storage):
+        return
+    _, stored = load_study(storage, study_name)
+    changes = spec_changes(stored, spec)
+    if not changes:
+        return
+    fresh = f"`aeopt study delete {study_name}{storage_flag(storage)}`"
+    where = f"study '{study_name}' in {storage.display}"
+    keys = {key for key, _, _ in changes}
+    if "data.dataset" in keys:
+        old, new = stored.data.dataset, spec.data.dataset
+        raise StudyError(f"{where} ran on {old}, and this run would use {new}: start afresh on {new} with "
+                         f"{fresh}, or pass another --storage")
+    if keys <= _OPTION_OF.keys():
+        made = " ".join(f"{_OPTION_OF[key]} {old}" for key, old, _ in changes)
+        now = " ".join(f"{_OPTION_OF[key]} {new}" for key, _, new in changes)
+        raise StudyError(f"{where} was made with {made}, not {now}: rerun with {made} to continue it, or "
+                         f"start afresh with {fresh}")
+    raise StudyError(f"{where} was made by another version of the quickstart ({changes_text(changes)}): "
+                     f"start afresh with {fresh}")
 
 
 def _run_trials(storage: Storage, study_name: str, *, n_trials: int, workers: int, device: str | None,

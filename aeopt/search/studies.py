@@ -22,7 +22,7 @@ from aeopt.config import SearchSpec, format_validation_error, spec_schema
 from aeopt.errors import ConfigError, StudyError
 from aeopt.search.records import StudyCounts, TrialRecord, best_trial, value_text
 from aeopt.search.samplers import build_sampler
-from aeopt.search.storage import Storage
+from aeopt.search.storage import Storage, normalize, resolve_url
 
 SPEC_ATTR = "aeopt:spec"
 ARTIFACTS_ATTR = "aeopt:artifacts"
@@ -113,7 +113,13 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
         if not skip_if_exists:
             raise StudyError(f"study '{name}' already exists in {storage.display}; "
                              "pass --skip-if-exists to reuse it, or `aeopt study delete` it first")
-        study, _ = load_study(storage, name)
+        study, stored = load_study(storage, name)
+        changes = spec_changes(stored, spec)
+        if changes:  # workers train the stored spec: say so, or the user believes the new one runs
+            log.warning("study '%s' already exists with another spec (%s): it keeps its stored spec, which "
+                        "is what every worker trains; for the new one use a new --study-name, or "
+                        "`aeopt study delete %s%s` first", name, changes_text(changes), name,
+                        storage_flag(storage))
         return study
     check_study_name(name)  # only new studies: one created before names were checked still loads
     build_sampler(spec)  # a sampler this machine cannot run fails here, not in every worker
@@ -130,6 +136,40 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     for line in skipped:
         log.warning("study '%s': %s", name, line)
     return study
+
+
+def storage_flag(storage: Storage) -> str:
+    """' --storage URL' in a command to run next, or '' when `storage` is the one commands open anyway."""
+    return "" if storage.url == normalize(resolve_url(None)) else " --storage URL"
+
+
+def spec_changes(stored: SearchSpec, given: SearchSpec) -> list[tuple[str, Any, Any]]:
+    """Where `given` differs from a study's `stored` spec: (dotted field, stored value, given value), in
+    the spec's order. The name is not compared: the stored spec carries the study's (see create_study)."""
+    old, new = _leaves(stored.model_dump(mode="json")), _leaves(given.model_dump(mode="json"))
+    return [(key, old.get(key), new.get(key)) for key in dict.fromkeys([*old, *new])
+            if key != "name" and old.get(key) != new.get(key)]
+
+
+def changes_text(changes: list[tuple[str, Any, Any]], limit: int = 3) -> str:
+    """'budget.max_epochs: 1 stored, 7 given; ...', the first `limit` of `spec_changes`."""
+    shown = [f"{key}: {_shown(old)} stored, {_shown(new)} given" for key, old, new in changes[:limit]]
+    more = len(changes) - limit
+    return "; ".join(shown) + (f"; {more} more" if more > 0 else "")
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value)
 
 
 # ----- where a study keeps its trial artifacts (see aeopt.search.artifacts) ------------------------

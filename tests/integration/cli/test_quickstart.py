@@ -6,11 +6,13 @@ import json
 import os
 
 import pytest
+from optuna_dashboard import get_note
 
 from aeopt.config import load_run_config
+from aeopt.search.quickstart import quickstart_spec
 from aeopt.search.records import StudyCounts
 from aeopt.search.storage import open_storage
-from aeopt.search.studies import load_study
+from aeopt.search.studies import create_study, load_study
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -52,3 +54,37 @@ def test_quickstart_on_digits_two_trials(tmp_path):
     assert f"storage:     {url}" in r.stdout
     # The study keeps its artifacts beside the database; the best trial uploaded its checkpoint.
     assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").iterdir())
+
+
+def _no_data(tmp_path) -> tuple[dict[str, str], str]:
+    """An environment and a --data-dir without Fashion-MNIST: the quickstart picks the bundled digits."""
+    empty = tmp_path / "no-data"
+    empty.mkdir(exist_ok=True)
+    return {k: v for k, v in os.environ.items() if k not in ("AEOPT_DATA_DIR", "AEOPT_DEVICE")}, str(empty)
+
+
+@pytest.mark.parametrize(("made", "error"), [
+    (quickstart_spec("digits", None, 1),
+     "was made with --max-epochs 1, not --max-epochs 2: rerun with --max-epochs 1 to continue it, or start "
+     "afresh with `aeopt study delete quickstart --storage URL`"),
+    # Made on Fashion-MNIST, rerun where only the digits are: it cannot continue on the images it used.
+    (quickstart_spec("fashion_mnist", 5000, 2),
+     "ran on fashion_mnist, and this run would use digits: start afresh on digits with "
+     "`aeopt study delete quickstart --storage URL`, or pass another --storage"),
+])
+def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error):
+    # Its workers would train the stored spec, not the options given: refused before any trial, and the
+    # study (its spec and dashboard note) is left as it was.
+    url = f"sqlite:///{tmp_path}/qs.db"
+    study = create_study(open_storage(url), made, "quickstart")
+    env, empty = _no_data(tmp_path)
+    r = run_cli("quickstart", "--n-trials", "1", "--max-epochs", "2", "--no-refit", "--storage", url,
+                "--data-dir", empty, "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path, env=env,
+                timeout=600)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == f"error: study 'quickstart' in {url} {error}"
+    assert "Traceback" not in r.stderr
+    study, stored = load_study(open_storage(url), "quickstart")
+    assert stored == made.model_copy(update={"name": "quickstart"}) and not study.trials
+    assert get_note(study) == ""  # create_study alone writes no note; the refused rerun wrote none
+    assert not (tmp_path / "qs").exists()

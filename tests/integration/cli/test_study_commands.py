@@ -64,3 +64,27 @@ def test_study_commands(tmp_path):
     r = run_cli("study", "delete", "cli", "--storage", url, "--yes", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "deleted study 'cli'"
     assert run_cli("study", "list", "--storage", url, cwd=tmp_path).stdout.startswith("no studies yet")
+
+
+def test_skip_if_exists_keeps_the_stored_spec_says_so_and_notes_it(tmp_path):
+    # Workers train the stored spec: a new one given with --skip-if-exists is not run, so a warning says
+    # so, and the dashboard note ("the spec below is what every worker trains") stays the stored one.
+    spec = tmp_path / "keep.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(name="keep")))
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    same = run_cli("study", "create", str(spec), "--storage", url, "--skip-if-exists", cwd=tmp_path)
+    assert same.returncode == 0 and "another spec" not in same.stderr  # the same spec: nothing to say
+
+    r = run_cli("study", "create", str(spec), "--storage", url, "--skip-if-exists",
+                "--set", "budget.max_epochs=7", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"study 'keep' ready in {url}\n")
+    assert r.stderr.splitlines() == [
+        "study 'keep' already exists with another spec (budget.max_epochs: 1 stored, 7 given): it keeps its "
+        "stored spec, which is what every worker trains; for the new one use a new --study-name, or "
+        "`aeopt study delete keep --storage URL` first"]
+    study, stored = load_study(open_storage(url), "keep")
+    assert stored.budget.max_epochs == 1
+    note = get_note(study)
+    assert "max_epochs: 1\n" in note and "max_epochs: 7" not in note

@@ -54,7 +54,7 @@ def study_with_artifacts(tmp_path, monkeypatch):
     artifacts = tmp_path / "artifacts"
     spec = _spec()
     study = create_study(storage, spec, artifacts=str(artifacts))
-    write_study_note(study, spec)
+    write_study_note(study)
     trial = study.ask()
     lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
     cfg = spec.run_config({"optim.lr": lr})
@@ -113,7 +113,7 @@ def test_a_study_is_created_without_its_note_where_optuna_dashboard_is_missing(t
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` raises ImportError
     storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
     study = create_study(storage, _spec())
-    write_study_note(study, _spec())
+    write_study_note(study)
     assert "dashboard note: ModuleNotFoundError" in caplog.text
     assert study_names(storage) == [study.study_name]
 
