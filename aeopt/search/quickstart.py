@@ -22,7 +22,7 @@ from aeopt.config import SearchSpec, StudySpec
 from aeopt.errors import AeoptError, DataNotFoundError, StudyError
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.export import export_best, write_export
-from aeopt.search.launch import launch
+from aeopt.search.launch import launch, missing_cuda
 from aeopt.search.records import StudyCounts, TrialRecord
 from aeopt.search.refit import refit_study
 from aeopt.search.storage import Storage
@@ -37,6 +37,7 @@ from aeopt.search.studies import (
 )
 from aeopt.search.worker import StopSignal, run_worker
 from aeopt.training.data import load_dataset
+from aeopt.training.engine import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ def _run_trials(storage: Storage, study_name: str, *, n_trials: int, workers: in
                 data_dir: str | None, timeout: float | None) -> tuple[str, int | None]:
     """Run the trials in this process or in `workers` processes: (why it stopped, the stop signal)."""
     if workers > 1:
-        code = launch(storage, study_name, workers, devices=device, n_trials=n_trials, data_dir=data_dir,
-                      timeout=timeout)
+        code = launch(storage, study_name, workers, devices=launch_devices(device), n_trials=n_trials,
+                      data_dir=data_dir, timeout=timeout)
         if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             return f"stopped by signal {signal.Signals(code - 128).name}", code - 128
         if code:
@@ -187,6 +188,20 @@ def _run_trials(storage: Storage, study_name: str, *, n_trials: int, workers: in
         return "stopped by signal SIGINT", signal.SIGINT.value
     # Its target reached, the worker's reason says nothing new; a budget that ran out does.
     return ("" if summary.stopped_because.startswith("the study holds") else summary.stopped_because), None
+
+
+def launch_devices(device: str | None) -> str:
+    """The device of every worker process: --device, or when it is left out (or auto) the default one
+    worker gets (cuda when available), not launch's own default, the CPU. Errors name --device, the
+    option the quickstart has (launch's say --devices)."""
+    try:
+        resolved = str(resolve_device(device))  # raises for a CUDA device on a machine without CUDA
+    except RuntimeError:  # torch's answer to a string that is no device
+        raise AeoptError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    problem = missing_cuda([resolved])  # cuda:N beyond the devices this machine has
+    if problem:
+        raise AeoptError(f"--device {device}: {problem}")
+    return resolved
 
 
 def best_trial_exists(study: optuna.Study) -> bool:

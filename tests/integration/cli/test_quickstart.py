@@ -13,6 +13,7 @@ from aeopt.search.quickstart import quickstart_spec
 from aeopt.search.records import StudyCounts
 from aeopt.search.storage import open_storage
 from aeopt.search.studies import create_study, load_study
+from aeopt.training.engine import resolve_device
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -88,3 +89,20 @@ def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error
     assert stored == made.model_copy(update={"name": "quickstart"}) and not study.trials
     assert get_note(study) == ""  # create_study alone writes no note; the refused rerun wrote none
     assert not (tmp_path / "qs").exists()
+
+
+def test_quickstart_workers_run_on_the_default_device(tmp_path):
+    # --device auto, as no --device, means cuda when available for every worker process too: not the
+    # CPU (launch's own default), and not `--devices auto: 'auto' is not a device`.
+    url = f"sqlite:///{tmp_path}/qs.db"
+    env, empty = _no_data(tmp_path)
+    r = run_cli("quickstart", "--workers", "2", "--device", "auto", "--n-trials", "2", "--max-epochs", "1",
+                "--no-refit", "--storage", url, "--data-dir", empty, "--out", str(tmp_path / "qs"),
+                cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    device = str(resolve_device(None))
+    assert f"launched 2 workers ({device}, {device})" in r.stderr
+    for i in range(2):
+        log = (tmp_path / "logs" / "quickstart" / f"worker-{i}.log").read_text()
+        assert f"worker {i} on {device}: " in log
+    assert StudyCounts.of(load_study(open_storage(url), "quickstart")[0]).finished == 2
