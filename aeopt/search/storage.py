@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from aeopt.errors import AeoptError, StorageError
 from aeopt.search.env import env_int
 from aeopt.search.heartbeat import HeartbeatGrpcStorage, HeartbeatJournalStorage, heartbeat_enabled
 from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
+from aeopt.search.urls import redact, scrub, unencoded_at
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +46,6 @@ DEFAULT_URL = "sqlite:///studies/aeopt.db"
 
 def resolve_url(url: str | None) -> str:
     return url or os.environ.get("AEOPT_STORAGE") or DEFAULT_URL
-
-
-_HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:%]*$")
-_QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret)=)[^&#]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs, errors and exports.
-
-    Parsed by hand, not by a URL library, so that a password holding an unencoded '@', ':' or '/'
-    is masked whole: the credentials run from '://' to the LAST '@' that is followed by a host.
-    A password in the query string (`?password=...`) is masked too.
-    """
-    if "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    rest = _QUERY_SECRET.sub(r"\1***", rest)
-    if rest.startswith("/"):  # no authority (sqlite:///path, journal:////abs): an '@' there is a path
-        return f"{scheme}://{rest}"
-    for at in reversed([i for i, c in enumerate(rest) if c == "@"]):
-        host = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
-        if _HOST.match(host):
-            userinfo = rest[:at]
-            if ":" not in userinfo:
-                break  # a user name alone is not a secret
-            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{rest[at + 1:]}"
-    return f"{scheme}://{rest}"
 
 
 def kind(url: str) -> str:
@@ -208,7 +181,7 @@ def _open_waiting(url: str, policy: RetryPolicy, pool_size: int = 2) -> BaseStor
                 raise exc.storage_error from None
             if attempt == 0:
                 log.warning("storage %s unreachable (%s); retrying for up to %g s", redact(url),
-                            reason(exc.cause), policy.window)
+                            scrub(reason(exc.cause), url), policy.window)
             time.sleep(min(policy.delay(attempt), left))
             attempt += 1
 
@@ -244,10 +217,12 @@ def _open(url: str, pool_size: int = 2) -> BaseStorage:
         raise StorageError(f"storage {redact(url)} needs the Python package '{exc.name}'; "
                            "pip install it") from None
     except Exception as exc:
-        reason_ = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        reason_ = reason_.replace(url, redact(url))
+        # Scrubbed before it is cut short: a cut could leave the start of a password unmatched.
+        text = str(exc).strip()
+        reason_ = scrub(text.splitlines()[0], url)[:200] if text else type(exc).__name__
+        hint = "; a password holding '@' must be written %40 in the URL" if unencoded_at(url) else ""
         error = StorageError(f"cannot open storage {redact(url)}: {reason_}; check the URL and that the "
-                             "server is running")
+                             f"server is running{hint}")
         if is_restarting(exc):
             raise _Transient(exc, error) from None
         raise error from None

@@ -93,6 +93,11 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("list-postgres-at-in-password", ["study", "list", "--storage",
                                       f"postgresql://aeopt:{PASSWORD}@x@127.0.0.1:1/aeopt"], {}),
     ("list-redis-password", ["study", "list", "--storage", f"redis://:{PASSWORD}@127.0.0.1:1/0"], {}),
+    # The driver ends the password at its first '@' and names the rest in its error, as the host.
+    ("list-postgres-password-after-at", ["study", "list", "--storage",
+                                         f"postgresql://aeopt:x@{PASSWORD}@127.0.0.1:1/aeopt"], {}),
+    ("list-postgres-multi-host", ["study", "list", "--storage",
+                                  f"postgresql://aeopt:{PASSWORD}@127.0.0.1:1,127.0.0.2:1/aeopt"], {}),
     ("list-mysql-no-driver", ["study", "list", "--storage", f"mysql+nodriver://u:{PASSWORD}@h/db"], {}),
     ("list-unknown-scheme", ["study", "list", "--storage", "nosuch://x"], {}),
     ("list-not-a-url", ["study", "list", "--storage", "studies/aeopt.db"], {}),

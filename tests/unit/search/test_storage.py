@@ -8,6 +8,7 @@ import pytest
 
 from aeopt.errors import StorageError
 from aeopt.search.storage import Storage, open_storage, redact
+from aeopt.search.urls import scrub
 
 
 @pytest.mark.parametrize("url,shown", [
@@ -21,6 +22,16 @@ from aeopt.search.storage import Storage, open_storage, redact
     # A password in the query string.
     ("postgresql://u@db/x?password=secret&sslmode=require", "postgresql://u@db/x?password=***&sslmode=require"),
     ("postgresql://u@db/x?sslmode=require&PASSWORD=s3cr@t", "postgresql://u@db/x?sslmode=require&PASSWORD=***"),
+    # libpq's multi-host list, no port, a unix socket folder in the query or percent-encoded as the host.
+    ("postgresql://u:s3cret@10.0.0.1:5432,10.0.0.2:5432/db", "postgresql://u:***@10.0.0.1:5432,10.0.0.2:5432/db"),
+    ("postgresql://u:s3cret@db/x", "postgresql://u:***@db/x"),
+    ("postgresql://u:s3cret@/x?host=/tmp", "postgresql://u:***@/x?host=/tmp"),
+    ("postgresql://u:s3cret@%2Ftmp/x", "postgresql://u:***@%2Ftmp/x"),
+    ("postgresql://u:p@ss@/x?host=/var/run/postgresql", "postgresql://u:***@/x?host=/var/run/postgresql"),
+    ("postgresql://u:p%40ss@db/x", "postgresql://u:***@db/x"),
+    # Nothing after any '@' reads as a host: all up to the last '@' is masked, user name too.
+    ("postgresql://u:s3cret@h1 h2/db", "postgresql://***@h1 h2/db"),
+    ("postgresql://u:s3c@ret@h1;h2/db", "postgresql://***@h1;h2/db"),
 ])
 def test_passwords_are_masked(url, shown):
     assert redact(url) == shown
@@ -61,6 +72,32 @@ def test_a_failed_open_names_the_storage_without_its_password():
     msg = str(err.value)
     assert "hunter2" not in msg and "postgresql+psycopg://user:***@127.0.0.1:1/nodb" in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("url,hidden", [
+    # The driver ends the password at the first '@' and names the rest in its error, as a host.
+    ("postgresql://postgres:pa@SECRETHALF@127.0.0.1:5432/db", "SECRETHALF"),
+    # A comma-separated host list: no host matched the old pattern, and the URL was shown whole.
+    ("postgresql://postgres:s3cret@127.0.0.1:5432,127.0.0.2:5432/postgres", "s3cret"),
+    ("postgresql://postgres:s3%40cret@127.0.0.1:1,127.0.0.2:1/postgres", "cret"),
+])
+def test_a_failed_open_shows_no_part_of_the_password(url, hidden):
+    with pytest.raises(StorageError) as err:
+        open_storage(url)
+    msg = str(err.value)
+    assert hidden not in msg and "\n" not in msg
+    assert msg.startswith("cannot open storage postgresql+psycopg://")
+
+
+def test_scrub_masks_every_form_of_the_password_in_a_drivers_message():
+    url = "postgresql://u:ab%40cd@ef@h:5432/db"  # password 'ab%40cd@ef': URL-decoded 'ab@cd@ef'
+    said = f"failed to resolve host 'ef@h'; password ab@cd@ef, cd, ab%40cd; url {url}"
+    shown = scrub(said, url)
+    assert shown == "failed to resolve host '***@h'; password ***, ***, ***; url postgresql://u:***@h:5432/db"
+    assert scrub("connection refused", "sqlite:///a@b.db") == "connection refused"
+    # A short piece is masked where it stands alone, not inside a word of the message.
+    said = "password failed; host 'pa@db'"
+    assert scrub(said, "postgresql://u:x@pa@db/x") == "password failed; host '***@db'"
 
 
 def test_default_is_aeopt_storage_then_the_embedded_sqlite(tmp_path, monkeypatch):
