@@ -13,7 +13,8 @@ password masked, for every log line, error and page. Supported URLs, each set up
 - redis://host:port/db   Optuna's journal on Redis
 - grpc://host:port       a gRPC storage proxy (`aeopt storage proxy`) in front of any of the above,
                          for more workers than the database has connections for (heartbeats
-                         through a lease in the trials, as on journal storages)
+                         through a lease in the trials, as on journal storages); opened only once a
+                         proxy answers there (search/proxy_probe.py)
 
 Every storage comes wrapped in `aeopt.search.retry.RetryingStorage`: a database restart or a cut link
 is waited out (up to AEOPT_OUTAGE_SECONDS, default 180) instead of killing the worker.
@@ -36,6 +37,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, Jour
 from aeopt.errors import AeoptError, StorageError
 from aeopt.search.env import env_int
 from aeopt.search.heartbeat import HeartbeatGrpcStorage, HeartbeatJournalStorage, heartbeat_enabled
+from aeopt.search.proxy_probe import grpc_address, probe
 from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
 from aeopt.search.urls import redact, scrub, unencoded_at
 
@@ -163,8 +165,9 @@ def open_storage(url: str | None = None, *, create: bool = True, pool_size: int 
                            "with `aeopt study create conv_ae`")
     policy = RetryPolicy(window=outage_seconds())
     inner = _open_waiting(url, policy, pool_size)
-    # An RDB storage connected when it was built: it has been reached, a later refusal is an outage.
-    reached = kind(url) not in ("redis", "grpc")
+    # An RDB storage connected when it was built, and a gRPC proxy was probed (_open): either has been
+    # reached, so a later refusal is an outage to wait out.
+    reached = kind(url) != "redis"
     return Storage(RetryingStorage(inner, display=display, policy=policy, reached=reached), url, display)
 
 
@@ -203,12 +206,12 @@ def _open(url: str, pool_size: int = 2) -> BaseStorage:
         if url.startswith("redis://"):
             return _journal(JournalRedisBackend(url))
         if url.startswith("grpc://"):
-            host, _, port = url[len("grpc://"):].rstrip("/").partition(":")
+            host, port = grpc_address(url)
+            probe(url, host, port)  # the client below connects only on its first call
             # The proxy forwards no heartbeats: the client keeps a lease, as on journal storages.
             interval, grace = _heartbeat_settings()
             return HeartbeatGrpcStorage(
-                host=host or "localhost", port=int(port or 13000), heartbeat_interval=interval,
-                grace_period=grace,
+                host=host, port=port, heartbeat_interval=interval, grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         return _rdb(url, pool_size)
     except AeoptError:  # already one line for the user (a bad setting, a missing file)

@@ -98,6 +98,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
                                          f"postgresql://aeopt:x@{PASSWORD}@127.0.0.1:1/aeopt"], {}),
     ("list-postgres-multi-host", ["study", "list", "--storage",
                                   f"postgresql://aeopt:{PASSWORD}@127.0.0.1:1,127.0.0.2:1/aeopt"], {}),
+    ("list-grpc-with-password", ["study", "list", "--storage", f"grpc://u:{PASSWORD}@127.0.0.1:1"], {}),
+    ("list-grpc-unreachable", ["study", "list", "--storage", "grpc://127.0.0.1:1"], {}),
     ("list-mysql-no-driver", ["study", "list", "--storage", f"mysql+nodriver://u:{PASSWORD}@h/db"], {}),
     ("list-unknown-scheme", ["study", "list", "--storage", "nosuch://x"], {}),
     ("list-not-a-url", ["study", "list", "--storage", "studies/aeopt.db"], {}),
@@ -120,6 +122,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("worker-missing-data-dir", ["worker", "--study", "s", "--data-dir", "{fx}/no", "--storage", DB], {}),
     ("worker-no-study", ["worker", "--storage", DB], {}),
     ("worker-postgres-password", ["worker", "--study", "s", "--storage", PG], {}),
+    ("worker-grpc-unreachable", ["worker", "--study", "s", "--storage", "grpc://127.0.0.1:1"], {}),
     # ----- launch
     ("launch-absent-gpu", ["launch", "--study", "s", "--devices", f"cpu,{ABSENT_GPU}", "--storage", DB], {}),
     ("launch-bad-device", ["launch", "--study", "s", "--devices", "gpu0", "--storage", DB], {}),
