@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import StorageOpt, StudyOpt
+from aeopt.files import output_file
 from aeopt.search.export import export_study
 from aeopt.search.storage import open_storage
 
@@ -25,6 +26,7 @@ def export(study: StudyOpt, output: OutputOpt, storage: StorageOpt = None, top: 
 
     Example: aeopt export --study conv_ae -o best.yaml
     """
+    output_file(output)  # a folder of that name, say: one line before the storage is opened
     result = export_study(open_storage(storage, create=False), study, output, top)
     best = result if isinstance(result, dict) else result[0]
     m, p = best["metrics"], best["provenance"]

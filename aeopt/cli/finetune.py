@@ -10,6 +10,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import RunConfig, load_finetune_config
+from aeopt.files import output_folder
 
 # Left out of the printed summary (they are in metrics.json): long, and not results.
 _NOT_PRINTED = {"history", "finetune", "autoencoder"}
@@ -68,6 +69,7 @@ def finetune(
     if out is None:
         name = config.stem if config is not None else checkpoint.parent.name if checkpoint is not None else ""
         out = Path("runs") / f"finetune-{name or 'finetune'}"
+    output_folder(out)  # before training, not after it
     # Imported on use: the stage imports torch (seconds); a bad config above fails before that.
     from aeopt.stages.finetune import finetune as run_finetune  # noqa: PLC0415
 

@@ -8,6 +8,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, StorageOpt, StudyOpt
 from aeopt.errors import AeoptError
+from aeopt.files import output_folder
 from aeopt.search.launch import launch as run
 from aeopt.search.storage import open_storage
 
@@ -52,6 +53,8 @@ def launch(
     if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
         raise AeoptError(f"--workers {workers}: give a number of workers (at least 1) or auto")
     count = workers if workers == "auto" else int(workers)
+    if log_dir is not None:
+        output_folder(log_dir)  # a file of that name, say: one line before the study is loaded
     code = run(open_storage(storage, create=False), study, count, devices=devices, n_trials=n_trials,
                timeout=timeout, data_dir=data_dir, log_dir=log_dir, amp=amp)
     raise typer.Exit(code)

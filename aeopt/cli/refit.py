@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt, StorageOpt, StudyOpt
+from aeopt.files import output_folder
 from aeopt.search.refit import default_out, refit_study
 from aeopt.search.storage import open_storage
 
@@ -36,7 +37,7 @@ def refit(
 
     Example: aeopt refit --study conv_ae --data-dir ../shared/data -o runs/best --set budget.max_epochs=30
     """
-    out = out or default_out(study)
+    out = output_folder(out or default_out(study))  # before the storage is opened and the training
     result = refit_study(open_storage(storage, create=False), study, out, set_ or [], data_dir=data_dir,
                          device=device, amp=amp)
     r = result.record

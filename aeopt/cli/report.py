@@ -69,7 +69,7 @@ def report(
               aeopt report --checkpoint runs/best/checkpoint.pt --data-dir ../shared/data -o reports/best
     """
     # Imported here so `aeopt --help` stays fast: the report pulls in plotly, sklearn and torch.
-    from aeopt.files import staged_folder  # noqa: PLC0415
+    from aeopt.files import output_folder, staged_folder  # noqa: PLC0415
     from aeopt.report import build_report  # noqa: PLC0415
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
@@ -77,6 +77,7 @@ def report(
     # ignored there): one line, exit 130, and the --out folder as it was.
     with contextlib.suppress(ValueError):  # not the main thread (a test calling it in-process)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    output_folder(out)  # checked before the storage is opened and anything trained
     # Opened once, and only when a study is read: --checkpoint alone must not create a database.
     reads_a_study = study is not None or denoising_study is not None or (denoising or "").startswith("study:")
     opened = open_storage(storage, create=False) if reads_a_study else None

@@ -12,6 +12,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import load_run_config
+from aeopt.files import output_folder
 
 
 def train(
@@ -39,9 +40,9 @@ def train(
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # The config is checked before torch is imported: a typo costs a fraction of a second.
     cfg = load_run_config(config, set_ or [])
+    out = output_folder(out or Path("runs") / Path(config).stem)  # before training, not after it
     from aeopt.stages.train import train_run  # noqa: PLC0415 (imports torch: seconds, only when training)
 
-    out = out or Path("runs") / Path(config).stem
     _, metrics = train_run(cfg, data_dir=data_dir, device=device, out=out, amp=amp)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     typer.echo(json.dumps(summary, indent=2))

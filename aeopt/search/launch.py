@@ -32,6 +32,7 @@ from pathlib import Path
 import optuna
 
 from aeopt.errors import AeoptError
+from aeopt.files import cannot_write, make_folder
 from aeopt.progress import interactive, progress
 from aeopt.search.records import StudyCounts, best_value_text
 from aeopt.search.storage import Storage
@@ -192,8 +193,9 @@ def launch(
     if storage.single_machine and workers > 4:
         log.warning("%d workers on %s: SQLite and journal files are for one machine and a few processes; "
                     "use PostgreSQL for more", workers, storage.kind)
-    log_dir = Path(log_dir) if log_dir else log_folder(study_name)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = make_folder(Path(log_dir) if log_dir else log_folder(study_name))
+    # Every log file opened before any worker starts: one that cannot be written leaves none running.
+    logs = _open_logs([log_dir / f"worker-{i}.log" for i in range(workers)])
     # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
     env.pop("AEOPT_DEADLINE", None)
@@ -203,13 +205,12 @@ def launch(
     if timeout:  # one deadline for all workers, counted from now, not from each one's start-up
         env["AEOPT_DEADLINE"] = f"{time.time() + timeout:.3f}"
     procs: list[WorkerProcess] = []
-    for i, dev in enumerate(assigned):
+    for i, (dev, fh) in enumerate(zip(assigned, logs, strict=True)):
         cmd = worker_command(study_name, i, dev, threads=None, n_trials=n_trials, timeout=timeout,
                              data_dir=data_dir, amp=amp)
-        path = log_dir / f"worker-{i}.log"
-        with open(path, "w") as fh:
+        with fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        procs.append(WorkerProcess(i, dev, path, proc))
+        procs.append(WorkerProcess(i, dev, Path(fh.name), proc))
     log.info("launched %d workers (%s); logs in %s/%s", workers, ", ".join(assigned), log_dir,
              f"; budget {timeout:g} s" if timeout else "")
     started = time.monotonic()
@@ -218,6 +219,20 @@ def launch(
         log.info("the time budget of %g s ran out (%.0f s after the launch)", timeout,
                  time.monotonic() - started)
     return code
+
+
+def _open_logs(paths: list[Path]) -> list:
+    """The workers' log files, opened for writing (each closed once its worker has it); one line if
+    any cannot be (a folder of that name, no permission), with none left open."""
+    logs: list = []
+    try:
+        for path in paths:
+            logs.append(open(path, "w"))  # noqa: SIM115
+    except OSError as exc:
+        for fh in logs:
+            fh.close()
+        raise cannot_write(path, exc) from exc
+    return logs
 
 
 def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | None,

@@ -29,6 +29,9 @@ ABSENT_GPU = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: on no
 DB = "sqlite:///{fx}/s.db"
 MISSING_DB = "sqlite:///{fx}/typo/x.db"
 PG = f"postgresql://aeopt:{PASSWORD}@127.0.0.1:1/aeopt"
+# Seconds of training on CPU, should a bad output path go unnoticed until the outputs are written.
+TINY_RUN = ["--set", "data.dataset=synthetic", "--set", "data.train_subset=200", "--set",
+            "budget.max_epochs=1", "--device", "cpu"]
 
 
 def _create(*args: str) -> list[str]:
@@ -63,6 +66,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("train-bad-device-env", ["train", CONFIG], {"AEOPT_DEVICE": "tpu"}),
     ("train-no-config", ["train"], {}),
     ("train-unknown-option", ["train", CONFIG, "--epochs", "3"], {}),
+    ("train-out-is-a-file", ["train", CONFIG, *TINY_RUN, "-o", "{fx}/bad.yaml"], {}),
+    ("train-out-under-a-file", ["train", CONFIG, *TINY_RUN, "-o", "{fx}/bad.yaml/run"], {}),
     # ----- study create: specs, space, names, storages
     ("create-missing-spec", ["study", "create", "{fx}/missing.yaml", "--storage", DB], {}),
     ("create-bad-yaml", ["study", "create", "{fx}/bad.yaml", "--storage", DB], {}),
@@ -130,6 +135,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("launch-missing-study", ["launch", "--study", "nope", "--storage", DB], {}),
     ("launch-typo-storage", ["launch", "--study", "s", "--storage", MISSING_DB], {}),
     ("launch-missing-data-dir", ["launch", "--study", "s", "--data-dir", "{fx}/no", "--storage", DB], {}),
+    ("launch-log-dir-is-a-file", ["launch", "--study", "s", "--log-dir", "{fx}/bad.yaml",
+                                  "--storage", DB], {}),
+    ("launch-log-dir-under-a-file", ["launch", "--study", "s", "--log-dir", "{fx}/bad.yaml/logs",
+                                     "--storage", DB], {}),
     # ----- export
     ("export-missing-study", ["export", "--study", "nope", "-o", "best.yaml", "--storage", DB], {}),
     ("export-no-complete-trial", ["export", "--study", "s", "-o", "best.yaml", "--storage", DB], {}),
@@ -137,6 +146,11 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("export-top-zero", ["export", "--study", "s", "-o", "best.yaml", "--top", "0", "--storage", DB], {}),
     ("export-typo-storage", ["export", "--study", "s", "-o", "best.yaml", "--storage", MISSING_DB], {}),
     ("export-no-output", ["export", "--study", "s", "--storage", DB], {}),
+    # Study 'done' holds a complete trial: the export gets as far as writing.
+    ("export-output-is-a-folder", ["export", "--study", "done", "-o", "{fx}/folder.yaml",
+                                   "--storage", DB], {}),
+    ("export-output-under-a-file", ["export", "--study", "done", "-o", "{fx}/bad.yaml/best.yaml",
+                                    "--storage", DB], {}),
     # ----- dashboard, report, storage proxy
     ("dashboard-port-too-big", ["dashboard", "--port", "99999", "--storage", DB], {}),
     ("dashboard-port-not-a-number", ["dashboard", "--port", "http", "--storage", DB], {}),
@@ -146,6 +160,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("report-typo-storage", ["report", "-o", "out", "--study", "s", "--storage", MISSING_DB], {}),
     ("report-missing-checkpoint", ["report", "-o", "out", "--checkpoint", "{fx}/missing.pt"], {}),
     ("report-no-output", ["report", "--study", "s", "--storage", DB], {}),
+    ("report-output-under-a-file", ["report", "-o", "{fx}/bad.yaml/out", "--study", "done",
+                                    "--storage", DB], {}),
+    ("refit-output-under-a-file", ["refit", "--study", "done", "-o", "{fx}/bad.yaml/out", *TINY_RUN,
+                                   "--storage", DB], {}),
     ("proxy-unknown-scheme", ["storage", "proxy", "--storage", "foo://x"], {}),
     ("proxy-port-not-a-number", ["storage", "proxy", "--port", "x"], {}),
     # ----- finetune, baseline, compare, quickstart
@@ -154,6 +172,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("finetune-too-few-labels", ["finetune", CONFIG, "--labels", "5"], {}),
     ("finetune-negative-lr", ["finetune", CONFIG, "--set", "finetune.lr=-1"], {}),
     ("finetune-missing-checkpoint", ["finetune", "--checkpoint", "{fx}/missing.pt"], {}),
+    ("finetune-out-under-a-file", ["finetune", CONFIG, *TINY_RUN, "--set", "finetune.max_epochs=1",
+                                   "-o", "{fx}/bad.yaml/run"], {}),
     ("baseline-missing-config", ["baseline", "cnn", "--config", "{fx}/missing.yaml"], {}),
     ("baseline-unknown-key", ["baseline", "cnn", "--set", "train.nope=1"], {}),
     ("compare-missing-run", ["compare", "{fx}/no-run"], {}),
@@ -178,7 +198,22 @@ def fixtures(tmp_path_factory) -> Path:
             "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
     (fx / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     create_study(open_storage(DB.format(fx=fx)), StudySpec.model_validate(tiny), "s")
+    _finished_study(DB.format(fx=fx), tiny)
+    (fx / "folder.yaml").mkdir()
     return fx
+
+
+def _finished_study(url: str, spec: dict) -> None:
+    """Study 'done': one complete trial, written through Optuna alone (the commands only read it)."""
+    import optuna
+
+    storage = open_storage(url)
+    create_study(storage, StudySpec.model_validate({**spec, "name": "done"}), "done")
+    study = optuna.load_study(study_name="done", storage=storage.optuna)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.05, params={"optim.lr": 3e-3},
+        distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        user_attrs={"fold_losses": [0.05, 0.052], "cv_std": 0.001, "epochs": 1}))
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
