@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import DataDirOpt, DeviceOpt, StorageOpt
+from aeopt.files import output_folder
 from aeopt.search.quickstart import (
     QUICKSTART_EPOCHS,
     QUICKSTART_SUBSET,
@@ -55,6 +56,7 @@ def quickstart(
 
     Example: aeopt quickstart --data-dir ../shared/data
     """
+    output_folder(out)  # before the study runs, not after it
     opened = open_storage(storage)
     res = run_quickstart(opened, n_trials=n_trials, train_subset=train_subset, max_epochs=max_epochs,
                          workers=workers, data_dir=data_dir, device=device, out=out, timeout=timeout,

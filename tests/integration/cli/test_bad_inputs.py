@@ -179,6 +179,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("compare-missing-run", ["compare", "{fx}/no-run"], {}),
     ("quickstart-zero-trials", ["quickstart", "--n-trials", "0"], {}),
     ("quickstart-missing-data-dir", ["quickstart", "--data-dir", "{fx}/no-data"], {}),
+    ("quickstart-out-under-a-file", ["quickstart", "-o", "{fx}/bad.yaml/out"], {}),
     # ----- the root
     ("unknown-command", ["tune", CONFIG], {}),
     ("unknown-root-option", ["--verbose", "study", "list"], {}),
