@@ -3,7 +3,7 @@
 # GPU has minutes, not hours). Prints, and keeps in $OUT:
 #   cuda_tests   the CUDA equivalence tests: fused folds (autoencoders, classifiers) vs sequential, CUDA
 #                graphs vs eager (and that a second trial of the same architecture reuses the graph);
-#                the few-label pseudo-label rounds on the device
+#                the few-label pseudo-label rounds on the device; launch's default devices (every GPU)
 #   throughput   images/s, aeopt engine vs torchvision + ToTensor + DataLoader; the training step's
 #                FLOP/s against the GPU's matmul peak
 #   fused_folds  s per 5-fold epoch and per 5-fold x 50-epoch trial on full data, the report's network
@@ -27,7 +27,8 @@ python3 -c "import torch, optuna; print('torch', torch.__version__, 'optuna', op
 step() { local limit=$1 name=$2; shift 2; echo "== $name"; local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/$name.log"; echo "($name: $((SECONDS - t0)) s)"; }
 step 75 cuda_tests python3 -m pytest -q -p no:cacheprovider -rs tests/unit/training/test_fused.py \
-  tests/unit/training/test_supervised.py tests/integration/stages/test_few_labels.py -k "fused or graphs or cuda"
+  tests/unit/training/test_supervised.py tests/integration/stages/test_few_labels.py tests/unit/search/test_launch.py \
+  -k "fused or graphs or cuda or every_gpu"
 step 45 throughput python3 benchmarks/throughput.py --device cuda --epochs 2 --flops --json "$OUT/throughput.json"
 step 110 fused_folds python3 benchmarks/fused_folds.py --device cuda --repeats 3 --wide --trial-epochs 50 \
   --json "$OUT/fused_folds.json"

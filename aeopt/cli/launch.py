@@ -18,7 +18,8 @@ WorkersOpt = Annotated[str, typer.Option(
          "and cores).")]
 DevicesOpt = Annotated[str | None, typer.Option(
     "--devices",
-    help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it).")]
+    help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it). "
+         "Default: every GPU of this machine, else cpu.")]
 NTrialsOpt = Annotated[int | None, typer.Option("--n-trials", min=1,
                                                 help="Study-wide target of finished trials.")]
 TimeoutOpt = Annotated[float | None, typer.Option(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,12 +52,24 @@ class WorkerProcess:
 
 
 def parse_devices(devices: str | None) -> list[str]:
-    items = [d.strip() for d in (devices or "cpu").split(",") if d.strip()]
+    """The devices named, in order (a repeat puts another worker there); none named: `default_devices`."""
+    items = [d.strip() for d in (devices or "").split(",") if d.strip()]
     for d in items:
         if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
             raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, "
                              "comma-separated")
-    return items or ["cpu"]
+    return items or default_devices()
+
+
+def default_devices() -> list[str]:
+    """Without --devices: every GPU this machine has, round-robin (as `aeopt worker` takes CUDA when
+    it is there), else the CPU. torch (seconds to import) is asked only where an NVIDIA driver is."""
+    if not Path("/proc/driver/nvidia").exists() and shutil.which("nvidia-smi") is None:
+        return ["cpu"]
+    import torch  # noqa: PLC0415
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
 def missing_cuda(devices: list[str]) -> str | None:

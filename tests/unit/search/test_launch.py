@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from aeopt.errors import AeoptError
 from aeopt.search.launch import GPU_WORKERS, WORKER_GPU_BYTES, parse_devices, plan_workers, worker_command
 
 
+def test_no_devices_means_every_gpu_here_else_the_cpu():
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    assert parse_devices(None) == parse_devices("") == (gpus or ["cpu"])
+
+
 @pytest.mark.parametrize("given,devices", [
-    (None, ["cpu"]),
-    ("", ["cpu"]),
     ("cpu", ["cpu"]),
     ("cuda", ["cuda"]),
     ("cuda:0,cuda:1", ["cuda:0", "cuda:1"]),
