@@ -71,6 +71,7 @@ def report(
     # Imported here so `aeopt --help` stays fast: the report pulls in plotly, sklearn and torch.
     from aeopt.files import output_folder, staged_folder  # noqa: PLC0415
     from aeopt.report import build_report  # noqa: PLC0415
+    from aeopt.report.leftovers import remove_leftovers, report_figures  # noqa: PLC0415
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
     # Ctrl-C / kill -INT stop the report even when started in the background (SIGINT inherited as
@@ -82,13 +83,20 @@ def report(
     reads_a_study = study is not None or denoising_study is not None or (denoising or "").startswith("study:")
     opened = open_storage(storage, create=False) if reads_a_study else None
     # Built beside --out and moved in when complete: Ctrl-C part-way leaves no half-written report.
-    with staged_folder(out) as staging:
+    # Staged empty: the report reuses nothing of an earlier one (a best checkpoint is downloaded
+    # again), and a copy would carry the earlier report's figures into this one's folder. The move
+    # only adds and replaces files, so the earlier report's figures this one did not draw are
+    # removed afterwards; files of the user's in --out are left alone (see aeopt/report/leftovers.py).
+    previous = report_figures(out)
+    with staged_folder(out, keep_existing=False) as staging:
         path = build_report(study, staging, storage=opened, checkpoint=checkpoint, finetune=finetune,
                             data_dir=data_dir, device=device, denoising=denoising,
                             denoising_study=denoising_study, max_points=max_points,
                             fid_classifier=fid_classifier,
                             compare_generators=[Path(p.strip()) for p in (compare_generators or "").split(",")
-                                                if p.strip()])
+                                                if p.strip()],
+                            final_out=out)
+    remove_leftovers(out, previous, report_figures(out))
     typer.echo(str(out / path.relative_to(staging)))
 
 

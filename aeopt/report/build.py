@@ -32,6 +32,7 @@ from aeopt.report.denoising import (
 )
 from aeopt.report.finetune import finetune_section, read_run
 from aeopt.report.generation import GenerationInputs, generation_section, read_generation
+from aeopt.report.leftovers import remove_leftovers, report_figures
 from aeopt.report.model import latent_section, load_sample, model_section, samples_section
 from aeopt.report.page import Section, render_html
 from aeopt.report.source import ShownModel, Workbench, best_of_study, from_file
@@ -164,6 +165,12 @@ def _sections(inputs: Inputs, bench: Workbench, max_points: int,
     return sections, numbers, main
 
 
+def drawn_figures(sections: list[Section], out: Path) -> list[str]:
+    """The PNGs the sections drew, relative to `out`: what the page shows, not whatever is in the folder."""
+    return sorted(item.png.relative_to(out).as_posix() for s in sections for item in s.items
+                  if item.png is not None and not item.missing)
+
+
 def _json_default(v: Any) -> Any:
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
@@ -175,12 +182,14 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
                  data_dir: str | None = None, device: str | None = None, denoising_study: str | None = None,
                  denoising: str | None = None,
                  max_points: int = 2000, show_progress: bool = True, fid_classifier: str | Path | None = None,
-                 compare_generators: list[Path] | None = None) -> Path:
+                 compare_generators: list[Path] | None = None, final_out: str | Path | None = None) -> Path:
     """Write every figure as PNG, report.json and report.html (self-contained) to `out`; returns the page.
 
     `study_name` (read from `storage`) adds the search section and, without `checkpoint`, shows the
     study's best model; `checkpoint` shows that autoencoder instead (no storage needed).
     `denoising`: skip, train or study:NAME (see `choose_denoising`; `denoising_study` is study:NAME).
+    `final_out`: where `out` ends up, for the log line (the CLI builds in a staging folder moved there).
+    A figure an earlier report left in `out` that this one does not draw is removed (`leftovers.py`).
     """
     out = Path(out)
     bench = Workbench(out, resolve_device(device), data_dir, show_progress)
@@ -191,12 +200,13 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
     inputs.generation = read_generation(fid_classifier, compare_generators, bench.device,
                                         shown=inputs.given or inputs.spec)
     out.mkdir(parents=True, exist_ok=True)
+    previous = report_figures(out)
     head: dict[str, Any] = {"study": study_name,
                             "storage": inputs.storage.display if inputs.storage is not None else None,
                             "checkpoint": str(checkpoint) if checkpoint is not None else None}
     with progress(_steps(inputs), "report", unit="step", enabled=show_progress) as bar:
         sections, numbers, main = _sections(inputs, bench, max_points, bar)
-        numbers = {**head, **numbers, "figures": sorted(p.name for p in out.glob("*.png"))}
+        numbers = {**head, **numbers, "figures": drawn_figures(sections, out)}
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         where = [f"{k} {head[k]}" for k in ("storage", "checkpoint") if head[k]]
         subtitle = "; ".join([f"{main.cfg.model.kind} on {main.cfg.data.dataset}", *where, f"written {when}"])
@@ -204,5 +214,6 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
         atomic_write_text(out / "report.html", render_html(title, subtitle, sections, out))
         atomic_write_text(out / "report.json", json.dumps(numbers, indent=2, default=_json_default) + "\n")
         bar.update({"step": "html"})
-    log.info("wrote %s and %d PNG figures", out / "report.html", len(numbers["figures"]))
+    remove_leftovers(out, previous, numbers["figures"])
+    log.info("wrote %s and %d PNG figures", Path(final_out or out) / "report.html", len(numbers["figures"]))
     return out / "report.html"
