@@ -11,7 +11,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import load_baseline_config
-from aeopt.stages.compare import compare_rows, format_table
+from aeopt.stages.compare import compare_rows, different_test_sets, format_table
 
 baseline_app = typer.Typer(help="Supervised baselines trained from scratch, for `aeopt compare`.",
                            no_args_is_help=True)
@@ -131,12 +131,17 @@ def compare(
              "`aeopt baseline few-labels --out`.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Accuracy and time of classifier runs side by side, as the report's table.
+    """Accuracy and time of classifier runs side by side, as the report's table, with the dataset and
+    test-set size of each; one warning line (stderr) when they differ: test accuracies on different
+    test sets are not comparable.
 
     Example: aeopt compare runs/finetune-best runs/baseline-cnn
     """
     rows = compare_rows([str(r) for r in runs])
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+    warning = different_test_sets(rows)
+    if warning is not None:
+        typer.echo(warning, err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,11 @@ Each folder is read with `read_classifier_run` (the schema both stages write), s
 not a classifier run is one line that says what to pass instead. A label-budget folder (label_draws.json,
 `aeopt.stages.few_labels`) gives one row per encoder and label budget: test accuracy as mean +- std
 over its label draws.
+
+Test accuracy is only comparable on one test set: the table shows each row's dataset and test-set
+size, and `different_test_sets` gives one line when the rows differ in either (a label budget, mode or
+model may differ: that is what a comparison is for). It warns rather than refuses: a table across
+datasets can be what the user wants, as long as nobody reads it as like for like.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from typing import Any
 from aeopt.stages.few_labels import LABEL_DRAWS_FILE, read_label_draws
 from aeopt.stages.metrics import ClassifierMetrics, read_classifier_run
 
-HEADER = ["run", "model", "labels", "train acc", "val acc", "test acc", "epochs", "train time", "total time",
-          "device"]
+HEADER = ["run", "model", "dataset", "n test", "labels", "train acc", "val acc", "test acc", "epochs",
+          "train time", "total time", "device"]
 # Columns right-aligned in the table: the numbers.
-NUMERIC = {2, 3, 4, 5, 6, 7, 8}
+NUMERIC = {3, 4, 5, 6, 7, 8, 9, 10}
 
 
 def compare_row(folder: str | Path, m: ClassifierMetrics) -> dict[str, Any]:
@@ -25,6 +30,8 @@ def compare_row(folder: str | Path, m: ClassifierMetrics) -> dict[str, Any]:
     return {
         "run": str(folder),
         "model": m.label,
+        "dataset": m.dataset,
+        "n_test": m.n_test,
         "labels": m.labels,
         "train_acc": m.train_acc,
         "val_acc": m.val_acc_mean,
@@ -39,7 +46,9 @@ def compare_row(folder: str | Path, m: ClassifierMetrics) -> dict[str, Any]:
 
 def label_draw_rows(folder: str | Path) -> list[dict[str, Any]]:
     """Rows of a label-budget folder: the mean over label draws, with their std."""
-    return [{"run": str(folder), "model": f"{r['encoder']} (label draws)", "labels": r["labels"],
+    return [{"run": str(folder), "model": f"{r['encoder']} (label draws)",
+             # label_draws.json records neither (yet): unknown, and left out of the check.
+             "dataset": r.get("dataset"), "n_test": r.get("n_test"), "labels": r["labels"],
              "train_acc": None, "val_acc": r["val_acc_mean"], "val_std": None, "test_acc": r["test_acc_mean"],
              "test_std": r["test_acc_std"], "draws": r["draws"], "epochs": None, "seconds": r["seconds"],
              "total_seconds": None, "device": None} for r in read_label_draws(folder)]
@@ -53,6 +62,21 @@ def compare_rows(folders: list[str | Path]) -> list[dict[str, Any]]:
         else:
             rows.append(compare_row(folder, read_classifier_run(folder).metrics))
     return rows
+
+
+def different_test_sets(rows: list[dict[str, Any]]) -> str | None:
+    """One line when the rows were tested on different test sets (another dataset, or another test
+    subset size), naming them; None when they agree. Rows that do not record a field are skipped."""
+    parts = []
+    for key, what in (("dataset", "datasets"), ("n_test", "test-set sizes")):
+        seen = sorted({r[key] for r in rows if r.get(key) is not None})
+        if len(seen) > 1:
+            parts.append(f"{what} ({', '.join(map(str, seen))})")
+    if not parts:
+        return None
+    return (f"warning: these runs were tested on different test sets: {' and '.join(parts)} differ, so "
+            "their test accuracies are not comparable; rerun them with the same data.dataset and "
+            "data.test_subset")
 
 
 def _acc(v: Any) -> str:
@@ -72,7 +96,8 @@ def _text(v: Any) -> str:
 def _cells(r: dict[str, Any]) -> list[str]:
     val = _acc(r["val_acc"]) + (f" +- {r['val_std']:.4f}" if r.get("val_std") is not None else "")
     test = _acc(r["test_acc"]) + (f" +- {r['test_std']:.4f}" if r.get("test_std") is not None else "")
-    return [r["run"], r["model"], _text(r["labels"]), _acc(r["train_acc"]), val, test,
+    return [r["run"], r["model"], _text(r.get("dataset")), _text(r.get("n_test")), _text(r["labels"]),
+            _acc(r["train_acc"]), val, test,
             _text(r["epochs"]), _secs(r["seconds"]), _secs(r["total_seconds"]), _text(r["device"] or None)]
 
 

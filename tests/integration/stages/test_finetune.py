@@ -291,7 +291,7 @@ def test_baseline_cnn_and_compare(tmp_path):
     proc = run_cli("compare", str(ft), str(cnn), cwd=tmp_path)
     _ok(proc)
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:3] == ["run", "model", "labels"] and len(lines) == 4
+    assert lines[0].split()[:6] == ["run", "model", "dataset", "n", "test", "labels"] and len(lines) == 4
     fm = json.loads((ft / "metrics.json").read_text())
     assert str(ft) in lines[2] and f"{fm['test_acc']:.4f}" in lines[2]
     assert "finetune conv_ae (full)" in lines[2]

@@ -21,7 +21,7 @@ from aeopt.stages.classifier_run import (
     evaluate_on_test,
     labelled_split,
 )
-from aeopt.stages.compare import compare_rows, format_table
+from aeopt.stages.compare import compare_rows, different_test_sets, format_table
 from aeopt.stages.metrics import (
     ClassifierMetrics,
     ConfusionMatrix,
@@ -73,10 +73,26 @@ def test_compare_rows_use_the_schema_labels_and_fold_means(tmp_path):
                                           "baseline cnn"]
     assert rows[1]["val_acc"] == 0.7 and rows[1]["val_std"] == 0.05 and rows[1]["train_acc"] is None
     lines = format_table(rows).splitlines()
-    assert lines[0].split()[:3] == ["run", "model", "labels"] and set(lines[1]) <= {"-", " "}
+    assert lines[0].split()[:6] == ["run", "model", "dataset", "n", "test", "labels"]
+    assert set(lines[1]) <= {"-", " "}
     assert "0.7000 +- 0.0500" in lines[3] and "3.3 min" in lines[3] and "30.0 s" in lines[3]
     # The train accuracy of a k-fold run is "-", aligned under its header.
-    assert lines[3].split()[5] == "-"
+    assert lines[3].split()[7] == "-" and lines[3].split()[4:6] == ["synthetic", "30"]
+    assert different_test_sets(rows) is None
+
+
+def test_compare_warns_in_one_line_when_the_test_sets_differ(tmp_path):
+    a = _write(tmp_path / "a", _metrics())
+    mnist = _write(tmp_path / "mnist", _metrics(dataset="mnist", n_test=10000))
+    fewer = _write(tmp_path / "fewer", _metrics(n_test=100, labels=40))
+    other_budget = _write(tmp_path / "budget", _metrics(labels=40, mode="frozen"))
+    # Another label budget or mode, the same test set: what a comparison is for.
+    assert different_test_sets(compare_rows([a, other_budget])) is None
+    line = different_test_sets(compare_rows([a, mnist, fewer]))
+    assert line is not None and "\n" not in line
+    assert "datasets (mnist, synthetic)" in line and "test-set sizes (30, 100, 10000)" in line
+    line = different_test_sets(compare_rows([a, fewer]))
+    assert "test-set sizes (30, 100) differ" in line and "datasets" not in line
 
 
 def test_compare_rejects_folders_that_are_not_classifier_runs(tmp_path):
