@@ -129,41 +129,63 @@ def _interpolations(shown: ShownModel, sample: Sample, out: Path) -> Item:
 
 
 def manifold_grid(shown: ShownModel, n: int = GRID_N) -> tuple[torch.Tensor, np.ndarray, str]:
-    """Decoded codes on an n x n grid over z1, z2 (the rest 0), its coordinates and what they span: the
-    N(0, 1) quantiles for a Gaussian prior (as the VAE's), the mixture's whole range for a mixture."""
+    """Decoded codes on a grid of n columns, its column coordinates and what they span: the N(0, 1)
+    quantiles for a Gaussian prior (as the VAE's), the mixture's whole range for a mixture. Without
+    categories the grid is n x n over z1, z2 (the rest 0); with categories (the semi-supervised AAE)
+    row r is category r, one-hot, for the first min(n, categories) categories, z1 varies along the
+    row and the rest of the style code is 0."""
     cfg = shown.model.cfg
-    if cfg.categories:
-        # The semi-supervised AAE: row r is category r (mod their number), z1 varies along the row over
-        # the N(0, 1) quantiles (the mixture's range for a mixture), the rest of the style is 0.
-        reach = MIXTURE_RADIUS + 2 * MIXTURE_STD
+    reach = MIXTURE_RADIUS + 2 * MIXTURE_STD
+    if cfg.prior == "gaussian":
         quantiles = torch.linspace(0.05, 0.95, n, dtype=torch.float64)
-        coords = (torch.distributions.Normal(0.0, 1.0).icdf(quantiles).numpy() if cfg.prior == "gaussian"
-                  else np.linspace(-reach, reach, n))
-        z = np.zeros((n * n, cfg.categories + cfg.latent_dim), dtype=np.float32)
-        for r in range(n):
-            z[r * n : (r + 1) * n, r % cfg.categories] = 1.0
+        coords = torch.distributions.Normal(0.0, 1.0).icdf(quantiles).numpy()
+        span = "the 5%..95% quantiles of N(0, 1)"
+    else:
+        coords = np.linspace(-reach, reach, n)
+        span = f"[-{reach:g}, {reach:g}], the mixture's range"
+    if cfg.categories:
+        rows = min(n, cfg.categories)
+        z = np.zeros((rows * n, cfg.categories + cfg.latent_dim), dtype=np.float32)
+        for r in range(rows):
+            z[r * n : (r + 1) * n, r] = 1.0
             z[r * n : (r + 1) * n, cfg.categories] = coords
-        return analysis.decode(shown.model, z), coords, "rows: the categories; columns: z1"
+        return analysis.decode(shown.model, z), coords, span
     if cfg.prior == "gaussian":
         images, coords = analysis.latent_grid(shown.model, n)
-        return images, coords, "the 5%..95% quantiles of N(0, 1)"
-    reach = MIXTURE_RADIUS + 2 * MIXTURE_STD
-    coords = np.linspace(-reach, reach, n)
+        return images, coords, span
     z = np.zeros((n * n, cfg.latent_dim), dtype=np.float32)
     for r in range(n):
         z[r * n : (r + 1) * n, 0] = coords
-        if cfg.latent_dim > 1:
-            z[r * n : (r + 1) * n, 1] = coords[n - 1 - r]  # top row is the highest z2, as on a plot
-    return analysis.decode(shown.model, z), coords, f"[-{reach:g}, {reach:g}], the mixture's range"
+        z[r * n : (r + 1) * n, 1] = coords[n - 1 - r]  # top row is the highest z2, as on a plot
+    return analysis.decode(shown.model, z), coords, span
+
+
+def manifold_figure(shown: ShownModel) -> tuple[Figure, str]:
+    """The latent manifold's figure and its caption."""
+    images, coords, span = manifold_grid(shown)
+    cfg = shown.model.cfg
+    if cfg.categories:  # rows are categories (one-hot), not values of z2
+        rows = images.shape[0] // GRID_N
+        title = f"Latent manifold: one row per category, z1 over {GRID_N} values"
+        fig = mosaic(images, GRID_N, coords, title,
+                     ("z1 (other style dimensions 0)" if cfg.latent_dim > 1 else "z1", "category"),
+                     row_ticks=[str(c) for c in range(rows)])
+        which = (f"each of the {cfg.categories} categories" if rows == cfg.categories else
+                 f"the first {rows} of the {cfg.categories} categories")
+        others = cfg.latent_dim - 1
+        rest = {0: "", 1: "; the other style dimension is 0"}.get(others, f"; the other {others} style "
+                                                                           "dimensions are 0")
+        return fig, (f"One row per category: {which}, as a one-hot code; along each row the style code's z1 "
+                     f"over {span}{rest}.")
+    two = cfg.latent_dim == 2
+    dims = ("z1", "z2") if two else ("z1 (others 0)", "z2 (others 0)")
+    fig = mosaic(images, GRID_N, coords, f"Latent manifold: decoded codes on a {GRID_N}x{GRID_N} grid", dims)
+    rest = "." if two else f"; the other {cfg.latent_dim - 2} dimensions are 0."
+    return fig, f"z1 and z2 over {span}{rest}"
 
 
 def _manifold(shown: ShownModel, out: Path) -> Item:
-    images, coords, span = manifold_grid(shown)
-    two = shown.model.latent_dim == 2
-    dims = ("z1", "z2") if two else ("z1 (others 0)", "z2 (others 0)")
-    fig = mosaic(images, GRID_N, coords, f"Latent manifold: decoded codes on a {GRID_N}x{GRID_N} grid", dims)
-    caption = f"z1 and z2 over {span}" + ("." if two else
-                                           f"; the other {shown.model.latent_dim - 2} dimensions are 0.")
+    fig, caption = manifold_figure(shown)
     return figure_item(out, "aae_manifold", "The latent manifold", fig, caption=caption)
 
 

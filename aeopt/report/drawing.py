@@ -57,16 +57,20 @@ def scatter(emb: np.ndarray, labels: np.ndarray, classes: list[str], title: str,
     return fig, pfig
 
 
-def mosaic(images: torch.Tensor, n: int, coords: np.ndarray, title: str, dims: tuple[str, str]) -> Figure:
-    """An n x n grid of decoded images as one picture, with the latent coordinates on the axes."""
-    tiles = images[:, 0].numpy().reshape(n, n, 28, 28)
-    big = tiles.transpose(0, 2, 1, 3).reshape(n * 28, n * 28)
-    fig = Figure(figsize=(8, 8))
+def mosaic(images: torch.Tensor, n: int, coords: np.ndarray, title: str, dims: tuple[str, str],
+           row_ticks: list[str] | None = None) -> Figure:
+    """Decoded images in rows of n as one picture, with the latent coordinates on the axes: `coords`
+    along the columns and, unless `row_ticks` names the rows, `coords` top to bottom (a square grid)."""
+    rows = images.shape[0] // n
+    tiles = images[:, 0].numpy().reshape(rows, n, 28, 28)
+    big = tiles.transpose(0, 2, 1, 3).reshape(rows * 28, n * 28)
+    # The same tile size for one row as for a square: the figure's height follows the rows.
+    fig = Figure(figsize=(8, 1.6 + 6.4 * rows / n))
     ax = fig.subplots()
     ax.imshow(big, cmap="gray", vmin=0, vmax=1)
-    ticks = np.arange(n) * 28 + 14
-    ax.set_xticks(ticks, [f"{c:.2f}" for c in coords], rotation=90, fontsize=7)
-    ax.set_yticks(ticks, [f"{c:.2f}" for c in coords[::-1]], fontsize=7)
+    ax.set_xticks(np.arange(n) * 28 + 14, [f"{c:.2f}" for c in coords], rotation=90, fontsize=7)
+    ticks = row_ticks if row_ticks is not None else [f"{c:.2f}" for c in coords[::-1]]
+    ax.set_yticks(np.arange(rows) * 28 + 14 if ticks else [], ticks, fontsize=7)  # []: no y axis
     ax.set_xlabel(dims[0])
     ax.set_ylabel(dims[1])
     ax.set_title(title)
