@@ -63,7 +63,9 @@ def tsne_2d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
     n = codes.shape[0]
     # Perplexity must stay below the number of points; 30 is the usual value for thousands.
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=750)
+    # The PCA start needs two features to give two coordinates: a 1-D latent space starts at random.
+    init = "pca" if codes.shape[1] >= 2 else "random"
+    tsne = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed, max_iter=750)
     return tsne.fit_transform(codes.astype(np.float32))
 
 
@@ -114,11 +116,12 @@ def latent_grid(model: VAE, n: int = 15) -> tuple[torch.Tensor, np.ndarray]:
     """The 2-D latent manifold: an n x n grid of codes at evenly spaced quantiles of N(0, 1)
     (Kingma & Welling, 2014, fig. 4), decoded row by row. Returns images [n*n, 1, 28, 28] and the
     grid's coordinates. For latent_dim > 2 the first two dimensions vary and the rest stay 0
-    (the prior's mean)."""
+    (the prior's mean); a 1-D latent space is one row of n codes (n rows would all be the same)."""
     q = torch.linspace(0.05, 0.95, n, dtype=torch.float64)
     coords = torch.distributions.Normal(0.0, 1.0).icdf(q).numpy()
-    z = np.zeros((n * n, model.latent_dim), dtype=np.float32)
-    for r in range(n):
+    rows = n if model.latent_dim > 1 else 1
+    z = np.zeros((rows * n, model.latent_dim), dtype=np.float32)
+    for r in range(rows):
         for c in range(n):
             # Rows go top to bottom from high to low, like the y axis of a plot.
             z[r * n + c, 0] = coords[c]

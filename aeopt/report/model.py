@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from aeopt.figures import image_rows, reconstruction_figure
 from aeopt.report import analysis
@@ -109,12 +110,14 @@ def _interpolations(shown: ShownModel, sample: Sample, out: Path) -> Item:
                                "points on the line between their codes.")
 
 
-def _vae_samples(model: VAE, out: Path) -> list[Item]:
-    samples = analysis.prior_samples(model, N_SAMPLES, seed=0)
-    fig = image_rows(_sample_rows(samples), [""] * 3,
-                     "Images decoded from codes sampled from the prior N(0, I)")
-    items = [figure_item(out, "prior_samples", "Samples from the prior", fig)]
+def vae_manifold(model: VAE) -> tuple[Figure, str, str]:
+    """The latent manifold's figure, its title on the page and its caption."""
     images, coords = analysis.latent_grid(model, GRID_N)
+    if model.latent_dim == 1:  # one dimension: one row (a square of identical rows said nothing more)
+        fig = mosaic(images, GRID_N, coords, f"Latent manifold: decoded codes at {GRID_N} N(0,1) quantiles",
+                     ("z1", ""), row_ticks=[])
+        return (fig, "The 1-D latent manifold",
+                "Codes at the 5%..95% quantiles of N(0, 1) along the one latent dimension.")
     two = model.latent_dim == 2
     dims = ("z1", "z2") if two else ("z1 (others 0)", "z2 (others 0)")
     title = f"Latent manifold: decoded codes on a {GRID_N}x{GRID_N} grid of N(0,1) quantiles"
@@ -122,7 +125,16 @@ def _vae_samples(model: VAE, out: Path) -> list[Item]:
     caption = "Codes at the 5%..95% quantiles of N(0, 1)" + (
         "." if two else
         f" in the first two of {model.latent_dim} dimensions; the rest are 0 (the prior mean).")
-    items.append(figure_item(out, "latent_manifold", "The 2-D latent manifold", fig, caption=caption))
+    return fig, "The 2-D latent manifold", caption
+
+
+def _vae_samples(model: VAE, out: Path) -> list[Item]:
+    samples = analysis.prior_samples(model, N_SAMPLES, seed=0)
+    fig = image_rows(_sample_rows(samples), [""] * 3,
+                     "Images decoded from codes sampled from the prior N(0, I)")
+    items = [figure_item(out, "prior_samples", "Samples from the prior", fig)]
+    fig, title, caption = vae_manifold(model)
+    items.append(figure_item(out, "latent_manifold", title, fig, caption=caption))
     return items
 
 

@@ -1,5 +1,5 @@
 """The latent manifold says what its rows and columns are: a semi-supervised AAE's rows are its
-categories (one-hot), not values of z2.
+categories (one-hot), not values of z2; a 1-D latent space is one row, not a square of identical rows.
 Real tiny checkpoints (untrained models on synthetic data), real report builds."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image
 
 from aeopt.report import build_report
 from aeopt.report.aae import manifold_figure
-from aeopt.report.model import GRID_N
+from aeopt.report.model import GRID_N, vae_manifold
 from aeopt.report.source import from_file
 from tests.integration.report.test_report_folder import checkpoint
 
@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 AAE_CATEGORIES = {"kind": "aae", "c1": 4, "c2": 4, "c3": 4, "fc": 8, "latent_dim": 2, "categories": 10,
                   "disc_hidden": 8}
+VAE_1D = {"kind": "vae", "hidden1": 16, "hidden2": 8, "latent_dim": 1}
 
 
 def _report(ckpt: Path, out: Path) -> str:
@@ -54,3 +55,17 @@ def test_a_categorical_aae_manifold_has_one_row_per_category(tmp_path):
     assert len(ax.get_xticklabels()) == GRID_N
     # 10 rows of 15 images: the picture is wider than tall (a 15 x 15 square before).
     assert _rows_to_columns(tmp_path / "rep" / "aae_manifold.png") < 0.85
+
+
+def test_a_1d_vae_manifold_is_one_row(tmp_path):
+    ckpt = checkpoint(tmp_path / "vae.pt", VAE_1D)
+    page = _report(ckpt, tmp_path / "rep")
+    part = _figure_part(page, "latent_manifold")
+    assert "<h3>The 1-D latent manifold</h3>" in part
+    assert "Codes at the 5%..95% quantiles of N(0, 1) along the one latent dimension." in part
+    assert "first two of 1 dimensions" not in part
+    fig, _, _ = vae_manifold(from_file(ckpt, torch.device("cpu")).model)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "z1" and ax.get_ylabel() == "" and len(ax.get_yticks()) == 0
+    assert len(ax.get_images()[0].get_array()) == 28  # one row of 28-pixel images
+    assert _rows_to_columns(tmp_path / "rep" / "latent_manifold.png") < 0.3
