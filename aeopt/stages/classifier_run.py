@@ -2,13 +2,18 @@
 the one evaluation on the test split, the metrics builder and the run folder.
 
 Both stages fill the same `ClassifierMetrics` through `classifier_metrics`, so `aeopt compare` and
-the report read one schema whichever stage wrote the folder.
+the report read one schema whichever stage wrote the folder. Both write it through
+`classifier_run_folder`: a reused folder then holds one run's outputs, all of them or the earlier
+run's untouched, never a mix.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -20,7 +25,14 @@ from torch import nn
 from aeopt.config import DataConfig
 from aeopt.errors import ConfigError
 from aeopt.figures import confusion_figure, save_figure
-from aeopt.stages.metrics import ClassifierMetrics, ConfusionMatrix, write_classifier_json
+from aeopt.files import cannot_write, staged_folder
+from aeopt.stages.metrics import (
+    CONFUSION_FILE,
+    METRICS_FILE,
+    ClassifierMetrics,
+    ConfusionMatrix,
+    write_classifier_json,
+)
 from aeopt.training.checkpoint import ClassifierConfig, save_classifier_checkpoint
 from aeopt.training.data import Split, prepare, stratified_split, stratified_subset, to_float, training_pool
 from aeopt.training.models import count_parameters
@@ -131,10 +143,59 @@ def classifier_metrics(
     )
 
 
+CLASSIFIER_FILE = "classifier.pt"
+AUTOENCODER_FOLDER = "autoencoder"  # a fine-tune's autoencoder, when it trained one
+# Everything a classifier run may leave in its folder (either stage); other files are the user's.
+RUN_OUTPUTS = (METRICS_FILE, CONFUSION_FILE, "confusion_matrix.png", CLASSIFIER_FILE, AUTOENCODER_FOLDER)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _remove_stale(out: Path, staged: Path, keep: Path | None) -> None:
+    """Remove from `out` the outputs of an earlier run that this run (staged in `staged`) does not
+    replace: classifier.pt after a k-fold run (it writes none), autoencoder/ after a run that loaded a
+    checkpoint. `keep` (the checkpoint this run read) stays wherever it is."""
+    for name in RUN_OUTPUTS:
+        old = out / name
+        if (staged / name).exists() or not (old.exists() or old.is_symlink()):
+            continue
+        if keep is not None and _inside(keep, old):
+            continue
+        try:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        except OSError as exc:
+            raise cannot_write(old, exc) from exc
+
+
+@contextmanager
+def classifier_run_folder(out: str | Path, *, keep: str | Path | None = None) -> Iterator[Path]:
+    """A staging folder for one classifier run's outputs (`aeopt.files.staged_folder`): they join
+    `out` only if the block completes, and then the outputs of an earlier run there that this run does
+    not write are removed, so that `out` holds one run's outputs, complete, or the earlier run's as
+    they were (a run stopped part-way). `keep`: a file the run read from inside `out` (its
+    --checkpoint), never removed."""
+    out = Path(out)
+    with staged_folder(out, keep_existing=False) as staging:
+        yield staging
+        # Last, just before the new files move in: a run that fails leaves the earlier one whole.
+        _remove_stale(out, staging, Path(keep) if keep is not None else None)
+
+
 def write_classifier_outputs(out: str | Path, metrics: ClassifierMetrics, test: FinalEvaluation,
                              classes: list[str], model: nn.Module | None, config: ClassifierConfig,
-                             data_source: str) -> None:
-    """metrics.json, confusion_matrix.json / .png and, for a single model, classifier.pt in `out`."""
+                             data_source: str, *, staged: bool = True) -> None:
+    """metrics.json, confusion_matrix.json / .png and, for a single model, classifier.pt in `out`:
+    through `classifier_run_folder`, or (`staged=False`) straight into `out`, a staging folder the
+    caller made for the whole run."""
+    if staged:
+        with classifier_run_folder(out) as folder:
+            write_classifier_outputs(folder, metrics, test, classes, model, config, data_source, staged=False)
+        return
     out = Path(out)
     confusion = ConfusionMatrix(classes=classes, matrix=test.matrix)
     write_classifier_json(out, metrics, confusion)
@@ -142,5 +203,5 @@ def write_classifier_outputs(out: str | Path, metrics: ClassifierMetrics, test: 
     save_figure(confusion_figure(test.matrix, classes, title), out / "confusion_matrix.png")
     if model is not None:
         summary = metrics.model_dump(mode="json", exclude={"history"}, exclude_none=True)
-        save_classifier_checkpoint(out / "classifier.pt", model, config, classes=classes, metrics=summary,
+        save_classifier_checkpoint(out / CLASSIFIER_FILE, model, config, classes=classes, metrics=summary,
                                    data_source=data_source)

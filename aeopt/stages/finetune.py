@@ -19,6 +19,7 @@ from aeopt.config import FinetuneRun
 from aeopt.stages.classifier_run import (
     LabelledData,
     classifier_metrics,
+    classifier_run_folder,
     evaluate_on_test,
     labelled_split,
     write_classifier_outputs,
@@ -79,15 +80,29 @@ def finetune(
 
     `autoencoder` skips pretraining (several fine-tunes of one trained model); otherwise it is
     loaded from `checkpoint` or trained from `cfg`. Returns the metrics; writes metrics.json,
-    confusion_matrix.json / .png, classifier.pt (single runs) and autoencoder/ to `out` when given."""
+    confusion_matrix.json / .png, classifier.pt (single runs) and autoencoder/ (when trained here) to
+    `out` when given, all at once at the end (`classifier_run_folder`): a run stopped part-way leaves
+    `out` as it was, and a finished one leaves no earlier run's file there."""
+    kw: dict[str, Any] = {"checkpoint": checkpoint, "autoencoder": autoencoder, "data_dir": data_dir,
+                          "device": device, "amp": amp, "show_progress": show_progress, "on_epoch": on_epoch}
+    if out is None:
+        return _finetune(cfg, out=None, **kw)
+    with classifier_run_folder(out, keep=checkpoint) as staging:
+        return _finetune(cfg, out=staging, **kw)
+
+
+def _finetune(cfg: FinetuneRun, *, checkpoint: str | Path | None, autoencoder: Autoencoder | None,
+              data_dir: str | None, device: str | None, out: Path | None, amp: bool, show_progress: bool,
+              on_epoch: OnFoldEpoch | None) -> ClassifierMetrics:
     started = time.perf_counter()
     dev = resolve_device(device)
-    out = Path(out) if out is not None else None
     ft = cfg.finetune
+    # The labelled split first: a bad finetune.labels is one line before any pretraining.
+    data = labelled_split(cfg.data, ft.labels, data_dir)
+    t_ae = time.perf_counter()
     ae, ae_info = _starting_autoencoder(cfg, autoencoder, device=dev, out=out, checkpoint=checkpoint,
                                         data_dir=data_dir, amp=amp, show_progress=show_progress)
-    pretrain_seconds = time.perf_counter() - started if ae_info["source"] == "trained" else 0.0
-    data = labelled_split(cfg.data, ft.labels, data_dir)
+    pretrain_seconds = time.perf_counter() - t_ae if ae_info["source"] == "trained" else 0.0
     setup = FinetuneSetup(cfg, autoencoder_state(ae), len(data.classes), dev, amp=amp,
                           unlabelled=_unlabelled(cfg, data_dir, dev), show_progress=show_progress)
     t_fit = time.perf_counter()
@@ -106,5 +121,5 @@ def finetune(
     if out is not None:
         # classifier.pt holds one model; a k-fold run has k of them and writes none.
         single = models[0] if len(models) == 1 else None
-        write_classifier_outputs(out, metrics, test, data.classes, single, cfg, data.source)
+        write_classifier_outputs(out, metrics, test, data.classes, single, cfg, data.source, staged=False)
     return metrics
