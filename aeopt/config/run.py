@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from aeopt.config.base import Strict
+from aeopt.config.base import Seed, Strict
 from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
 from aeopt.config.models import ConvAEConfig, ModelConfig
@@ -21,7 +21,7 @@ class DataConfig(Strict):
     train_subset: int | None = Field(None, ge=20)
     test_subset: int | None = Field(None, ge=10)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: Seed = 0
 
 
 class BudgetConfig(Strict):
@@ -65,7 +65,7 @@ class RunConfig(Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
-    seed: int = 0
+    seed: Seed = 0
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

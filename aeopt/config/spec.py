@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from aeopt.config.base import Strict
+from aeopt.config.base import Seed, Strict
 from aeopt.config.keys import did_you_mean, section_keys
 from aeopt.config.loading import apply_overrides, parse_override, read_yaml, set_path, validate
 from aeopt.config.presets import RUN_CONFIG, STUDY_SPEC, is_bare_name, preset_names, resolve
@@ -178,12 +178,12 @@ def _meant(schema: type[BaseModel], path: str, raw: dict[str, Any]) -> str:
 class CVConfig(Strict):
     folds: int = Field(5, ge=2, le=20)
     # Fixed per study so every trial sees the same folds (paired comparison between trials).
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SamplerConfig(Strict):
     name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: Seed | None = 0
     # Random trials before the model-based sampler takes over (tpe, cmaes, gp).
     n_startup_trials: int | None = Field(None, ge=0)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from aeopt.config.base import Strict
+from aeopt.config.base import Seed, Strict
 from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
 from aeopt.config.presets import RUN_CONFIG, resolve
@@ -122,7 +122,7 @@ class BaselineRun(Strict):
     model: CNNConfig = Field(default_factory=CNNConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: SupervisedConfig = Field(default_factory=SupervisedConfig)
-    seed: int = 0
+    seed: Seed = 0
 
 
 def load_baseline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaselineRun:

@@ -20,10 +20,9 @@ def sampler_seed(seed: int | None, worker_index: int = 0, salt: tuple[int, ...] 
     if seed is None:
         return None
     if not salt:
-        return seed + worker_index
-    # SeedSequence hashes its words (non-negative): no two salts map to neighbouring seeds.
-    words = [abs(seed), int(seed < 0), worker_index, *salt]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
+        return (seed + worker_index) % 2**32  # numpy's seed range
+    # SeedSequence hashes its words: no two salts map to neighbouring seeds.
+    return int(np.random.SeedSequence([seed, worker_index, *salt]).generate_state(1)[0])
 
 
 def build_sampler(spec: SearchSpec, worker_index: int = 0,

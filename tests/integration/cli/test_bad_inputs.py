@@ -57,6 +57,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("train-set-not-a-number", ["train", CONFIG, "--set", "budget.max_epochs=abc"], {}),
     ("train-set-into-a-value", ["train", CONFIG, "--set", "optim.lr.x=1"], {}),
     ("train-zero-epochs", ["train", CONFIG, "--set", "budget.max_epochs=0"], {}),
+    ("train-seed-too-big", ["train", CONFIG, *TINY_RUN, "--set", "seed=18446744073709551616"], {}),
+    ("train-negative-split-seed", ["train", CONFIG, *TINY_RUN, "--set", "data.split_seed=-1"], {}),
     ("train-unknown-dataset", ["train", CONFIG, "--set", "data.dataset=cifar"], {}),
     ("train-missing-data-dir", ["train", CONFIG, "--data-dir", "{fx}/no-data"], {}),
     ("train-data-dir-is-a-file", ["train", CONFIG, "--data-dir", "{fx}/bad.yaml"], {}),
@@ -70,6 +72,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("train-out-under-a-file", ["train", CONFIG, *TINY_RUN, "-o", "{fx}/bad.yaml/run"], {}),
     # ----- study create: specs, space, names, storages
     ("create-missing-spec", ["study", "create", "{fx}/missing.yaml", "--storage", DB], {}),
+    ("create-negative-cv-seed", _create("--set", "cv.seed=-1"), {}),
+    ("create-sampler-seed-too-big", _create("--set", "sampler.seed=8589934592"), {}),
     ("create-bad-yaml", ["study", "create", "{fx}/bad.yaml", "--storage", DB], {}),
     ("create-name-up-the-tree", _create("-n", "../../x"), {}),
     ("create-name-absolute", _create("-n", "/tmp/x"), {}),
