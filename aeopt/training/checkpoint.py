@@ -61,8 +61,9 @@ def _read(path: str | Path, fmt: str, device: torch.device | str) -> tuple[Path,
 
 def _load_weights(p: Path, model: nn.Module, payload: dict[str, Any]) -> None:
     try:
+        # A state dict that is not a dict (a crafted or damaged file) raises TypeError or AttributeError.
         model.load_state_dict(payload.get("state_dict") or {})
-    except RuntimeError:
+    except (RuntimeError, TypeError, AttributeError):
         written_by = payload.get("versions", {}).get("aeopt", "?")
         raise AeoptError(f"{p}: its weights do not fit the model its config describes; the file is damaged "
                          f"or from another aeopt version ({written_by})") from None

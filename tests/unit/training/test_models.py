@@ -190,6 +190,10 @@ def test_checkpoint_round_trip_and_errors(tmp_path, batch: torch.Tensor) -> None
     torch.save(bad_weights, tmp_path / "bad_weights.pt")
     with pytest.raises(AeoptError, match="do not fit"):
         load_checkpoint(tmp_path / "bad_weights.pt")
+    for name, state in (("list", [1, 2]), ("string", "weights")):  # a crafted file: no dict of tensors
+        torch.save({**payload, "state_dict": state}, tmp_path / f"{name}.pt")
+        with pytest.raises(AeoptError, match="do not fit"):
+            load_checkpoint(tmp_path / f"{name}.pt")
 
 
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "elu", "gelu", "silu"])
