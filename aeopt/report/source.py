@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,20 @@ def artifact_source(number: int, payload: dict[str, Any], best_epoch: int | None
             "best mean CV loss")
 
 
+def study_folder(name: str) -> str:
+    """A study's name as one folder name: any run of characters outside [A-Za-z0-9_.-] becomes '_'."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip(".")
+    return safe or "study"
+
+
 def best_of_study(study: Any, spec: StudySpec, storage: Storage, bench: Workbench) -> ShownModel:
     """The best trial's model: its checkpoint artifact if this machine can read it, else its
     configuration trained here by the train stage."""
     best = require_best(study)
     name = study.study_name
-    ckpt = find_best_checkpoint(study, bench.out / "checkpoints", storage)
+    # One folder per study: the main study's and the denoising study's best trials are both
+    # checkpoint_trial{N}.pt, and with the same N one download replaced the other.
+    ckpt = find_best_checkpoint(study, bench.out / "checkpoints" / study_folder(name), storage)
     if ckpt is not None:
         model, cfg, payload = load_checkpoint(ckpt, bench.device)
         log.info("best trial #%d of %s: using its checkpoint artifact", best.number, name)

@@ -143,7 +143,8 @@ def test_report_figures_for_each_model_kind(studies, kind, tmp_path):
     else:
         # The trial's checkpoint artifact: fold 0's model at the epoch of the trial's best mean CV loss.
         assert numbers["trained_here"] is None
-        payload = torch.load(next((out / "checkpoints").glob("checkpoint_trial*.pt")), weights_only=True)
+        ckpt = next((out / "checkpoints" / kind).glob("checkpoint_trial*.pt"))  # the study's own folder
+        payload = torch.load(ckpt, weights_only=True)
         n = numbers["trial"]
         best_epoch = _best_epoch(url, kind, n)
         assert payload["fold"] == 0 and payload["epoch"] == best_epoch

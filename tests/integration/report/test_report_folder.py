@@ -70,3 +70,32 @@ def test_a_report_json_listing_every_png_does_not_remove_the_users(tmp_path):
     (out / "report.json").write_text(json.dumps(numbers))
     _report(conv, out)
     assert (out / "mine.png").is_file() and not (out / "latent_manifold.png").exists()
+
+
+def test_the_main_and_the_denoising_studys_best_checkpoints_are_both_kept(tmp_path, monkeypatch):
+    """Both studies' best trial is #0: each checkpoint_trial0.pt goes to its study's folder (the
+    denoising study's download replaced the main one's)."""
+    from aeopt.config import StudySpec
+    from aeopt.search.storage import open_storage
+    from aeopt.search.studies import create_study
+    from aeopt.search.worker import run_worker
+    from tests.conftest import tiny_spec
+
+    monkeypatch.delenv("AEOPT_ARTIFACTS", raising=False)
+    torch.set_num_threads(1)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = open_storage(url)
+    for name, model in (("plain", {}), ("noisy", {"kind": "denoising_ae", "noise_std": 0.3})):
+        create_study(storage, StudySpec.model_validate(tiny_spec(name=name, model=model)),
+                     artifacts=str(tmp_path / "artifacts"))
+        run_worker(storage, name, n_trials=1, device="cpu", show_progress=False)
+    out = tmp_path / "rep"
+    r = run_cli("report", "--study", "plain", "--storage", url, "--denoising", "study:noisy",
+                "--device", "cpu", "--max-points", "40", "-o", str(out), env=ENV)
+    assert r.returncode == 0, r.stderr
+    for name, kind in (("plain", "conv_ae"), ("noisy", "denoising_ae")):
+        payload = torch.load(out / "checkpoints" / name / "checkpoint_trial0.pt", weights_only=True)
+        assert payload["study"] == name and payload["config"]["model"]["kind"] == kind
+    assert not (out / "checkpoints" / "checkpoint_trial0.pt").exists()
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["model"] == "conv_ae" and numbers["trial"] == 0
