@@ -113,7 +113,9 @@ def classifier_metrics(
     **sections: Any,
 ) -> ClassifierMetrics:
     """metrics.json of a classifier run. `started` is the run's `time.perf_counter()` at its start;
-    `sections` are the stage's own (autoencoder, finetune, cv for a fine-tune; config for the baseline)."""
+    `sections` are the stage's own (autoencoder, finetune, cv for a fine-tune; config for the baseline).
+    With cv, the folds have no single best epoch or training set: those are per fold, in cv."""
+    single = sections.get("cv") is None
     return ClassifierMetrics(
         task=task,
         model=model,
@@ -127,12 +129,12 @@ def classifier_metrics(
         test_loss=test.loss,
         per_class_acc=per_class_accuracy(test.matrix, data.classes),
         epochs=fit.epochs,
-        best_epoch=fit.best_epoch,
+        best_epoch=fit.best_epoch if single else None,
         seconds=round(seconds, 3),
         pretrain_seconds=round(pretrain_seconds, 3),
         total_seconds=round(time.perf_counter() - started, 3),
-        n_train=len(data.train),
-        n_val=len(data.val),
+        n_train=len(data.train) if single else None,
+        n_val=len(data.val) if single else None,
         n_test=len(data.test),
         parameters=count_parameters(classifier),
         trainable_parameters=sum(p.numel() for p in classifier.parameters() if p.requires_grad),

@@ -27,7 +27,7 @@ from aeopt.stages.classifier_run import (
 from aeopt.stages.finetune_fit import FinetuneSetup, OnFoldEpoch, finetune_folds, finetune_once, split_xy
 from aeopt.stages.metrics import ClassifierMetrics, CVSummary
 from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
-from aeopt.training.data import Split, prepare, to_float
+from aeopt.training.data import Split, prepare, stratified_folds, to_float
 from aeopt.training.engine import resolve_device
 from aeopt.training.models import Autoencoder
 from aeopt.training.supervised import Classifier, ClassifierFit, evaluate
@@ -58,9 +58,17 @@ def _train(setup: FinetuneSetup, data: LabelledData, desc: str,
         model, fit = finetune_once(setup, train, val, seed=cfg.seed, desc=desc, on_epoch=hook)
         return [model], fit, None
     pool = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
-    folds = finetune_folds(setup, pool, cfg.finetune.cv, cfg.data.split_seed, on_epoch=on_epoch, desc=desc)
-    cv = CVSummary(folds=cfg.finetune.cv, val_acc_mean=folds.val_acc_mean, val_acc_std=folds.val_acc_std,
-                   fold_val_acc=folds.fold_val_acc, fold_epochs=folds.fold_epochs)
+    k = cfg.finetune.cv
+    folds = finetune_folds(setup, pool, k, cfg.data.split_seed, on_epoch=on_epoch, desc=desc)
+    # The folds finetune_folds trained on (the same assignment: the same labels and seed).
+    sizes = [(len(tr), len(va)) for tr, va in stratified_folds(pool.y, k, cfg.data.split_seed)]
+    cv = CVSummary(folds=k, val_acc_mean=folds.val_acc_mean, val_acc_std=folds.val_acc_std,
+                   fold_val_acc=folds.fold_val_acc, fold_epochs=folds.fold_epochs,
+                   fold_best_epoch=[f.best_epoch for f in folds.fits],
+                   fold_n_train=[n for n, _ in sizes], fold_n_val=[n for _, n in sizes],
+                   test_protocol=f"ensemble of the {k} fold models (the mean of their softmax outputs), "
+                                 "evaluated once; no single model's test accuracy")
+    # No best epoch of its own (metrics.json leaves it out): epochs is the folds' total.
     return folds.models, ClassifierFit(epochs=sum(folds.fold_epochs), best_val_acc=folds.val_acc_mean), cv
 
 

@@ -31,6 +31,12 @@ class CVSummary(BaseModel):
     val_acc_std: float
     fold_val_acc: list[float]
     fold_epochs: list[int]
+    # Per fold: the epoch whose weights it kept, and its training / validation images (None: written
+    # by an aeopt that did not record them).
+    fold_best_epoch: list[int] | None = None
+    fold_n_train: list[int] | None = None
+    fold_n_val: list[int] | None = None
+    # How test_acc was obtained: no single model is tested, the fold models' ensemble is.
     test_protocol: str = "mean of the fold models' softmax outputs, evaluated once"
 
 
@@ -51,13 +57,13 @@ class ClassifierMetrics(BaseModel):
     test_acc: float
     test_loss: float
     per_class_acc: dict[str, float]
-    epochs: int
-    best_epoch: int = 0
+    epochs: int  # with cv: the folds' epochs added up (cv.fold_epochs has each)
+    best_epoch: int | None = None  # None with cv: each fold kept its own (cv.fold_best_epoch)
     seconds: float
     pretrain_seconds: float = 0.0
     total_seconds: float
-    n_train: int
-    n_val: int
+    n_train: int | None = None  # None with cv: each fold trained on its own (cv.fold_n_train)
+    n_val: int | None = None  # None with cv: cv.fold_n_val
     n_test: int
     parameters: int
     trainable_parameters: int

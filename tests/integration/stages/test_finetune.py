@@ -238,6 +238,13 @@ def test_cv_reports_mean_and_std_of_validation_accuracy(tmp_path):
     assert cv["val_acc_std"] == pytest.approx(statistics.pstdev(cv["fold_val_acc"]))
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["epochs"] == sum(cv["fold_epochs"])
     assert (out / "confusion_matrix.json").is_file()
+    # No single best epoch or training set: each fold's own, and how the test figure was made.
+    assert "best_epoch" not in metrics and "n_train" not in metrics and "n_val" not in metrics
+    assert len(cv["fold_best_epoch"]) == 3
+    assert all(1 <= b <= e for b, e in zip(cv["fold_best_epoch"], cv["fold_epochs"], strict=True))
+    assert cv["fold_n_val"] == [200, 200, 200] and cv["fold_n_train"] == [400, 400, 400]
+    assert metrics["labels"] == 600 and metrics["n_test"] == 500
+    assert "ensemble of the 3 fold models" in cv["test_protocol"]
 
 
 @pytest.mark.parametrize(("model", "extra"), [
