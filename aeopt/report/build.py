@@ -28,6 +28,7 @@ from aeopt.report.denoising import (
     choose_denoising,
     denoising_pair,
     denoising_section,
+    require_trainable,
     skipped_section,
 )
 from aeopt.report.finetune import finetune_section, read_run
@@ -119,7 +120,7 @@ def _denoising(main: ShownModel, inputs: Inputs, bench: Workbench,
                         partner.cfg.data.dataset, main.cfg.data.dataset, main.cfg.data.dataset)
     pair = denoising_pair(main, partner, bench)
     if pair is None:
-        return skipped_section(), None
+        return skipped_section(choice, device_type, main.cfg.model.kind), None
     section, found = denoising_section(*pair, x, bench.out, choice.note(device_type))
     return section, {**found, "choice": choice.flag, "by_default": choice.default}
 
@@ -197,6 +198,8 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
     inputs = read_inputs(study_name, storage, checkpoint=checkpoint, finetune=finetune,
                          denoising_study=choice.study, bench=bench)
     inputs.denoising = choice
+    shown = inputs.given.cfg if inputs.given is not None else inputs.spec
+    require_trainable(choice, shown.model.kind)
     inputs.generation = read_generation(fid_classifier, compare_generators, bench.device,
                                         shown=inputs.given or inputs.spec)
     out.mkdir(parents=True, exist_ok=True)

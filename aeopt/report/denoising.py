@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from aeopt.config import RunConfig
+from aeopt.config import ConvAEConfig, RunConfig
 from aeopt.errors import AeoptError
 from aeopt.figures import image_rows
 from aeopt.report import analysis
 from aeopt.report.drawing import figure_item, lines
 from aeopt.report.page import Grid, Section
 from aeopt.report.source import ShownModel, Workbench
+from aeopt.training.kinds.aae import code_dim
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +86,47 @@ def choose_denoising(value: str | None, study: str | None, device_type: str) -> 
     raise AeoptError(f"--denoising {value}: use skip, train, or study:NAME (a denoising_ae study to reuse)")
 
 
+CONV_KINDS = ("conv_ae", "denoising_ae", "aae")  # kinds with a conv encoder and decoder to train as a pair
+
+
 def partner_config(cfg: RunConfig, kind: str, noise: float = 0.0) -> RunConfig:
-    """The same architecture and training as `cfg`, as a plain or a denoising autoencoder."""
+    """The same architecture and training as `cfg`, as a plain or a denoising autoencoder. An AAE's
+    encoder and decoder are a conv AE's with a code of its full width (style plus categories): that
+    conv AE, without the discriminator and the prior."""
     d = cfg.model_dump(mode="json")
-    d["model"]["kind"] = kind
-    d["model"]["noise_std"] = noise if kind == "denoising_ae" else 0.0
+    model = d["model"]
+    if model["kind"] == "aae":
+        model = {k: v for k, v in model.items() if k in ConvAEConfig.model_fields}
+        model["latent_dim"] = code_dim(cfg.model)
+    d["model"] = {**model, "kind": kind, "noise_std": noise if kind == "denoising_ae" else 0.0}
     return RunConfig.model_validate(d)
 
 
+def pair_missing(kind: str) -> str | None:
+    """Why no pair can be trained from a model of this kind (None when one can)."""
+    if kind in CONV_KINDS:
+        return None
+    return f"a {kind} has no convolutional encoder and decoder to train without and with input noise"
+
+
+def require_trainable(choice: DenoisingChoice, kind: str) -> None:
+    """`--denoising train` asked for by name fails at once for a model it cannot be done for: the user
+    expects the comparison on the page, and finds out before minutes of t-SNE, not in a skipped section.
+    (By default on CUDA the section is skipped and says why: nobody asked for it.)"""
+    why = pair_missing(kind)
+    if choice.mode == "train" and not choice.default and why is not None:
+        raise AeoptError(f"--denoising train: {why}; pass --denoising study:NAME (a denoising_ae study) or "
+                         "--denoising skip")
+
+
 def _base(main: ShownModel, partner: ShownModel | None) -> ShownModel | None:
-    """Whose architecture both sides take: the main model's, else (a VAE) the denoising study's."""
+    """Whose architecture both sides take: the main model's, else (a VAE; an AAE beside a denoising
+    study) the denoising study's."""
     kind = main.cfg.model.kind
     if kind == "denoising_ae" and partner is not None:
         log.warning("the main model is itself a denoising_ae: comparing its architecture, "
                     "not --denoising-study's")
-    if kind in ("conv_ae", "denoising_ae"):
+    if kind in ("conv_ae", "denoising_ae") or (kind in CONV_KINDS and partner is None):
         return main
     return partner
 
@@ -120,11 +147,12 @@ def denoising_pair(main: ShownModel, partner: ShownModel | None,
     base = _base(main, partner)
     if base is None:
         return None
-    plain = _side(base, partner_config(base.cfg, "conv_ae"), f"{base.owner}'s architecture without noise",
-                  bench)
+    arch = ("architecture" if base.cfg.model.kind != "aae" else
+            "encoder and decoder as a conv AE (no discriminator, no prior)")
+    plain = _side(base, partner_config(base.cfg, "conv_ae"), f"{base.owner}'s {arch} without noise", bench)
     noise = base.cfg.model.noise_std if base.cfg.model.kind == "denoising_ae" else DEFAULT_NOISE
     den = _side(base, partner_config(base.cfg, "denoising_ae", noise),
-                f"{base.owner}'s architecture with noise std {noise:g}", bench)
+                f"{base.owner}'s {arch} with noise std {noise:g}", bench)
     return plain, den
 
 
@@ -166,12 +194,14 @@ def denoising_section(plain: ShownModel, den: ShownModel, x: torch.Tensor,
     return section, numbers
 
 
-def skipped_section(choice: DenoisingChoice | None = None, device_type: str = "cpu") -> Section:
+def skipped_section(choice: DenoisingChoice | None = None, device_type: str = "cpu",
+                    kind: str = "vae") -> Section:
     """The section when nothing is compared: skipped by choice (which, and how to get the comparison), or
-    a VAE with no denoising study to take an architecture from."""
+    a model of a `kind` with no conv architecture, and no denoising study to take one from."""
     if choice is not None and choice.mode == "skip":
         why = (f"{choice.chosen_by(device_type)}, as the comparison trains two autoencoders here"
                if choice.default else choice.flag)
         return Section("Denoising", f"Skipped ({why}). {choice.others()}", key="denoising")
-    return Section("Denoising", "Skipped: a VAE has no autoencoder to compare; pass --denoising study:NAME "
-                                "(a denoising_ae study) to add one.", key="denoising")
+    why = pair_missing(kind) or f"no pair could be made from a {kind}"
+    return Section("Denoising", f"Skipped: {why}; pass --denoising study:NAME (a denoising_ae study) to add "
+                                "one.", key="denoising")
