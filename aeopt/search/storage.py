@@ -24,6 +24,7 @@ or journal file that does not exist instead of creating it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -106,6 +107,48 @@ def _rdb(url: str, pool_size: int = 2) -> BaseStorage:
     # storages, such as the retrying wrapper, as they are): the cache of finished trials that keeps
     # a sampler's every ask from reading the whole study again.
     return optuna.storages._CachedStorage(rdb)
+
+
+# How Optuna starts every line of a journal file (JournalStorage._write_log: compact JSON, op_code first).
+_JOURNAL_LINE = b'{"op_code":'
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _journal_line(line: bytes) -> bool:
+    if line.startswith(_JOURNAL_LINE) and line.rstrip().endswith(b"}"):
+        return True  # as Optuna writes every line: no need to parse it
+    try:
+        entry = json.loads(line)
+    except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
+        return False
+    return isinstance(entry, dict) and "op_code" in entry
+
+
+def _check_journal(url: str, path: Path, display: str) -> None:
+    """Refuse an existing file that is not an Optuna journal, before Optuna appends its first entry
+    to it (its reader skips a bad last line, so a one-line file of notes would open as an empty
+    journal and get a study appended). An empty file is a new journal. A bad last line is what
+    Optuna itself skips: a write torn by a crash, taken as such after journal lines, or alone when it
+    begins as a journal line does (the first entry torn)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        if f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+            raise StorageError(f"{display}: not an Optuna journal file but an SQLite database; open it as "
+                               f"sqlite:{url[len('journal:'):]}")
+        f.seek(0)
+        good = 0
+        for number, line in enumerate(f, start=1):
+            if line.endswith(b"\n") and _journal_line(line):
+                good += 1
+                continue
+            last = not f.read(1)
+            torn = good > 0 or line.startswith(_JOURNAL_LINE) or _JOURNAL_LINE.startswith(line)
+            if last and torn:
+                return
+            raise StorageError(f"{display}: not an Optuna journal file (line {number} is no journal entry); "
+                               "name a new file, or a journal that aeopt or Optuna wrote (this file was "
+                               "left as it is)")
 
 
 def _journal(backend: BaseJournalBackend) -> BaseStorage:
@@ -201,6 +244,7 @@ def _open(url: str, pool_size: int = 2) -> BaseStorage:
         path = _file_path(url)
         if url.startswith("journal://"):
             assert path is not None
+            _check_journal(url, path, redact(url))  # before Optuna's backend creates or appends anything
             path.parent.mkdir(parents=True, exist_ok=True)
             return _journal(JournalFileBackend(str(path)))
         if url.startswith("redis://"):

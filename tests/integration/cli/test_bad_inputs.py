@@ -97,6 +97,9 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("list-typo-path", ["study", "list", "--storage", MISSING_DB], {}),
     ("list-typo-path-env", ["study", "list"], {"AEOPT_STORAGE": MISSING_DB}),
     ("list-missing-journal", ["study", "list", "--storage", "journal:///typo/x.log"], {}),
+    # A journal URL on a file of the user's that is no journal: refused, the file left as it was.
+    ("create-journal-on-notes", ["study", "create", SPEC, "--storage", "journal:///{fx}/notes.txt"], {}),
+    ("list-journal-on-notes", ["study", "list", "--storage", "journal:///{fx}/notes.txt"], {}),
     ("list-postgres-password", ["study", "list", "--storage", PG], {}),
     ("list-postgres-password-env", ["study", "list"], {"AEOPT_STORAGE": PG}),
     ("list-postgres-at-in-password", ["study", "list", "--storage",
@@ -205,6 +208,7 @@ def fixtures(tmp_path_factory) -> Path:
     create_study(open_storage(DB.format(fx=fx)), StudySpec.model_validate(tiny), "s")
     _finished_study(DB.format(fx=fx), tiny)
     (fx / "folder.yaml").mkdir()
+    (fx / "notes.txt").write_text("some notes")  # one line, no newline
     return fx
 
 

@@ -116,3 +116,53 @@ def test_a_bad_heartbeat_setting_names_the_variable_and_creates_nothing(tmp_path
     with pytest.raises(ConfigError, match="AEOPT_HEARTBEAT_INTERVAL='abc' is not a whole number"):
         open_storage(f"sqlite:///{tmp_path}/x.db")
     assert not (tmp_path / "x.db").exists()
+
+
+def _sqlite_file(path) -> bytes:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (x)")
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"some notes", "line 1 is no journal entry"),  # one line, no newline: Optuna skips it as a torn write
+    (b"some notes\n", "line 1 is no journal entry"),
+    (b'{"a": 1}\n{"b": 2}\n', "line 1 is no journal entry"),
+    (b'[1, 2]\n', "line 1 is no journal entry"),
+    (b'{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\nnotes\nmore notes\n',
+     "line 2 is no journal entry"),
+    (bytes(range(256)), "line 1 is no journal entry"),
+    (None, "not an Optuna journal file but an SQLite database; open it as sqlite:///"),
+])
+@pytest.mark.parametrize("create", [True, False])
+def test_a_journal_url_on_a_file_of_another_kind_leaves_it_untouched(content, says, create, tmp_path):
+    path = tmp_path / "notes.txt"
+    content = _sqlite_file(path) if content is None else content
+    path.write_bytes(content)
+    url = f"journal:///{path}"
+    with pytest.raises(StorageError) as caught:
+        open_storage(url, create=create)
+    message = str(caught.value)
+    assert message.startswith(f"{url}: not an Optuna journal file") and says in message, message
+    assert "\n" not in message
+    assert path.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_journal_torn_by_a_crash_mid_write_still_opens(tmp_path):
+    path = tmp_path / "j.log"
+    storage = open_storage(f"journal:///{path}")
+    optuna.create_study(storage=storage.optuna, study_name="s").optimize(lambda t: 1.0, n_trials=1)
+    with path.open("ab") as f:  # a worker killed mid-append: half an entry, no newline
+        f.write(b'{"op_code":4,"worker_id":"w","study_id":0,"dat')
+    names = [s.study_name for s in open_storage(f"journal:///{path}", create=False).optuna.get_all_studies()]
+    assert names == ["s"]
+    first = tmp_path / "first.log"  # the very first entry torn: nothing but the start of a journal line
+    for torn in (b'{"op_code":0,"worker_id":"w","stu', b'{"op'):
+        first.write_bytes(torn)
+        assert open_storage(f"journal:///{first}", create=False).optuna.get_all_studies() == []
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert open_storage(f"journal:///{empty}").optuna.get_all_studies() == []
