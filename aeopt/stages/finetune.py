@@ -9,6 +9,7 @@ on the same stratified 80/20 split as the autoencoder with early stopping on val
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,22 @@ from aeopt.stages.classifier_run import (
     labelled_split,
     write_classifier_outputs,
 )
-from aeopt.stages.finetune_fit import FinetuneSetup, OnFoldEpoch, finetune_folds, finetune_once, split_xy
+from aeopt.stages.finetune_fit import (
+    FinetuneSetup,
+    OnFoldEpoch,
+    finetune_folds,
+    finetune_once,
+    ignored_settings,
+    split_xy,
+)
 from aeopt.stages.metrics import ClassifierMetrics, CVSummary
 from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
 from aeopt.training.data import Split, prepare, stratified_folds, to_float
 from aeopt.training.engine import resolve_device
 from aeopt.training.models import Autoencoder
 from aeopt.training.supervised import Classifier, ClassifierFit, evaluate
+
+log = logging.getLogger(__name__)
 
 
 def _starting_autoencoder(cfg: FinetuneRun, given: Autoencoder | None, *, device: torch.device,
@@ -105,6 +115,13 @@ def _finetune(cfg: FinetuneRun, *, checkpoint: str | Path | None, autoencoder: A
     started = time.perf_counter()
     dev = resolve_device(device)
     ft = cfg.finetune
+    ignored = ignored_settings(ft)
+    if ignored:
+        given = ", ".join(f"finetune.{name} = {getattr(ft, name)}" for name in ignored)
+        one = len(ignored) == 1
+        log.warning("warning: finetune.mode = frozen trains the head alone, so %s %s no effect (only when "
+                    "the encoder trains); drop %s, or use --mode full", given, "has" if one else "have",
+                    "it" if one else "them")
     # The labelled split first: a bad finetune.labels is one line before any pretraining.
     data = labelled_split(cfg.data, ft.labels, data_dir)
     t_ae = time.perf_counter()
@@ -125,7 +142,8 @@ def _finetune(cfg: FinetuneRun, *, checkpoint: str | Path | None, autoencoder: A
         task="finetune", model=cfg.model.kind, mode=ft.mode, init=ft.init, dataset=cfg.data.dataset,
         data=data, labels=ft.labels, classifier=models[0], fit=fit, test=test, train_acc=train_acc,
         seconds=seconds, started=started, device=dev, pretrain_seconds=pretrain_seconds, autoencoder=ae_info,
-        finetune=ft.model_dump(mode="json"), cv=cv)
+        # The settings as given, and which of them the mode left unused.
+        finetune={**ft.model_dump(mode="json"), **({"ignored": ignored} if ignored else {})}, cv=cv)
     if out is not None:
         # classifier.pt holds one model; a k-fold run has k of them and writes none.
         single = models[0] if len(models) == 1 else None

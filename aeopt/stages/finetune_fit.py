@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from aeopt.config import FinetuneRun, run_config
+from aeopt.config import FinetuneConfig, FinetuneRun, run_config
 from aeopt.progress import Progress, progress
 from aeopt.training.data import Split, add_noise, stratified_folds, to_float
 from aeopt.training.engine import noise_std, set_seed
@@ -37,6 +37,20 @@ from aeopt.training.supervised import (
 # to stop the run (a study raises optuna.TrialPruned there).
 OnFoldEpoch = Callable[[int, int, float, float], None]
 XY = tuple[torch.Tensor, torch.Tensor]
+
+
+# The settings that act on the encoder (its learning rate and dropout, the reconstruction term through
+# it, the head-alone phase before it trains): frozen mode trains the head alone and uses none of them.
+FULL_MODE_ONLY = ("probe_epochs", "recon_weight", "encoder_lr_scale", "encoder_dropout")
+
+
+def ignored_settings(ft: FinetuneConfig) -> list[str]:
+    """The settings of `ft` set away from their defaults that its mode does not use (frozen mode:
+    `FULL_MODE_ONLY`). Not a config error: a study may search finetune.mode together with them."""
+    if ft.mode != "frozen":
+        return []
+    fields = type(ft).model_fields
+    return [name for name in FULL_MODE_ONLY if getattr(ft, name) != fields[name].default]
 
 
 def split_xy(split: Split, device: torch.device) -> XY:
@@ -129,9 +143,11 @@ def finetune_once(setup: FinetuneSetup, train: XY, val: XY, *, seed: int, desc: 
     aug = augmentation_for(ft.augment, setup.cfg.data.dataset, train[0].shape[0])
     kw = {"seed": seed, "augmentation": aug, "amp": setup.amp}
     probe = None
-    with progress(ft.probe_epochs + ft.max_epochs, desc, enabled=setup.show_progress and show is None) as bar:
+    probing = bool(ft.probe_epochs and ft.mode == "full")
+    epochs = ft.max_epochs + (ft.probe_epochs if probing else 0)
+    with progress(epochs, desc, enabled=setup.show_progress and show is None) as bar:
         show = show if show is not None else show_on(bar)
-        if ft.probe_epochs and ft.mode == "full":
+        if probing:
             # Linear probe, then fine-tune (Kumar et al., "Fine-Tuning can Distort Pretrained
             # Features and Underperform Out-of-Distribution", ICLR 2022): a trained head first,
             # so the random head's early gradients do not scramble the pretrained encoder.

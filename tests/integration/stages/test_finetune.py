@@ -200,6 +200,29 @@ def test_frozen_mode_leaves_the_encoder_unchanged_full_mode_trains_it(tmp_path):
             json.loads((tmp_path / run / "metrics.json").read_text())["test_acc"])
 
 
+def test_frozen_mode_warns_about_the_settings_it_ignores(tmp_path):
+    cfg = str(_config(tmp_path, TINY_FT))
+    ignored = ["--set", "finetune.probe_epochs=2", "--set", "finetune.recon_weight=0.5",
+               "--set", "finetune.encoder_lr_scale=0.1"]
+    proc = run_cli("finetune", cfg, *CPU, "--mode", "frozen", *ignored, "--out", str(tmp_path / "f"),
+                   cwd=tmp_path)
+    _ok(proc)
+    warning = [line for line in proc.stderr.splitlines() if "no effect" in line]
+    assert len(warning) == 1, proc.stderr
+    assert all(f"finetune.{k}" in warning[0] for k in ("probe_epochs", "recon_weight", "encoder_lr_scale"))
+    assert "finetune.mode = frozen" in warning[0] and "--mode full" in warning[0]
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    # Recorded as given, with what the mode left unused; the probe phase did not run.
+    assert metrics["finetune"]["probe_epochs"] == 2
+    assert metrics["finetune"]["ignored"] == ["probe_epochs", "recon_weight", "encoder_lr_scale"]
+    assert metrics["epochs"] == TINY_FT["max_epochs"]
+    # Full mode uses them: no warning, nothing ignored.
+    proc = run_cli("finetune", cfg, *CPU, *ignored, "--out", str(tmp_path / "full"), cwd=tmp_path)
+    _ok(proc)
+    assert "no effect" not in proc.stderr
+    assert "ignored" not in json.loads((tmp_path / "full" / "metrics.json").read_text())["finetune"]
+
+
 def _reloaded_test_acc(run: Path, data_cfg) -> float:
     model, cfg, payload = load_classifier_checkpoint(run / "classifier.pt")
     assert payload["format"] == "aeopt.classifier/1" and len(payload["classes"]) == 10
