@@ -11,6 +11,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import load_baseline_config
+from aeopt.files import output_folder
 from aeopt.stages.compare import compare_rows, different_test_sets, format_table
 
 baseline_app = typer.Typer(help="Supervised baselines trained from scratch, for `aeopt compare`.",
@@ -38,7 +39,7 @@ def cnn(
     """
     overrides = list(set_ or []) + ([f"train.labels={labels}"] if labels is not None else [])
     cfg = load_baseline_config(config, overrides)
-    out = out or Path("runs") / "baseline-cnn"
+    out = output_folder(out or Path("runs") / "baseline-cnn")  # before training, not after it
     # Imported on use: the stage imports torch (seconds); a bad config above fails before that.
     from aeopt.stages.baseline import train_baseline  # noqa: PLC0415
 
@@ -46,6 +47,18 @@ def cnn(
     summary = metrics.model_dump(mode="json", exclude_none=True, exclude={"history", "config"})
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"wrote {out}/metrics.json, {out}/confusion_matrix.json, {out}/confusion_matrix.png", err=True)
+
+
+def _budgets(text: str) -> list[int]:
+    """--budgets as label counts; each at least 2 per class of the 10 every dataset here has."""
+    try:
+        counts = [int(b) for b in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 20:
+        raise typer.BadParameter(f"{text!r}: give comma-separated label counts, at least 20 each "
+                                 "(2 per class), e.g. 100,1000", param_hint="--budgets")
+    return counts
 
 
 @baseline_app.command("few-labels")
@@ -87,6 +100,8 @@ def few_labels(
     With unlabelled images too: --pseudo-rounds 0 --consistency 3000, or --spread --pseudo-rounds 0
     (label spreading on the codes: no gradient step, seconds a draw).
     """
+    output_folder(out)  # before the encoders load and the draws train, not after them
+    label_counts = _budgets(budgets)
     encoder = encoder or []
     if not encoder and random_like is None:
         # Random initialisation alone is a baseline worth its own run (beside another's folder).
@@ -116,7 +131,7 @@ def few_labels(
     encoders, sources = load_encoders(dict(e.split("=", 1) for e in encoder), random_like, overrides, dev)
     pseudo = PseudoLabels(rounds=pseudo_rounds, per_class=per_class)
     spreading = SpreadSettings(neighbours=neighbours, alpha=alpha) if spread else None
-    results = label_budget(encoders, [int(b) for b in budgets.split(",")], draws, pseudo=pseudo, device=dev,
+    results = label_budget(encoders, label_counts, draws, pseudo=pseudo, device=dev,
                            data_dir=data_dir, consistency=fixmatch, spreading=spreading)
     write_label_draws(out, results, {"encoders": sources, "recipe": overrides, "pseudo": vars(pseudo),
                                      "consistency": vars(fixmatch) if fixmatch else None,

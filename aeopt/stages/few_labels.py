@@ -41,7 +41,7 @@ import torch
 
 from aeopt.config import FinetuneRun, load_finetune_config, run_config
 from aeopt.errors import AeoptError
-from aeopt.files import atomic_write_text
+from aeopt.files import atomic_write_text, make_folder
 from aeopt.progress import progress
 from aeopt.stages.classifier_run import LabelledData, evaluate_on_test, labelled_split
 from aeopt.stages.finetune_fit import FinetuneSetup, finetune_once, split_xy
@@ -80,6 +80,7 @@ class DrawResult:
     pseudo_label_acc: list[float] = field(default_factory=list)  # per round: agreement with true labels
     seconds: float = 0.0
     consistency: list[dict[str, float]] = field(default_factory=list)  # its validation record, if on
+    n_test: int = 0  # the test images that scored it (`aeopt compare` checks rows share a test set)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class BudgetResult:
     encoder: str
     labels: int
     draws: list[DrawResult]
+    dataset: str | None = None
 
     @property
     def test_accs(self) -> list[float]:
@@ -101,6 +103,7 @@ class BudgetResult:
         acc, std = mean_std(self.test_accs)
         only, only_std = mean_std([d.test_acc_labelled_only for d in self.draws])
         return {"encoder": self.encoder, "labels": self.labels, "draws": len(self.draws),
+                "dataset": self.dataset, "n_test": self.draws[0].n_test if self.draws else None,
                 "test_acc_mean": acc, "test_acc_std": std,
                 "labelled_only_test_acc_mean": only, "labelled_only_test_acc_std": only_std,
                 "val_acc_mean": statistics.fmean(d.val_acc for d in self.draws),
@@ -238,7 +241,7 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
     last = evaluate_on_test([model], data.test, n_classes, device).accuracy if later else first
     return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=val_acc,
                       pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1),
-                      consistency=record)
+                      consistency=record, n_test=len(data.test))
 
 
 def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, data: LabelledData, *,
@@ -262,7 +265,7 @@ def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | N
                                    settings=SemiSupervisedSettings(steps=cfg.model.ssl_steps))
     acc = evaluate_on_test([clf], data.test, len(data.classes), device).accuracy
     return DrawResult(draw=draw, test_acc=acc, test_acc_labelled_only=acc, val_acc=fit.best_val_acc,
-                      seconds=round(time.perf_counter() - started, 1))
+                      seconds=round(time.perf_counter() - started, 1), n_test=len(data.test))
 
 
 Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]
@@ -274,9 +277,12 @@ def label_budget(encoders: dict[str, Encoder], budgets: list[int], draws: int, *
                  spreading: SpreadSettings | None = None) -> list[BudgetResult]:
     """Every encoder (name -> (its fine-tune config, its pretrained state; None: random
     initialisation)) at every label budget, over draws 0 .. draws-1 (the same draws for each)."""
+    for cfg, _ in encoders.values():  # a budget the data cannot hold fails before any draw trains
+        for n in {min(budgets), max(budgets)}:
+            labelled_split(cfg.data, n, data_dir, field="--budgets")
     return [BudgetResult(name, n, [one_draw(cfg, state, labels=n, draw=d, pseudo=pseudo, device=device,
                                             data_dir=data_dir, consistency=consistency, spreading=spreading)
-                                   for d in range(draws)])
+                                   for d in range(draws)], dataset=cfg.data.dataset)
             for n in budgets for name, (cfg, state) in encoders.items()]
 
 
@@ -304,8 +310,7 @@ def load_encoders(checkpoints: dict[str, str | Path], random_like: str | Path | 
 
 def write_label_draws(out: str | Path, results: list[BudgetResult], info: dict[str, Any]) -> Path:
     """out/label_draws.json: the summaries and `info` (configs, epochs, pseudo-label settings)."""
-    path = Path(out) / LABEL_DRAWS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_folder(Path(out)) / LABEL_DRAWS_FILE
     atomic_write_text(path, json.dumps({"info": info, "results": [r.summary() for r in results]}, indent=2))
     return path
 

@@ -28,6 +28,7 @@ ABSENT_GPU = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: on no
 # (no trials yet); the working folder itself starts empty and must stay empty.
 DB = "sqlite:///{fx}/s.db"
 MISSING_DB = "sqlite:///{fx}/typo/x.db"
+OTHER_DB = "sqlite:///{fx}/other.db"  # another program's SQLite file: no Optuna tables
 PG = f"postgresql://aeopt:{PASSWORD}@127.0.0.1:1/aeopt"
 # Seconds of training on CPU, should a bad output path go unnoticed until the outputs are written.
 TINY_RUN = ["--set", "data.dataset=synthetic", "--set", "data.train_subset=200", "--set",
@@ -100,6 +101,12 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     # A journal URL on a file of the user's that is no journal: refused, the file left as it was.
     ("create-journal-on-notes", ["study", "create", SPEC, "--storage", "journal:///{fx}/notes.txt"], {}),
     ("list-journal-on-notes", ["study", "list", "--storage", "journal:///{fx}/notes.txt"], {}),
+    # Readers on another program's SQLite file: refused, no Optuna tables created in it.
+    ("list-other-programs-db", ["study", "list", "--storage", OTHER_DB], {}),
+    ("show-other-programs-db", ["study", "show", "s", "--storage", OTHER_DB], {}),
+    ("export-other-programs-db", ["export", "--study", "s", "-o", "{fx}/x.yaml", "--storage", OTHER_DB], {}),
+    ("worker-other-programs-db", ["worker", "--study", "s", "--storage", OTHER_DB], {}),
+    ("dashboard-other-programs-db", ["dashboard", "--storage", OTHER_DB], {}),
     ("list-postgres-password", ["study", "list", "--storage", PG], {}),
     ("list-postgres-password-env", ["study", "list"], {"AEOPT_STORAGE": PG}),
     ("list-postgres-at-in-password", ["study", "list", "--storage",
@@ -183,6 +190,13 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
                                    "-o", "{fx}/bad.yaml/run"], {}),
     ("baseline-missing-config", ["baseline", "cnn", "--config", "{fx}/missing.yaml"], {}),
     ("baseline-unknown-key", ["baseline", "cnn", "--set", "train.nope=1"], {}),
+    ("baseline-out-under-a-file", ["baseline", "cnn", "-o", "{fx}/bad.yaml/out"], {}),
+    ("few-labels-budgets-not-numbers", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                        "{fx}/missing.pt", "--budgets", "abc"], {}),
+    ("few-labels-budget-too-small", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                     "{fx}/missing.pt", "--budgets", "100,5"], {}),
+    ("few-labels-out-under-a-file", ["baseline", "few-labels", "-o", "{fx}/bad.yaml/out", "--random-like",
+                                     "{fx}/missing.pt"], {}),
     ("compare-missing-run", ["compare", "{fx}/no-run"], {}),
     ("quickstart-zero-trials", ["quickstart", "--n-trials", "0"], {}),
     ("quickstart-missing-data-dir", ["quickstart", "--data-dir", "{fx}/no-data"], {}),
@@ -209,6 +223,11 @@ def fixtures(tmp_path_factory) -> Path:
     _finished_study(DB.format(fx=fx), tiny)
     (fx / "folder.yaml").mkdir()
     (fx / "notes.txt").write_text("some notes")  # one line, no newline
+    import sqlite3
+
+    with sqlite3.connect(fx / "other.db") as db:
+        db.execute("CREATE TABLE notes (x)")
+    db.close()
     return fx
 
 

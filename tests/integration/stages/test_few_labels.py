@@ -229,6 +229,24 @@ def test_a_categorical_aae_takes_the_semi_supervised_path_without_pseudo_labels(
     assert [r["model"] for r in compare_rows([tmp_path / "few"])] == ["ssl (label draws)"]
 
 
+def test_a_budget_the_data_cannot_hold_fails_before_any_draw_trains(monkeypatch):
+    trained = []
+    monkeypatch.setattr(few_labels, "one_draw", lambda *a, **k: trained.append(k))
+    with pytest.raises(AeoptError, match="--budgets = 100000: the training split has only"):
+        label_budget({"random": (_cfg(), None)}, [40, 100_000], 1, pseudo=PseudoLabels(rounds=0), device=CPU)
+    assert trained == []
+
+
+def test_label_draws_record_the_test_set_they_were_scored_on(tmp_path):
+    [result] = label_budget({"random": (_cfg(), None)}, [40], 1, pseudo=PseudoLabels(rounds=0), device=CPU)
+    write_label_draws(tmp_path / "few", [result], {})
+    [summary] = read_label_draws(tmp_path / "few")
+    n_test = len(prepare(_cfg().data).test)
+    assert summary["dataset"] == "digits" and summary["n_test"] == n_test
+    [row] = compare_rows([tmp_path / "few"])
+    assert row["dataset"] == "digits" and row["n_test"] == n_test
+
+
 def test_a_fresh_semi_supervised_aae_starts_from_its_draws_weights_whatever_ran_before(monkeypatch):
     # A spy on the real semi-supervised fit: the weights it starts from. Earlier draws and encoders
     # move torch's global generator; a draw's fresh model must not depend on them.
