@@ -23,12 +23,16 @@ def read_run(folder: str | Path) -> ClassifierRun:
 
 def _table(run: ClassifierRun) -> list[tuple[str, str]]:
     m = run.metrics
-    rows = [("run", m.label), ("dataset", m.dataset), ("labelled images", str(m.labels)),
-            ("epochs", f"{m.epochs} (best {m.best_epoch})")]
+    rows = [("run", m.label), ("dataset", m.dataset), ("labelled images", str(m.labels))]
     if m.cv is not None:
+        # k fold models, each with its own epochs: no single best epoch; the test split scores their ensemble.
+        per_fold = ", ".join(map(str, m.cv.fold_epochs))
+        rows.append(("epochs", f"{m.epochs} over {m.cv.folds} folds ({per_fold})"))
         rows.append((f"validation accuracy ({m.cv.folds}-fold CV)",
                      f"{m.cv.val_acc_mean:.4f} ± {m.cv.val_acc_std:.4f}"))
+        rows.append(("test protocol", m.cv.test_protocol))
     else:
+        rows.append(("epochs", f"{m.epochs} (best {m.best_epoch})"))
         rows.append(("validation accuracy", f"{m.val_acc:.4f}"))
     rows.append(("test accuracy", f"{m.test_acc:.4f}"))
     if m.autoencoder and m.autoencoder.get("source"):
