@@ -19,7 +19,9 @@ password masked, for every log line, error and page. Supported URLs, each set up
 Every storage comes wrapped in `aeopt.search.retry.RetryingStorage`: a database restart or a cut link
 is waited out (up to AEOPT_OUTAGE_SECONDS, default 180) instead of killing the worker.
 `open_storage(url, create=False)`, for commands that only read an existing study, refuses an SQLite
-or journal file that does not exist instead of creating it.
+or journal file that does not exist, and a database without Optuna's tables (an empty one, another
+program's), instead of creating them. A journal URL on a file that is no Optuna journal is refused
+either way (the file is left as it is).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 
@@ -75,7 +78,7 @@ def _file_path(url: str) -> Path | None:
     return None
 
 
-def _rdb(url: str, pool_size: int = 2) -> BaseStorage:
+def _rdb(url: str, pool_size: int = 2, create: bool = True) -> BaseStorage:
     interval, grace = _heartbeat_settings()
     engine_kwargs: dict = {}
     if kind(url) == "sqlite":
@@ -96,9 +99,14 @@ def _rdb(url: str, pool_size: int = 2) -> BaseStorage:
             engine_kwargs["connect_args"] = {
                 "connect_timeout": 10, "application_name": "aeopt", "keepalives": 1, "keepalives_idle": 30,
                 "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000}
+    if not create:
+        _check_optuna_tables(url, engine_kwargs)
     rdb = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
+        # A reader creates nothing: Optuna's tables were found above (its schema version is still
+        # checked: an older one is refused with Optuna's `optuna storage upgrade` hint, not migrated).
+        skip_table_creation=not create,
         heartbeat_interval=interval,
         grace_period=grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
@@ -151,6 +159,22 @@ def _check_journal(url: str, path: Path, display: str) -> None:
                                "left as it is)")
 
 
+def _check_optuna_tables(url: str, engine_kwargs: dict) -> None:
+    """Refuse a database without Optuna's tables (an empty one, another program's) before RDBStorage,
+    which would create its 13 tables there. One connection, one catalog query; it fails as RDBStorage's
+    would when the server is down (and _open says so)."""
+    engine = sqlalchemy.create_engine(url, connect_args=engine_kwargs.get("connect_args", {}),
+                                      poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "version_info"} <= tables:
+        raise StorageError(f"{redact(url)} holds no Optuna studies (a wrong database?); create one with "
+                           "`aeopt study create SPEC --storage URL`")
+
+
 def _journal(backend: BaseJournalBackend) -> BaseStorage:
     # Journal storages get the same heartbeats as RDB ones, through aeopt's lease (search/heartbeat.py).
     interval, grace = _heartbeat_settings()
@@ -198,7 +222,8 @@ def open_storage(url: str | None = None, *, create: bool = True, pool_size: int 
     """Open the storage at `url` (else AEOPT_STORAGE, else the embedded SQLite default).
 
     `create=False` is for commands that read an existing study: an SQLite or journal file that does
-    not exist is an error, and nothing is created. Storage calls ride out outages (search/retry.py).
+    not exist, or a database without Optuna's tables, is an error, and nothing is created. Storage
+    calls ride out outages (search/retry.py).
     `pool_size`: the connections an RDB storage keeps open (3 more in a burst)."""
     url = normalize(resolve_url(url))
     display = redact(url)
@@ -207,20 +232,20 @@ def open_storage(url: str | None = None, *, create: bool = True, pool_size: int 
         raise StorageError(f"no study storage at {display} (no file {path.absolute()}): create a study first "
                            "with `aeopt study create conv_ae`")
     policy = RetryPolicy(window=outage_seconds())
-    inner = _open_waiting(url, policy, pool_size)
+    inner = _open_waiting(url, policy, pool_size, create)
     # An RDB storage connected when it was built, and a gRPC proxy was probed (_open): either has been
     # reached, so a later refusal is an outage to wait out.
     reached = kind(url) != "redis"
     return Storage(RetryingStorage(inner, display=display, policy=policy, reached=reached), url, display)
 
 
-def _open_waiting(url: str, policy: RetryPolicy, pool_size: int = 2) -> BaseStorage:
+def _open_waiting(url: str, policy: RetryPolicy, pool_size: int = 2, create: bool = True) -> BaseStorage:
     """`_open`, waiting out a server that says it is restarting (an RDB storage connects at once)."""
     started = time.monotonic()
     attempt = 0
     while True:
         try:
-            return _open(url, pool_size)
+            return _open(url, pool_size, create)
         except _Transient as exc:
             left = started + policy.window - time.monotonic()
             if left <= 0:
@@ -239,7 +264,7 @@ class _Transient(Exception):
         self.storage_error = storage_error
 
 
-def _open(url: str, pool_size: int = 2) -> BaseStorage:
+def _open(url: str, pool_size: int = 2, create: bool = True) -> BaseStorage:
     try:
         path = _file_path(url)
         if url.startswith("journal://"):
@@ -257,7 +282,7 @@ def _open(url: str, pool_size: int = 2) -> BaseStorage:
             return HeartbeatGrpcStorage(
                 host=host, port=port, heartbeat_interval=interval, grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-        return _rdb(url, pool_size)
+        return _rdb(url, pool_size, create)
     except AeoptError:  # already one line for the user (a bad setting, a missing file)
         raise
     except ModuleNotFoundError as exc:

@@ -166,3 +166,53 @@ def test_a_journal_torn_by_a_crash_mid_write_still_opens(tmp_path):
     empty = tmp_path / "empty.log"
     empty.write_bytes(b"")
     assert open_storage(f"journal:///{empty}").optuna.get_all_studies() == []
+
+
+@pytest.fixture
+def empty_pg_url(pg_server_url):
+    """A PostgreSQL database of this test's own, created empty on the session's server and dropped after."""
+    import uuid
+
+    import psycopg
+    import sqlalchemy
+
+    server = sqlalchemy.engine.make_url(pg_server_url)
+    name = f"aeopt_test_empty_{uuid.uuid4().hex[:8]}"
+    admin = server.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _tables(url: str) -> set[str]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_a_reader_on_a_database_without_optuna_tables_creates_none(empty_pg_url, tmp_path):
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:  # another program's SQLite file
+        db.execute("CREATE TABLE notes (x)")
+    db.close()
+    for url in (empty_pg_url, f"sqlite:///{other}"):
+        before = _tables(url)
+        with pytest.raises(StorageError) as caught:
+            open_storage(url, create=False)
+        assert str(caught.value) == (f"{redact(url)} holds no Optuna studies (a wrong database?); create one "
+                                     "with `aeopt study create SPEC --storage URL`")
+        assert _tables(url) == before  # nothing created
+        # `aeopt study create` (create=True) still sets the database up, and then readers open it.
+        open_storage(url).optuna.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+        assert {"studies", "trials", "version_info", "alembic_version"} <= _tables(url)
+        assert [s.study_name for s in open_storage(url, create=False).optuna.get_all_studies()] == ["s"]
