@@ -16,7 +16,7 @@ import typer
 
 from aeopt import allocator
 from aeopt.cli.common import HelpGroup
-from aeopt.errors import AeoptError
+from aeopt.errors import AeoptError, StorageError
 from aeopt.threads import apply_process_defaults
 
 app = typer.Typer(
@@ -187,10 +187,36 @@ def _run(argv: list[str], debug: bool) -> int:
     except AeoptError as exc:
         if debug:
             raise
-        for line in str(exc).splitlines() or ["error"]:
-            typer.echo(f"error: {line}", err=True)
-        return exc.exit_code
+        return _error_lines(exc)
+    except Exception as exc:
+        outage = _storage_error_in(exc)
+        if outage is None or debug:
+            raise
+        return _error_lines(outage)
     return 0
+
+
+def _error_lines(exc: AeoptError) -> int:
+    for line in str(exc).splitlines() or ["error"]:
+        typer.echo(f"error: {line}", err=True)
+    return exc.exit_code
+
+
+def _storage_error_in(exc: BaseException) -> StorageError | None:
+    """The storage error an error was raised from or while handling: a storage gone for longer than the
+    outage window fails the cleanup code that runs after it too (Optuna's trial cleanup then raises an
+    UnboundLocalError of its own while handling it), and what follows from it says nothing more."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc.__cause__, exc.__context__]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, StorageError):
+            return e
+        seen.add(id(e))
+        todo.extend([e.__cause__, e.__context__])
+    return None
 
 
 def entrypoint() -> None:

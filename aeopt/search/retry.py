@@ -4,8 +4,11 @@
 that fails with a transient error (the server is gone, restarting or shutting down, a connection was
 refused, reset or closed, a serialization failure or deadlock) is retried with exponential backoff and
 jitter until the outage has lasted `window` seconds (`AEOPT_OUTAGE_SECONDS`, default 180; 0 turns
-retries off); then the call raises the error it got. Anything else (a wrong password, a missing table,
-an unknown study) raises at once. One warning line per outage, one line when the storage is back.
+retries off); then the call raises a `StorageError` (one line for the CLI: the storage, how long it was
+waited for, the driver's reason, what to do) from the error it got. Anything else (a wrong password, a
+missing table, an unknown study) raises at once, as it is. One warning line per outage, one line when
+the storage is back. A heartbeat that cannot be recorded once the window is spent is skipped, not
+raised: it would end Optuna's heartbeat thread with a traceback, and the trial's own calls fail anyway.
 
 Writes a retry could apply twice, when the first try's reply was lost after the server committed it:
 - `set_trial_state_values` (tell): a retry that finds the trial already in the requested finished
@@ -50,6 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.errors import StorageError
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, grace_seconds
+from aeopt.search.urls import scrub
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +152,14 @@ def is_restarting(exc: BaseException) -> bool:
 
 
 def reason(exc: BaseException) -> str:
-    """One short line for the log: the innermost error's first line."""
-    inner = list(_chain(exc))[-1]
-    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {first}"[:160] if first else type(inner).__name__
+    """One short line for the log: the first line of the innermost error that says something (SQLAlchemy
+    chains errors with nothing to say, such as its pool's `InvalidatePoolError: ()`)."""
+    chain = list(_chain(exc))
+    for inner in reversed(chain):
+        text = str(inner).strip()
+        if text and text != "()":
+            return f"{type(inner).__name__}: {text.splitlines()[0]}"[:160]
+    return type(chain[-1]).__name__
 
 
 @dataclass(frozen=True)
@@ -176,18 +184,22 @@ class _Outage:
     """When this storage was first found down (shared by the threads of a process), for the log lines
     and the window: the window runs from the outage's start, whichever call saw it first."""
 
-    def __init__(self, display: str, window: float) -> None:
+    def __init__(self, display: str, window: float, url: str | None = None) -> None:
         self.display = display
         self.window = window
         self.since: float | None = None
+        self._url = url
         self._lock = threading.Lock()
+
+    def reason(self, exc: BaseException) -> str:
+        return scrub(reason(exc), self._url) if self._url else reason(exc)
 
     def failed(self, exc: BaseException) -> float:
         with self._lock:
             if self.since is None:
                 self.since = time.monotonic()
-                log.warning("storage %s unreachable (%s); retrying for up to %g s", self.display, reason(exc),
-                            self.window)
+                log.warning("storage %s unreachable (%s); retrying for up to %g s", self.display,
+                            self.reason(exc), self.window)
             return self.since
 
     def recovered(self) -> None:
@@ -206,22 +218,26 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     storage's `grace_period`, `engine`) are read from `inner`."""
 
     def __init__(self, inner: BaseStorage, *, display: str, policy: RetryPolicy | None = None,
-                 reached: bool = False, sleep: Callable[[float], None] = time.sleep) -> None:
+                 reached: bool = False, sleep: Callable[[float], None] = time.sleep,
+                 url: str | None = None) -> None:
         self._inner = inner
         # An outage is a storage that answered and then went away; until it has answered once, a
         # refused connection is taken for a wrong URL and raised at once (a server that says it is
         # restarting is still waited for).
         self._reached = reached
         self._policy = policy or RetryPolicy(window=outage_seconds())
-        self._outage = _Outage(display, self._policy.window)
+        self._outage = _Outage(display, self._policy.window, url)  # url: to scrub a driver's reason
         self._sleep = sleep
+        # The trials this process has running (asked, not yet told): what an outage takes from it.
+        self._running: set[int] = set()
 
     @property
     def inner(self) -> BaseStorage:
         return self._inner
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_inner", "_policy", "_outage", "_sleep", "_reached"):
+        if name.startswith("__") or name in ("_inner", "_policy", "_outage", "_sleep", "_reached",
+                                             "_running"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -231,13 +247,13 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                if self._policy.window <= 0 or not is_transient(exc):
+                if not is_transient(exc) or (not self._reached and not is_restarting(exc)):
                     raise
-                if not self._reached and not is_restarting(exc):
-                    raise
+                if self._policy.window <= 0:
+                    raise self._given_up(exc) from exc
                 left = self._outage.failed(exc) + self._policy.window - time.monotonic()
                 if left <= 0:
-                    raise
+                    raise self._given_up(exc) from exc
                 self._sleep(min(self._policy.delay(attempt), left))
                 attempt += 1
                 continue
@@ -245,6 +261,19 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             if self._outage.since is not None:
                 self._outage.recovered()
             return result
+
+    def _given_up(self, exc: BaseException) -> StorageError:
+        """The one line for an outage that outlasted the window (or any, with retries off)."""
+        window = self._policy.window
+        waited = f"for more than {window:g} s" if window > 0 else f"(retries are off: {OUTAGE_ENV}=0)"
+        where = f"storage {self._outage.display} unreachable {waited} ({self._outage.reason(exc)})"
+        if not self._running:
+            return StorageError(f"{where}; rerun when it is back ({OUTAGE_ENV} sets how long to wait)")
+        if self.get_heartbeat_interval() is None:  # no heartbeats: nobody will notice the trial is dead
+            return StorageError(f"{where}; the running trial is lost to this worker and stays RUNNING in the "
+                                "study; rerun the worker when the storage is back")
+        return StorageError(f"{where}; the running trial is lost to this worker (another worker re-queues it "
+                            "when the storage is back); rerun the worker then")
 
     # Studies.
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -315,7 +344,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                     return found
             return self._inner.create_new_trial(study_id, tagged)
 
-        return self._call(attempt)
+        trial_id = self._call(attempt)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            self._running.add(trial_id)
+        return trial_id
 
     def _find_token(self, study_id: int, token: str) -> int | None:
         for trial in self._inner.get_all_trials(study_id, deepcopy=False):
@@ -350,7 +382,16 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                     return True  # our first try finished the trial; its reply was lost
                 raise
 
-        return self._call(attempt)
+        try:
+            done = self._call(attempt)
+        except UpdateFinishedTrialError:
+            self._running.discard(trial_id)  # finished by another worker: no longer this one's
+            raise
+        if state == TrialState.RUNNING and done:
+            self._running.add(trial_id)  # a WAITING (re-queued) trial this worker took
+        elif state.is_finished():
+            self._running.discard(trial_id)
+        return done
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         self._call(self._inner.set_trial_intermediate_value, trial_id, step, intermediate_value)
@@ -392,7 +433,12 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     # Heartbeats: delegated when `inner` has them; `get_heartbeat_interval` None turns them off.
     def record_heartbeat(self, trial_id: int) -> None:
         assert isinstance(self._inner, BaseHeartbeat)
-        self._call(self._inner.record_heartbeat, trial_id)
+        try:
+            self._call(self._inner.record_heartbeat, trial_id)
+        except StorageError as exc:
+            # Optuna's heartbeat thread would die with a traceback; it tries again at its next beat,
+            # and the trial's own next call says what happened, once (the CLI's one line).
+            log.debug("heartbeat of trial %d skipped: %s", trial_id, exc)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert isinstance(self._inner, BaseHeartbeat)

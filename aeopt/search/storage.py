@@ -236,7 +236,8 @@ def open_storage(url: str | None = None, *, create: bool = True, pool_size: int 
     # An RDB storage connected when it was built, and a gRPC proxy was probed (_open): either has been
     # reached, so a later refusal is an outage to wait out.
     reached = kind(url) != "redis"
-    return Storage(RetryingStorage(inner, display=display, policy=policy, reached=reached), url, display)
+    retrying = RetryingStorage(inner, display=display, policy=policy, reached=reached, url=url)
+    return Storage(retrying, url, display)
 
 
 def _open_waiting(url: str, policy: RetryPolicy, pool_size: int = 2, create: bool = True) -> BaseStorage:

@@ -1,6 +1,8 @@
 """Outages, with real worker processes on a real PostgreSQL: the server restarted mid-trial, and the
 network link of a worker cut for 20 s mid-trial. Each ends with 0 crashed workers, 0 lost trials,
-0 zombie RUNNING trials and exactly N finished, without anyone stepping in.
+0 zombie RUNNING trials and exactly N finished, without anyone stepping in. And an outage longer than
+the window (a TCP forwarder in front of the session's server, stopped for good): the worker ends with
+one line and exit code 2.
 
 The server is a PostgreSQL cluster of the test's own (initdb in a temporary folder, its own port),
 so that restarting it takes nobody else's database away; it listens on 127.0.0.1 and 127.77.0.1, the
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
@@ -291,3 +295,103 @@ def test_a_worker_survives_a_cut_link(cluster, netns, tmp_path):
     counts = _assert_finished_clean(storage, name, target)
     print(f"\n[cut link] link down 20 s, first write {recovered:.1f} s after it came back "
           f"({time.monotonic() - cut_at:.0f} s from the cut to the end), {counts.text()}, trials lost 0")
+
+
+# ----- an outage longer than the window ---------------------------------------------------------------
+
+
+class Forwarder:
+    """A TCP forwarder on a port of its own in front of 127.0.0.1:`target`; `stop` takes the link away
+    for good (the listening socket and every connection closed: new connections are refused)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.stopped = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self.stopped:
+                    client.close()
+                    return
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+        try:  # wakes the thread blocked in accept() (a close alone would leave the port listening)
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
+        self.server.close()
+        with self._lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+def test_an_outage_longer_than_the_window_ends_the_worker_with_one_line(pg_url, tmp_path):
+    name = f"gone_{uuid.uuid4().hex[:8]}"
+    _create(tmp_path, pg_url, name, epochs=200)
+    server = sqlalchemy.engine.make_url(pg_url)
+    forwarder = Forwarder(server.port or 5432)
+    through = server.set(port=forwarder.port).render_as_string(hide_password=False)
+    env = {**os.environ, **ENV, "AEOPT_OUTAGE_SECONDS": "4", "AEOPT_STORAGE": through}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "aeopt", "worker", "--study", name, "--n-trials", "2", "--device", "cpu",
+         "--threads", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = open_storage(pg_url, create=False)  # straight to the server, not through the forwarder
+    try:
+        _wait_mid_trial(storage, name, [worker])
+        forwarder.stop()
+        gone = time.monotonic()
+        _, err = worker.communicate(timeout=60)
+    finally:
+        forwarder.stop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    took = time.monotonic() - gone
+    assert worker.returncode == 2, err[-4000:]
+    assert "Traceback" not in err, err[-4000:]
+    shown = sqlalchemy.engine.make_url(through).render_as_string(hide_password=True)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-4000:]
+    assert errors[0].startswith(f"error: storage {shown} unreachable for more than 4 s ("), errors[0]
+    assert errors[0].endswith("; the running trial is lost to this worker (another worker re-queues it when "
+                              "the storage is back); rerun the worker then"), err[-6000:]
+    assert err.count(f"storage {shown} unreachable (") == 1, err[-4000:]  # the outage's one warning
+    # The trial stays RUNNING, its heartbeats stopped: the next worker's stale check re-queues it.
+    states = [t.state for t in _trials(storage, name)]
+    assert states == [TrialState.RUNNING], states
+    print(f"\n[gone] the worker ended {took:.1f} s after the link went away")

@@ -181,23 +181,82 @@ def test_other_errors_are_raised_at_once():
 def test_no_retries_with_a_zero_window_or_before_first_contact():
     error = _wrapped(_refused())
     inner = _Flaky(error, failures=1, methods=("get_all_studies",))
-    with pytest.raises(StorageInternalError) as caught:
+    with pytest.raises(StorageError) as caught:
         _retrying(inner, window=0).get_all_studies()
-    assert caught.value is error and inner.calls == 1
+    assert caught.value.__cause__ is error and inner.calls == 1
+    assert str(caught.value).startswith("storage test://db unreachable (retries are off: "
+                                        "AEOPT_OUTAGE_SECONDS=0)")
     fresh = RetryingStorage(_Flaky(error, failures=1, methods=("get_all_studies",)), display="x",
                             policy=RetryPolicy(window=30), sleep=lambda s: None)
     with pytest.raises(StorageInternalError):
         fresh.get_all_studies()  # never reached: a refusal is a wrong URL, said at once
 
 
-def test_an_outage_longer_than_the_window_raises_the_original_error():
+def test_an_outage_longer_than_the_window_is_one_line_from_the_original_error():
     error = _wrapped(_refused())
-    inner = _Flaky(error, failures=10**9, methods=("get_all_studies",))
-    storage = RetryingStorage(inner, display="test://db", reached=True,
-                              policy=RetryPolicy(window=0.3, base=0.01, cap=0.05))
-    with pytest.raises(StorageInternalError) as caught:
+    inner = _Flaky(error, failures=10**9, methods=("get_all_studies", "set_trial_state_values"))
+    storage = RetryingStorage(inner, display="postgresql://u:***@db/x", reached=True,
+                              policy=RetryPolicy(window=0.3, base=0.01, cap=0.05),
+                              url="postgresql://u:hunter2@db/x")
+    study_id = storage.create_new_study([StudyDirection.MINIMIZE], "s")
+    trial_id = storage.create_new_trial(study_id)  # asked just before the outage
+    with pytest.raises(StorageError) as caught:
         storage.get_all_studies()
-    assert caught.value is error and 4 < inner.calls < 200
+    assert caught.value.__cause__ is error and 4 < inner.calls < 200
+    said = ('storage postgresql://u:***@db/x unreachable for more than 0.3 s (OperationalError: connection '
+            'failed: connection to server at "127.0.0.1", port 1 failed: Connection refused)')
+    # The window runs from the outage's start: a later call gives up at once, and says that this
+    # worker's running trial is lost (no heartbeats here: nobody re-queues it).
+    calls = inner.calls
+    with pytest.raises(StorageError) as caught:
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
+    assert inner.calls == calls + 1
+    assert str(caught.value) == (f"{said}; the running trial is lost to this worker and stays RUNNING in the "
+                                 "study; rerun the worker when the storage is back")
+    # A process with no trial running (a reader) is told to rerun.
+    reader = RetryingStorage(_Flaky(error, failures=10**9, methods=("get_all_studies",)), display="test://db",
+                             reached=True, policy=RetryPolicy(window=0.1, base=0.01, cap=0.05))
+    with pytest.raises(StorageError, match=r"^storage test://db unreachable for more than 0.1 s \(.*\); "
+                       r"rerun when it is back \(AEOPT_OUTAGE_SECONDS sets how long to wait\)$"):
+        reader.get_all_studies()
+
+
+class _FlakyBeats(_Flaky, BaseHeartbeat):
+    """`_Flaky` with heartbeats (every second), which fail as its named calls do."""
+
+    def record_heartbeat(self, trial_id):
+        return self._maybe_fail("record_heartbeat", lambda: None)
+
+    def _get_stale_trial_ids(self, study_id):
+        return []
+
+    def get_heartbeat_interval(self):
+        return 1
+
+    def get_heartbeat_stale_trial_callback(self):
+        return None
+
+
+def test_a_heartbeat_past_the_window_is_skipped_and_the_reason_scrubbed(caplog):
+    """Optuna's heartbeat thread must not die with a traceback; the trial's own call says that the trial
+    is lost and that another worker re-queues it; a password the driver repeats is masked."""
+    error = _wrapped(psycopg.OperationalError("connection to server failed: no route for hunter2"))
+    inner = _FlakyBeats(error, failures=10**9, methods=("record_heartbeat", "set_trial_state_values"))
+    storage = RetryingStorage(inner, display="postgresql://u:***@db/x", reached=True,
+                              policy=RetryPolicy(window=0.2, base=0.01, cap=0.05),
+                              url="postgresql://u:hunter2@db/x")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    with caplog.at_level(logging.DEBUG, logger="aeopt.search.retry"):
+        storage.record_heartbeat(trial._trial_id)  # gives up after the window, quietly
+        with pytest.raises(StorageError) as caught:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    said = str(caught.value)
+    assert said == ("storage postgresql://u:***@db/x unreachable for more than 0.2 s (OperationalError: "
+                    "connection to server failed: no route for ***); the running trial is lost to this "
+                    "worker (another worker re-queues it when the storage is back); rerun the worker then")
+    assert "hunter2" not in said + caplog.text
+    assert [r.levelname for r in caplog.records if r.name == "aeopt.search.retry"] == ["WARNING", "DEBUG"]
 
 
 def test_a_tell_whose_reply_was_lost_is_done_not_an_error():
