@@ -219,7 +219,7 @@ def proxy_storage(storage: Storage) -> BaseStorage:
     inner = optuna_storage.inner if isinstance(optuna_storage, RetryingStorage) else optuna_storage
     if isinstance(inner, _CachedStorage):
         inner = inner._backend
-    return RetryingStorage(ProxyStorage(inner), display=storage.display, reached=True)
+    return RetryingStorage(ProxyStorage(inner), display=storage.display, reached=True, url=storage.url)
 
 
 def serve(storage: BaseStorage, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:

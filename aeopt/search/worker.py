@@ -31,7 +31,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aeopt.config import SearchSpec
-from aeopt.errors import AeoptError
+from aeopt.errors import AeoptError, StorageError
 from aeopt.progress import Progress, duration_text, progress, time_left
 from aeopt.search.env import env_int
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
@@ -363,7 +363,8 @@ class _Recorded:
         try:
             raise_if_stop_requested()  # one noted while Optuna set this trial up (aeopt.search.stopping)
             return self.objective(trial)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, StorageError):
+            # A storage down past its outage window: a reason cannot be recorded there either.
             raise
         except KeyboardInterrupt as exc:
             _record_reason(trial, f"{STOPPED_REASON} {getattr(exc, 'signum', signal.SIGINT.value)}")
