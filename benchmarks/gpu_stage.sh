@@ -8,7 +8,7 @@
 # .gpu/ is ignored through .git/info/exclude, so it travels only when named in `carry`. Then, with the
 # device tool, from the repository root (about 46 MB travel; the limit is 64 MiB):
 #   command: OUT=$OUT DATA=.gpu/data WHEELS=.gpu/wheels bash benchmarks/gpu_suite.sh
-#   carry:   [".gpu"]      timeout_s: 420
+#   carry:   [".gpu"]      timeout_s: 480
 # Run it from aeopt's environment: bash benchmarks/gpu_stage.sh [DATA_DIR]   (default ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +42,4 @@ python3 -m pip download -q --dest .gpu/wheels --no-deps --only-binary=:all: --py
   --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 $pins
 echo "staged: $(du -sh .gpu | cut -f1) in .gpu ($(ls .gpu/wheels | wc -l) wheels, $(ls .gpu/data/FashionMNIST/raw | wc -l) data files)"
-echo "device run: command 'OUT=\$OUT DATA=.gpu/data WHEELS=.gpu/wheels bash benchmarks/gpu_suite.sh', carry ['.gpu'], timeout_s 420"
+echo "device run: command 'OUT=\$OUT DATA=.gpu/data WHEELS=.gpu/wheels bash benchmarks/gpu_suite.sh', carry ['.gpu'], timeout_s 480"
