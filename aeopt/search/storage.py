@@ -43,7 +43,7 @@ from aeopt.search.env import env_int
 from aeopt.search.heartbeat import HeartbeatGrpcStorage, HeartbeatJournalStorage, heartbeat_enabled
 from aeopt.search.proxy_probe import grpc_address, probe
 from aeopt.search.retry import RetryingStorage, RetryPolicy, is_restarting, outage_seconds, reason
-from aeopt.search.urls import redact, scrub, unencoded_at
+from aeopt.search.urls import comma_hosts, redact, scrub, unencoded_at
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,8 @@ def _open(url: str, pool_size: int = 2, create: bool = True) -> BaseStorage:
         text = str(exc).strip()
         reason_ = scrub(text.splitlines()[0], url)[:200] if text else type(exc).__name__
         hint = "; a password holding '@' must be written %40 in the URL" if unencoded_at(url) else ""
+        if comma_hosts(url):
+            hint += "; list several hosts as query parameters: postgresql://USER@/DB?host=h1:5432&host=h2:5432"
         error = StorageError(f"cannot open storage {redact(url)}: {reason_}; check the URL and that the "
                              f"server is running{hint}")
         if is_restarting(exc):

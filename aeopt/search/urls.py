@@ -92,3 +92,16 @@ def unencoded_at(url: str) -> bool:
     rest = url.split("://", 1)[1]
     found = None if rest.startswith("/") else _credentials(rest)
     return found is not None and "@" in rest[:found[0]]
+
+
+def comma_hosts(url: str) -> bool:
+    """Whether the URL lists several hosts with ',' (libpq's h1:5432,h2:5432), which SQLAlchemy reads
+    as one host with the port "5432,h2:5432"; it takes several hosts as `?host=h1:5432&host=h2:5432`."""
+    if "://" not in url:
+        return False
+    rest = url.split("://", 1)[1]
+    if rest.startswith("/"):
+        return False
+    found = _credentials(rest)
+    hosts = rest[found[0] + 1:] if found is not None and found[1] else rest
+    return "," in re.split(r"[/?#]", hosts, maxsplit=1)[0]

@@ -8,7 +8,7 @@ import pytest
 
 from aeopt.errors import StorageError
 from aeopt.search.storage import Storage, open_storage, redact
-from aeopt.search.urls import scrub
+from aeopt.search.urls import comma_hosts, scrub
 
 
 @pytest.mark.parametrize("url,shown", [
@@ -87,6 +87,17 @@ def test_a_failed_open_shows_no_part_of_the_password(url, hidden):
     msg = str(err.value)
     assert hidden not in msg and "\n" not in msg
     assert msg.startswith("cannot open storage postgresql+psycopg://")
+
+
+def test_a_comma_host_list_is_answered_with_the_form_sqlalchemy_takes():
+    # SQLAlchemy reads "h1:5432,h2:5432" as one host whose port is "5432,h2:5432" (its error: "invalid
+    # literal for int()"); the form it takes works, with the first host down and the second up.
+    with pytest.raises(StorageError) as err:
+        open_storage("postgresql://postgres:s3cret@127.0.0.1:1,127.0.0.2:1/postgres")
+    assert "?host=h1:5432&host=h2:5432" in str(err.value) and "s3cret" not in str(err.value)
+    assert not comma_hosts("postgresql://u:p,w@h/db")  # a ',' in the password is no host list
+    assert not comma_hosts("postgresql://u@/db?host=a:1,b:2") and not comma_hosts("sqlite:///a,b.db")
+    assert comma_hosts("postgresql://a:1,b:2/db")
 
 
 def test_scrub_masks_every_form_of_the_password_in_a_drivers_message():
