@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +38,10 @@ def dashboard(
 
     Example: aeopt dashboard --storage sqlite:///studies/aeopt.db   (then open http://127.0.0.1:8080/)
     """
+    # Ctrl-C / kill -INT stop the dashboard even when started in the background with `&`, where a
+    # non-interactive shell starts it with SIGINT ignored.
+    with contextlib.suppress(ValueError):  # not the main thread (a test calling it in-process)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     serve(open_storage(storage, create=False), host=host, port=port, artifacts=artifacts)
 
 

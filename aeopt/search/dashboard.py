@@ -192,8 +192,8 @@ def serve(storage: Storage, host: str = "127.0.0.1", port: int = 8080,
     log.info("optuna-dashboard for %s on http://%s:%d/ (artifacts: %s); Ctrl-C stops it",
              storage.display, shown, server.server_port, ", ".join(map(str, folders)))
     try:
+        # Ctrl-C and SIGTERM reach the CLI as KeyboardInterrupt: "stopped by signal ...", exit 130 or
+        # 143, as every aeopt command (a supervisor reads a plain 0 as "it finished by itself").
         server.serve_forever()
-    except KeyboardInterrupt:
-        log.info("dashboard stopped")
     finally:
         server.server_close()

@@ -1,5 +1,5 @@
 """Stopping on request, with real processes: SIGTERM exits 143 and Ctrl-C (SIGINT) 130, for `aeopt worker`,
-`aeopt launch`, `aeopt quickstart`, `aeopt train` and `aeopt report`; each says "stopped by signal" in one
+`aeopt launch`, `aeopt quickstart`, `aeopt train`, `aeopt report` and `aeopt dashboard`; each says "stopped by signal" in one
 line and prints no traceback; a worker first logs what it finished; the quickstart prints its summary and
 exports the best trial so far; train and report leave no half-written output folder; launch reports no
 stopped worker as failed and writes its logs inside logs/ whatever the study is called."""
@@ -212,3 +212,19 @@ def test_report_stops_in_one_line_and_leaves_no_half_written_folder(tmp_path):
     assert [p.name for p in (tmp_path / "rep").iterdir()] == ["report.html"]
     assert (tmp_path / "rep" / "report.html").read_text() == "the earlier report"
     assert not _no_partial(tmp_path)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_dashboard_stops_with_the_signals_exit_code_even_started_with_sigint_ignored(tmp_path, signum, code):
+    url = _study(tmp_path, "s")
+    # As `aeopt dashboard &` from a script: a non-interactive shell starts it with SIGINT ignored.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AEOPT_STORAGE": url}
+    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", "--port", "0"], cwd=tmp_path, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    err = _Lines(proc)
+    err.wait_for("optuna-dashboard for")
+    proc.send_signal(signum)
+    out, err_text = err.stopped()
+    _clean_stop(proc, err_text, signum)
+    assert proc.returncode == code
