@@ -136,6 +136,7 @@ def classifier_metrics(
         n_train=len(data.train) if single else None,
         n_val=len(data.val) if single else None,
         n_test=len(data.test),
+        test_set=data.test.digest(),
         parameters=count_parameters(classifier),
         trainable_parameters=sum(p.numel() for p in classifier.parameters() if p.requires_grad),
         device=str(device),

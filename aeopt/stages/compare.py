@@ -6,8 +6,9 @@ not a classifier run is one line that says what to pass instead. A label-budget 
 over its label draws.
 
 Test accuracy is only comparable on one test set: the table shows each row's dataset and test-set
-size, and `different_test_sets` gives one line when the rows differ in either (a label budget, mode or
-model may differ: that is what a comparison is for). It warns rather than refuses: a table across
+size, each run records a digest of its test images (`Split.digest`), and `different_test_sets` gives one
+line when the rows differ in any of them (a label budget, mode or model may differ: that is what a
+comparison is for). It warns rather than refuses: a table across
 datasets can be what the user wants, as long as nobody reads it as like for like.
 """
 
@@ -32,6 +33,7 @@ def compare_row(folder: str | Path, m: ClassifierMetrics) -> dict[str, Any]:
         "model": m.label,
         "dataset": m.dataset,
         "n_test": m.n_test,
+        "test_set": m.test_set,
         "labels": m.labels,
         "train_acc": m.train_acc,
         "val_acc": m.val_acc_mean,
@@ -48,7 +50,8 @@ def label_draw_rows(folder: str | Path) -> list[dict[str, Any]]:
     """Rows of a label-budget folder: the mean over label draws, with their std."""
     return [{"run": str(folder), "model": f"{r['encoder']} (label draws)",
              # label_draws.json records neither (yet): unknown, and left out of the check.
-             "dataset": r.get("dataset"), "n_test": r.get("n_test"), "labels": r["labels"],
+             "dataset": r.get("dataset"), "n_test": r.get("n_test"), "test_set": r.get("test_set"),
+             "labels": r["labels"],
              "train_acc": None, "val_acc": r["val_acc_mean"], "val_std": None, "test_acc": r["test_acc_mean"],
              "test_std": r["test_acc_std"], "draws": r["draws"], "epochs": None, "seconds": r["seconds"],
              "total_seconds": None, "device": None} for r in read_label_draws(folder)]
@@ -65,18 +68,23 @@ def compare_rows(folders: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def different_test_sets(rows: list[dict[str, Any]]) -> str | None:
-    """One line when the rows were tested on different test sets (another dataset, or another test
-    subset size), naming them; None when they agree. Rows that do not record a field are skipped."""
+    """One line when the rows were tested on different test sets (another dataset, another test subset
+    size, or the same size drawn with another data.split_seed), naming them; None when they agree. Rows
+    that do not record a field are skipped."""
     parts = []
     for key, what in (("dataset", "datasets"), ("n_test", "test-set sizes")):
         seen = sorted({r[key] for r in rows if r.get(key) is not None})
         if len(seen) > 1:
             parts.append(f"{what} ({', '.join(map(str, seen))})")
-    if not parts:
-        return None
-    return (f"warning: these runs were tested on different test sets: {' and '.join(parts)} differ, so "
-            "their test accuracies are not comparable; rerun them with the same data.dataset and "
-            "data.test_subset")
+    if parts:
+        return (f"warning: these runs were tested on different test sets: {' and '.join(parts)} differ, so "
+                "their test accuracies are not comparable; rerun them with the same data.dataset and "
+                "data.test_subset")
+    if len({r["test_set"] for r in rows if r.get("test_set") is not None}) > 1:
+        return ("warning: these runs were tested on different test images of the same size (a "
+                "data.test_subset drawn with another data.split_seed), so their test accuracies are not "
+                "comparable; rerun them with the same data.split_seed")
+    return None
 
 
 def _acc(v: Any) -> str:

@@ -81,6 +81,7 @@ class DrawResult:
     seconds: float = 0.0
     consistency: list[dict[str, float]] = field(default_factory=list)  # its validation record, if on
     n_test: int = 0  # the test images that scored it (`aeopt compare` checks rows share a test set)
+    test_set: str | None = None  # their Split.digest()
 
 
 @dataclass
@@ -104,6 +105,7 @@ class BudgetResult:
         only, only_std = mean_std([d.test_acc_labelled_only for d in self.draws])
         return {"encoder": self.encoder, "labels": self.labels, "draws": len(self.draws),
                 "dataset": self.dataset, "n_test": self.draws[0].n_test if self.draws else None,
+                "test_set": self.draws[0].test_set if self.draws else None,
                 "test_acc_mean": acc, "test_acc_std": std,
                 "labelled_only_test_acc_mean": only, "labelled_only_test_acc_std": only_std,
                 "val_acc_mean": statistics.fmean(d.val_acc for d in self.draws),
@@ -241,7 +243,8 @@ def one_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, *, labe
     last = evaluate_on_test([model], data.test, n_classes, device).accuracy if later else first
     return DrawResult(draw=draw, test_acc=last, test_acc_labelled_only=first, val_acc=val_acc,
                       pseudo_label_acc=agreement, seconds=round(time.perf_counter() - started, 1),
-                      consistency=record, n_test=len(data.test))
+                      consistency=record, n_test=len(data.test),
+                      test_set=data.test.digest())
 
 
 def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | None, data: LabelledData, *,
@@ -265,7 +268,8 @@ def semi_supervised_draw(cfg: FinetuneRun, ae_state: dict[str, torch.Tensor] | N
                                    settings=SemiSupervisedSettings(steps=cfg.model.ssl_steps))
     acc = evaluate_on_test([clf], data.test, len(data.classes), device).accuracy
     return DrawResult(draw=draw, test_acc=acc, test_acc_labelled_only=acc, val_acc=fit.best_val_acc,
-                      seconds=round(time.perf_counter() - started, 1), n_test=len(data.test))
+                      seconds=round(time.perf_counter() - started, 1), n_test=len(data.test),
+                      test_set=data.test.digest())
 
 
 Encoder = tuple[FinetuneRun, "dict[str, torch.Tensor] | None"]

@@ -65,6 +65,7 @@ class ClassifierMetrics(BaseModel):
     n_train: int | None = None  # None with cv: each fold trained on its own (cv.fold_n_train)
     n_val: int | None = None  # None with cv: cv.fold_n_val
     n_test: int
+    test_set: str | None = None  # Split.digest() of the test images: None in runs before it was recorded
     parameters: int
     trainable_parameters: int
     device: str

@@ -7,6 +7,7 @@ as float in one copy, so training never touches PIL or per-sample transforms.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device))
+
+    def digest(self) -> str:
+        """A short fingerprint of the images and labels, in order: two runs scored on the same test set
+        share it, whatever subset size or split seed drew it (`aeopt compare` checks)."""
+        h = hashlib.blake2b(digest_size=8)
+        for t in (self.x, self.y):
+            h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)

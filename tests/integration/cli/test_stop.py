@@ -1,8 +1,9 @@
 """Stopping on request, with real processes: SIGTERM exits 143 and Ctrl-C (SIGINT) 130, for `aeopt worker`,
-`aeopt launch`, `aeopt quickstart`, `aeopt train`, `aeopt report` and `aeopt dashboard`; each says "stopped by signal" in one
-line and prints no traceback; a worker first logs what it finished; the quickstart prints its summary and
-exports the best trial so far; train and report leave no half-written output folder; launch reports no
-stopped worker as failed and writes its logs inside logs/ whatever the study is called."""
+`aeopt launch`, `aeopt quickstart`, `aeopt train`, `aeopt report` and `aeopt dashboard`; each says
+"stopped by signal" in one line and prints no traceback; a worker first logs what it finished; the
+quickstart prints its summary and exports the best trial so far; train and report leave no half-written
+output folder; launch reports no stopped worker as failed and writes its logs inside logs/ whatever the
+study is called."""
 
 from __future__ import annotations
 
@@ -219,8 +220,8 @@ def test_dashboard_stops_with_the_signals_exit_code_even_started_with_sigint_ign
     url = _study(tmp_path, "s")
     # As `aeopt dashboard &` from a script: a non-interactive shell starts it with SIGINT ignored.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "AEOPT_STORAGE": url}
-    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", "--port", "0"], cwd=tmp_path, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "aeopt", "dashboard", "--port", "0"], cwd=tmp_path,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     err = _Lines(proc)
     err.wait_for("optuna-dashboard for")

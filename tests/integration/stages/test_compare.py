@@ -48,3 +48,19 @@ def test_compare_shows_dataset_and_test_size_and_warns_when_they_differ(tmp_path
     rows = json.loads(proc.stdout)
     assert [(r["dataset"], r["n_test"]) for r in rows] == [("synthetic", 100), ("digits", 200)]
     assert "not comparable" in proc.stderr
+
+
+def test_compare_warns_when_a_test_subset_of_the_same_size_was_drawn_with_another_split_seed(tmp_path):
+    a = _cnn(tmp_path / "a", "data.dataset=digits", "data.test_subset=200")
+    b = _cnn(tmp_path / "b", "data.dataset=digits", "data.test_subset=200", "train.labels=300")
+    c = _cnn(tmp_path / "c", "data.dataset=digits", "data.test_subset=200", "data.split_seed=7")
+
+    proc = run_cli("compare", str(a), str(b), cwd=tmp_path)  # the same 200 test images: no warning
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+    proc = run_cli("compare", str(a), str(b), str(c), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows[0]["test_set"] == rows[1]["test_set"] != rows[2]["test_set"]
+    warning = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "data.split_seed" in warning[0] and "not comparable" in warning[0]

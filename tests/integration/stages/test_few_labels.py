@@ -241,10 +241,11 @@ def test_label_draws_record_the_test_set_they_were_scored_on(tmp_path):
     [result] = label_budget({"random": (_cfg(), None)}, [40], 1, pseudo=PseudoLabels(rounds=0), device=CPU)
     write_label_draws(tmp_path / "few", [result], {})
     [summary] = read_label_draws(tmp_path / "few")
-    n_test = len(prepare(_cfg().data).test)
-    assert summary["dataset"] == "digits" and summary["n_test"] == n_test
+    test = prepare(_cfg().data).test
+    assert summary["dataset"] == "digits" and summary["n_test"] == len(test)
+    assert summary["test_set"] == test.digest()
     [row] = compare_rows([tmp_path / "few"])
-    assert row["dataset"] == "digits" and row["n_test"] == n_test
+    assert row["dataset"] == "digits" and row["n_test"] == len(test) and row["test_set"] == test.digest()
 
 
 def test_a_fresh_semi_supervised_aae_starts_from_its_draws_weights_whatever_ran_before(monkeypatch):

@@ -14,6 +14,7 @@ import aeopt.training.data as data
 from aeopt.config import DataConfig
 from aeopt.training.data import (
     DataNotFoundError,
+    Split,
     add_noise,
     load_dataset,
     prepare,
@@ -315,3 +316,16 @@ def test_real_mnist_from_gz_only(real_data_dir: Path) -> None:
     assert ds.test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     keep = stratified_subset(ds.train.y, 6000, seed=0)
     assert len(keep) == 6000
+
+
+def test_a_splits_digest_follows_its_images_labels_and_their_order():
+    g = torch.Generator().manual_seed(0)
+    a = Split(torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=g),
+              torch.randint(0, 10, (50,), generator=g))
+    assert a.digest() == Split(a.x.clone(), a.y.clone()).digest() and len(a.digest()) == 16
+    assert a.take(torch.arange(49, -1, -1)).digest() != a.digest()  # the same images in another order
+    other = Split(a.x.clone(), a.y.clone())
+    other.x[3, 0, 5, 5] ^= 1  # one pixel
+    assert other.digest() != a.digest()
+    relabelled = Split(a.x, (a.y + 1) % 10)
+    assert relabelled.digest() != a.digest()
