@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -79,7 +80,9 @@ def cache_dir() -> Path:
 def _read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
+    # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError; bytes damaged inside the
+    # compressed stream (a bad download, a flipped bit on disk) surface as zlib.error.
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataNotFoundError(f"{path}: not a readable gzip file ({type(exc).__name__}); "
                                 "re-download the dataset") from None
     magic = int.from_bytes(raw[0:4], "big")

@@ -172,6 +172,19 @@ def test_truncated_file(tmp_path: Path, gz: bool) -> None:
     assert name in str(info.value)
 
 
+def test_corrupt_deflate_data_in_a_gz_is_one_line(tmp_path: Path) -> None:
+    # A header and trailer that look right around damaged compressed bytes: zlib, not gzip, notices.
+    folder = tmp_path / "FashionMNIST" / "raw"
+    _write_idx(folder, _arrays(), gz=True)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[10:40] = b"\xff" * 30  # just past the 10-byte gzip header: the first deflate block
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataNotFoundError, match="re-download") as info:
+        load_dataset("fashion_mnist", str(tmp_path))
+    assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
 def test_mismatched_images_and_labels(tmp_path: Path) -> None:
     arrays = _arrays()
     arrays["train_y"] = arrays["train_y"][:-1]
