@@ -71,7 +71,7 @@ def report(
     # Imported here so `aeopt --help` stays fast: the report pulls in plotly, sklearn and torch.
     from aeopt.files import output_folder, staged_folder  # noqa: PLC0415
     from aeopt.report import build_report  # noqa: PLC0415
-    from aeopt.report.leftovers import remove_leftovers, report_figures  # noqa: PLC0415
+    from aeopt.report.leftovers import remove_leftovers, report_files  # noqa: PLC0415
     from aeopt.search.storage import open_storage  # noqa: PLC0415
 
     # Ctrl-C / kill -INT stop the report even when started in the background (SIGINT inherited as
@@ -85,9 +85,10 @@ def report(
     # Built beside --out and moved in when complete: Ctrl-C part-way leaves no half-written report.
     # Staged empty: the report reuses nothing of an earlier one (a best checkpoint is downloaded
     # again), and a copy would carry the earlier report's figures into this one's folder. The move
-    # only adds and replaces files, so the earlier report's figures this one did not draw are
-    # removed afterwards; files of the user's in --out are left alone (see aeopt/report/leftovers.py).
-    previous = report_figures(out)
+    # only adds and replaces files, so the earlier report's figures and checkpoints this one did not
+    # write are removed afterwards; files of the user's in --out are left alone (see
+    # aeopt/report/leftovers.py).
+    previous = report_files(out)
     with staged_folder(out, keep_existing=False) as staging:
         path = build_report(study, staging, storage=opened, checkpoint=checkpoint, finetune=finetune,
                             data_dir=data_dir, device=device, denoising=denoising,
@@ -96,7 +97,7 @@ def report(
                             compare_generators=[Path(p.strip()) for p in (compare_generators or "").split(",")
                                                 if p.strip()],
                             final_out=out)
-    remove_leftovers(out, previous, report_figures(out))
+    remove_leftovers(out, previous, report_files(out))
     typer.echo(str(out / path.relative_to(staging)))
 
 

@@ -33,7 +33,7 @@ from aeopt.report.denoising import (
 )
 from aeopt.report.finetune import finetune_section, read_run
 from aeopt.report.generation import GenerationInputs, generation_section, read_generation
-from aeopt.report.leftovers import remove_leftovers, report_figures
+from aeopt.report.leftovers import CHECKPOINTS, remove_leftovers, report_files, written_checkpoints
 from aeopt.report.model import latent_section, load_sample, model_section, samples_section
 from aeopt.report.page import Section, render_html
 from aeopt.report.source import ShownModel, Workbench, best_of_study, from_file
@@ -190,7 +190,8 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
     study's best model; `checkpoint` shows that autoencoder instead (no storage needed).
     `denoising`: skip, train or study:NAME (see `choose_denoising`; `denoising_study` is study:NAME).
     `final_out`: where `out` ends up, for the log line (the CLI builds in a staging folder moved there).
-    A figure an earlier report left in `out` that this one does not draw is removed (`leftovers.py`).
+    A figure or checkpoint an earlier report left in `out` that this one did not write is removed
+    (`leftovers.py`).
     """
     out = Path(out)
     bench = Workbench(out, resolve_device(device), data_dir, show_progress)
@@ -203,13 +204,14 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
     inputs.generation = read_generation(fid_classifier, compare_generators, bench.device,
                                         shown=inputs.given or inputs.spec)
     out.mkdir(parents=True, exist_ok=True)
-    previous = report_figures(out)
+    previous = report_files(out)
     head: dict[str, Any] = {"study": study_name,
                             "storage": inputs.storage.display if inputs.storage is not None else None,
                             "checkpoint": str(checkpoint) if checkpoint is not None else None}
     with progress(_steps(inputs), "report", unit="step", enabled=show_progress) as bar:
         sections, numbers, main = _sections(inputs, bench, max_points, bar)
-        numbers = {**head, **numbers, "figures": drawn_figures(sections, out)}
+        numbers = {**head, **numbers, "figures": drawn_figures(sections, out),
+                   CHECKPOINTS: written_checkpoints(out)}
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         where = [f"{k} {head[k]}" for k in ("storage", "checkpoint") if head[k]]
         subtitle = "; ".join([f"{main.cfg.model.kind} on {main.cfg.data.dataset}", *where, f"written {when}"])
@@ -217,6 +219,6 @@ def build_report(study_name: str | None, out: str | Path, *, storage: Storage | 
         atomic_write_text(out / "report.html", render_html(title, subtitle, sections, out))
         atomic_write_text(out / "report.json", json.dumps(numbers, indent=2, default=_json_default) + "\n")
         bar.update({"step": "html"})
-    remove_leftovers(out, previous, numbers["figures"])
+    remove_leftovers(out, previous, [*numbers["figures"], *numbers[CHECKPOINTS]])
     log.info("wrote %s and %d PNG figures", Path(final_out or out) / "report.html", len(numbers["figures"]))
     return out / "report.html"

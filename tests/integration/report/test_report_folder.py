@@ -99,3 +99,10 @@ def test_the_main_and_the_denoising_studys_best_checkpoints_are_both_kept(tmp_pa
     assert not (out / "checkpoints" / "checkpoint_trial0.pt").exists()
     numbers = json.loads((out / "report.json").read_text())
     assert numbers["model"] == "conv_ae" and numbers["trial"] == 0
+    # A report of another model into the same folder: the studies' checkpoints go with their figures;
+    # a checkpoint of the user's in the folder stays.
+    (out / "checkpoints" / "mine.pt").write_bytes(b"the user's")
+    _report(checkpoint(tmp_path / "conv.pt", CONV), out)
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "checkpoints").rglob("*")) == [
+        "checkpoints/mine.pt"]
+    assert json.loads((out / "report.json").read_text())["checkpoints"] == []
