@@ -77,14 +77,25 @@ def cache_dir() -> Path:
 # ----- IDX files ---------------------------------------------------------------------------------
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read(path: Path, limit: int | None = None) -> bytes:
+    """The file's (decompressed) bytes, or its first `limit` of them."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix != ".gz":
+            with path.open("rb") as f:
+                return f.read() if limit is None else f.read(limit)
+        if limit is None:
+            return gzip.decompress(path.read_bytes())
+        with gzip.open(path) as f:
+            return f.read(limit)
     # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError; bytes damaged inside the
     # compressed stream (a bad download, a flipped bit on disk) surface as zlib.error.
     except (OSError, EOFError, zlib.error) as exc:
         raise DataNotFoundError(f"{path}: not a readable gzip file ({type(exc).__name__}); "
                                 "re-download the dataset") from None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = _read(path)
     magic = int.from_bytes(raw[0:4], "big")
     if len(raw) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte, the only type these datasets use
         raise DataNotFoundError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x}); "
@@ -107,11 +118,32 @@ def _find_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+# The first ten training labels of each official file. A flat folder (the user cache, a --data-dir
+# holding the files themselves) does not say which dataset it holds, and both use the same file
+# names: without this, MNIST there would be loaded and labelled Fashion-MNIST. Ten labels tell them
+# apart without reading 60,000 images (the README of shared/data lists the official sequences).
+_FINGERPRINTS = {"fashion_mnist": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5), "mnist": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4)}
+_LABEL_HEAD = 8 + len(_FINGERPRINTS["mnist"])  # IDX1 header (magic, count), then one byte per label
+
+
+def _complete(folder: Path) -> bool:
+    return all(_find_file(folder, stem) for pair in _FILES.values() for stem in pair)
+
+
+def _holds(folder: Path) -> str | None:
+    """Which dataset a complete folder's training labels are: "fashion_mnist", "mnist" or None."""
+    head = _read(_find_file(folder, _FILES["train"][1]), _LABEL_HEAD)
+    return next((name for name, first in _FINGERPRINTS.items() if tuple(head[8:]) == first), None)
+
+
 def _idx_folder(root: Path, name: str) -> Path | None:
-    """The folder under `root` holding all four files: torchvision's layout or a flat folder."""
-    for folder in (root / _TV_FOLDER[name] / "raw", root / _TV_FOLDER[name], root):
-        if all(_find_file(folder, stem) for pair in _FILES.values() for stem in pair):
+    """The folder under `root` holding all four files of `name`: torchvision's layout (its folder
+    name says the dataset), or `root` itself when its labels show it holds that dataset."""
+    for folder in (root / _TV_FOLDER[name] / "raw", root / _TV_FOLDER[name]):
+        if _complete(folder):
             return folder
+    if _complete(root) and _holds(root) == name:
+        return root
     return None
 
 
@@ -172,9 +204,10 @@ def _download(name: str, looked: str) -> Dataset:
 
 def _not_found_message(name: str, why: str) -> str:
     debian = "install it with `apt-get install dataset-fashion-mnist`, " if name == "fashion_mnist" else ""
+    raw = Path(_TV_FOLDER[name]) / "raw"
     return (
         f"{name} not found ({why}): {debian}pass --data-dir DIR (or set AEOPT_DATA_DIR) to a folder "
-        f"holding {_TV_FOLDER[name]}/raw/*-ubyte[.gz], or put the files in {cache_dir()}; without files, "
+        f"holding {raw}/*-ubyte[.gz], or put the files in {cache_dir() / raw}; without files, "
         "--set data.dataset=digits runs on scikit-learn's digits"
     )
 

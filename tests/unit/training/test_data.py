@@ -42,11 +42,18 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def _arrays(n_train: int = 30, n_test: int = 20) -> dict[str, np.ndarray]:
+# The official files' first training labels: how aeopt tells what a flat folder holds.
+FASHION_FIRST, MNIST_FIRST = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+
+
+def _arrays(n_train: int = 30, n_test: int = 20, first: list[int] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
+    train_y = np.arange(n_train) % 10
+    if first is not None:
+        train_y[: len(first)] = first
     return {
         "train_x": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
-        "train_y": (np.arange(n_train) % 10).astype(np.uint8),
+        "train_y": train_y.astype(np.uint8),
         "test_x": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
         "test_y": (np.arange(n_test)[::-1] % 10).astype(np.uint8),
     }
@@ -102,7 +109,7 @@ def test_prefers_raw_over_gz(tmp_path: Path) -> None:
 
 def test_reads_flat_debian_style_folder_by_default(tmp_path: Path, monkeypatch) -> None:
     # Debian's dataset-fashion-mnist puts the four .gz files straight into one folder.
-    arrays = _arrays()
+    arrays = _arrays(first=FASHION_FIRST)
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
     _write_idx(debian, arrays, gz=True)
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", debian)
@@ -129,6 +136,33 @@ def test_user_cache_is_searched(tmp_path: Path) -> None:
     finally:
         for f in (data.cache_dir() / "FashionMNIST" / "raw").iterdir():
             f.unlink()
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_flat_folder_is_taken_only_for_the_dataset_it_holds(gz: bool) -> None:
+    # MNIST straight in the user cache used to load as "fashion_mnist", with Fashion's class names.
+    arrays = _arrays(first=MNIST_FIRST)
+    _write_idx(data.cache_dir(), arrays, gz=gz)
+    try:
+        with pytest.raises(DataNotFoundError) as info:
+            load_dataset("fashion_mnist")
+        # The message says where the files go: the subfolder, which names the dataset.
+        assert str(data.cache_dir() / "FashionMNIST" / "raw") in str(info.value)
+        ds = load_dataset("mnist")
+        _check(ds, arrays)
+        assert ds.name == "mnist" and ds.source == str(data.cache_dir())
+    finally:
+        for f in data.cache_dir().iterdir():
+            if f.is_file():
+                f.unlink()
+
+
+def test_flat_folder_of_unknown_images_is_not_taken_for_either(tmp_path: Path, monkeypatch) -> None:
+    flat = tmp_path / "flat"
+    _write_idx(flat, _arrays(), gz=False)  # labels 0 1 2 ...: neither dataset's
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", flat)
+    with pytest.raises(DataNotFoundError, match="not found"):
+        load_dataset("fashion_mnist")
 
 
 def test_not_found_names_every_fix(tmp_path: Path) -> None:
@@ -329,6 +363,27 @@ def test_real_mnist_from_gz_only(real_data_dir: Path) -> None:
     assert ds.test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     keep = stratified_subset(ds.train.y, 6000, seed=0)
     assert len(keep) == 6000
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("folder, name, other", [("FashionMNIST", "fashion_mnist", "mnist"),
+                                                 ("MNIST", "mnist", "fashion_mnist")])
+def test_real_files_flat_are_told_apart(real_data_dir: Path, tmp_path: Path, folder: str, name: str,
+                                        other: str, monkeypatch) -> None:
+    # The fingerprint against the official bytes: Fashion-MNIST raw and .gz, MNIST .gz only.
+    raw = real_data_dir / folder / "raw"
+    if not raw.is_dir():
+        pytest.skip(f"no {folder}/raw beside the real Fashion-MNIST")
+    for kind in ("raw", "gz"):
+        files = [f for f in raw.iterdir() if (f.suffix == ".gz") == (kind == "gz")]
+        if len(files) < 4:
+            continue  # MNIST ships .gz only
+        flat = tmp_path / kind
+        flat.mkdir()
+        for f in files:
+            (flat / f.name).symlink_to(f)
+        assert data._idx_folder(flat, name) == flat
+        assert data._idx_folder(flat, other) is None
 
 
 def test_a_splits_digest_follows_its_images_labels_and_their_order():
