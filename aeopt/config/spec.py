@@ -128,7 +128,15 @@ def _probes(param: Any) -> list[Any]:
     if isinstance(param, IntParam):  # the last point on the step grid, without listing the grid
         return [param.low, param.low + (param.high - param.low) // param.step * param.step]
     if isinstance(param, FloatParam):
-        return [param.low, param.high]
+        # Both ends of 8..32 are whole numbers, which an int field takes; the draws between them are
+        # not (20.14), and would fail every trial. So probe a value a draw can take that is not whole:
+        # the first step of a grid, or an interior x.5 (the ends already cover a low that is not whole).
+        probes = [param.low, param.high]
+        if param.step is not None and param.low + param.step <= param.high:
+            probes.append(param.low + param.step)
+        elif param.step is None and param.low < math.floor(param.low) + 0.5 < param.high:
+            probes.append(math.floor(param.low) + 0.5)
+        return probes
     return [param]
 
 
@@ -259,6 +267,10 @@ class SearchSpec(Strict):
                     if isinstance(exc, ValidationError) and exc.errors()[0]["type"] == "extra_forbidden":
                         raise ValueError(f"space.{path}: not a field of the run config; "
                                          f"{_meant(schema, path, trial_dict)}") from None
+                    if isinstance(exc, ValidationError) and exc.errors()[0]["type"] == "int_from_float" \
+                            and isinstance(param, FloatParam):
+                        raise ValueError(f"space.{path}: a float range on a whole-number field (a trial "
+                                         f"could draw {value!r}); use type: int") from None
                     first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
                     raise ValueError(f"space.{path}: the value {value!r} gives an invalid run: "
                                      f"{first}") from None

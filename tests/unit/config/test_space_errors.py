@@ -114,3 +114,22 @@ def test_a_huge_grid_is_refused():
                       "model.fc: {type: int, low: 8, high: 512}, optim.lr: {type: categorical, "
                       "choices: [0.001, 0.01, 0.1]}, model.c1: {type: int, low: 1, high: 64}}"])
     assert "the grid passes 1,000,000 points" in message
+
+
+@pytest.mark.parametrize("entry", ["{type: float, low: 8, high: 32}",
+                                   "{type: float, low: 8, high: 32, step: 0.5}",
+                                   "{type: float, low: 8, high: 32, log: true}"])
+def test_a_float_range_on_a_whole_number_field_is_refused(entry):
+    # Both ends are whole numbers, which the int field takes; a draw between them (20.14) is not, and
+    # used to crash every trial of the worker with a pydantic traceback.
+    message = _error([f"space.model.c1={entry}"])
+    assert message.startswith(f"{SPEC}: space.model.c1: a float range on a whole-number field"), message
+    assert message.endswith("use type: int"), message
+
+
+def test_a_float_range_whose_draws_are_whole_numbers_is_accepted():
+    spec = load_study_spec(SPEC, ["space.model.c1={type: float, low: 8, high: 32, step: 4}", "enqueue=[]"])
+    assert spec.run_config({"model.c1": 12.0}).model.c1 == 12
+    spec = load_study_spec(SPEC, ["space.model.dropout={type: float, low: 0, high: 0.75, step: 0.25}",
+                                  "enqueue=[]"])
+    assert isinstance(spec.space["model.dropout"], FloatParam)
