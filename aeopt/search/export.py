@@ -16,12 +16,12 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from aeopt.config import SearchSpec, dump_yaml
+from aeopt.config import ClassifierStudySpec, SearchSpec, dump_yaml
 from aeopt.errors import AeoptError, StudyError
 from aeopt.files import atomic_write_text, versions
 from aeopt.search.records import StudyCounts, TrialRecord
 from aeopt.search.storage import Storage
-from aeopt.search.studies import load_study
+from aeopt.search.studies import load_study, storage_flag
 
 FORMAT = "aeopt.export/1"
 
@@ -34,12 +34,14 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(trials, key=lambda t: (sign * t.value, t.number))
 
 
-def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
+def trial_metrics(trial: FrozenTrial, classifier: bool = False) -> dict[str, Any]:
     record = TrialRecord.of(trial)
     penalty = record.penalty or 0.0
     penalized = record.penalty is not None  # an adversarial AE: value = mean CV loss + prior penalty
+    objective = ("mean cross-validated validation error (1 - accuracy)" if classifier
+                 else "mean cross-validated validation loss")
     out: dict[str, Any] = {
-        "objective": "mean cross-validated validation loss" + (" + prior penalty" if penalized else ""),
+        "objective": objective + (" + prior penalty" if penalized else ""),
         "value": float(trial.value) if penalized else None,
         "cv_mean": float(trial.value) - penalty,
         "prior_mmd": record.prior_mmd,
@@ -79,22 +81,31 @@ def export_entry(study: optuna.Study, spec: SearchSpec, trial: FrozenTrial, rank
     checkpoint = getattr(spec, "checkpoint", None)  # a classifier study's autoencoder, as workers load it
     if checkpoint:
         provenance["autoencoder_checkpoint"] = checkpoint
-    return {**run.model_dump(mode="json"), "metrics": trial_metrics(trial), "provenance": provenance}
+    classifier = isinstance(spec, ClassifierStudySpec)
+    return {**run.model_dump(mode="json"), "metrics": trial_metrics(trial, classifier),
+            "provenance": provenance}
 
 
 Export = dict[str, Any] | list[dict[str, Any]]
 
 
-def export_best(study: optuna.Study, spec: SearchSpec, top_k: int = 1) -> Export:
+def export_best(study: optuna.Study, spec: SearchSpec, top_k: int = 1,
+                storage: Storage | None = None) -> Export:
     """The best trial as a run config with metrics and provenance; with top_k > 1, a list of the
-    top_k best (fewer if the study has fewer complete trials)."""
+    top_k best (fewer if the study has fewer complete trials). `storage`: where the study lives, for
+    the command an error suggests."""
     if top_k < 1:
         raise AeoptError(f"--top {top_k}: must be at least 1")
+    if len(study.directions) > 1:
+        raise StudyError(f"study '{study.study_name}' has {len(study.directions)} objectives and so no "
+                         "single best trial; aeopt exports single-objective studies (those `aeopt study "
+                         "create` makes)")
     ranked = ranked_trials(study)
     if not ranked:
         counts = StudyCounts.of(study).text()
+        flag = storage_flag(storage) if storage is not None else ""
         raise StudyError(f"study '{study.study_name}' has no complete trial ({counts}); "
-                         f"run `aeopt worker --study {study.study_name}` until one completes")
+                         f"run `aeopt worker --study {study.study_name}{flag}` until one completes")
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     entries = [export_entry(study, spec, t, i + 1, len(ranked), now) for i, t in enumerate(ranked[:top_k])]
     return entries[0] if top_k == 1 else entries
@@ -128,6 +139,6 @@ def export_study(storage: Storage, name: str, path: str | Path, top_k: int = 1) 
     """Load the study from its storage, export its best trial(s) to `path`; returns the export."""
     render({}, path)  # fail on a bad suffix before touching the storage
     study, spec = load_study(storage, name)
-    export = export_best(study, spec, top_k)
+    export = export_best(study, spec, top_k, storage)
     write_export(export, path)
     return export

@@ -104,7 +104,10 @@ class StudyCounts:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None when there is none yet."""
+    """The best complete trial, or None when there is none yet, or no single one (a multi-objective
+    study, which aeopt never makes but a shared storage may hold)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return study.best_trial
     except ValueError:

@@ -25,7 +25,7 @@ from aeopt.errors import StudyError
 from aeopt.files import atomic_write_text, staged_folder, versions
 from aeopt.search.export import export_best, write_export
 from aeopt.search.storage import Storage
-from aeopt.search.studies import load_study, path_safe
+from aeopt.search.studies import load_study, path_safe, storage_flag
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ def _export_of(storage: Storage, name: str) -> dict[str, Any]:
     study, spec = load_study(storage, name)
     if isinstance(spec, ClassifierStudySpec):
         raise StudyError(f"study '{name}' is a classifier study: its best trial is a fine-tune config; run "
-                         f"`aeopt export --study {name} -o best.yaml` then `aeopt finetune best.yaml`")
-    export = export_best(study, spec)
+                         f"`aeopt export --study {name}{storage_flag(storage)} -o best.yaml` then "
+                         "`aeopt finetune best.yaml`")
+    export = export_best(study, spec, storage=storage)
     assert isinstance(export, dict)  # top_k=1: one entry
     return export
 

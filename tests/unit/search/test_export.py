@@ -149,3 +149,37 @@ def test_a_penalized_trial_exports_its_loss_and_penalty_apart():
     m = trial_metrics(study.best_trial)
     assert m["value"] == 0.28 and m["penalty"] == 0.25 and m["prior_mmd"] == 0.3
     assert abs(m["cv_mean"] - 0.03) < 1e-12 and m["objective"].endswith("+ prior penalty")
+
+
+def test_a_classifier_studys_export_names_its_objective_an_error():
+    from aeopt.config import ClassifierStudySpec
+
+    spec = ClassifierStudySpec.model_validate({"name": "clf", "data": {"dataset": "digits"}})
+    study = optuna.create_study(study_name="clf")
+    study.set_user_attr("aeopt:spec", spec.model_dump(mode="json"))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.26, params={}, distributions={},
+                                 user_attrs={"fold_losses": [0.25, 0.27]}))
+    export = export_best(study, spec)
+    assert export["metrics"]["objective"] == "mean cross-validated validation error (1 - accuracy)"
+    assert export_best(*_study([(0.04, TrialState.COMPLETE)]))["metrics"]["objective"] == (
+        "mean cross-validated validation loss")
+
+
+def test_a_multi_objective_study_is_listed_without_a_best_and_refused_in_one_line(tmp_path):
+    from aeopt.search.records import best_trial
+    from aeopt.search.storage import open_storage
+    from aeopt.search.studies import list_studies
+
+    study, spec = _study([(0.04, TrialState.COMPLETE)])
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    # Another program's study in a shared storage: two objectives, no aeopt spec.
+    other = optuna.create_study(study_name="other", storage=storage.optuna,
+                                directions=["minimize", "maximize"])
+    other.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.1, 0.9], params={}, distributions={}))
+    [summary] = list_studies(storage)
+    assert summary.name == "other" and summary.best_value is None and summary.best_text == "-"
+    assert best_trial(other) is None
+    two = optuna.create_study(study_name="two", directions=["minimize", "minimize"])
+    two.set_user_attr("aeopt:spec", spec.model_dump(mode="json"))
+    with pytest.raises(StudyError, match="'two' has 2 objectives and so no single best trial"):
+        export_best(two, spec)

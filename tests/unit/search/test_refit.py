@@ -149,7 +149,9 @@ def test_a_study_without_a_complete_trial_is_refused_and_writes_nothing(tmp_path
     spec = StudySpec.model_validate({"name": "empty", "data": {"dataset": "digits"}})
     study = create_study(storage, spec)
     study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))
-    with pytest.raises(StudyError, match="'empty' has no complete trial .*1 pruned"):
+    # The command it suggests names the storage: without it, it would open the default one.
+    with pytest.raises(StudyError, match="'empty' has no complete trial .*1 pruned.*"
+                                         "`aeopt worker --study empty --storage URL`"):
         refit_study(storage, "empty", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -165,6 +167,8 @@ def test_a_classifier_study_is_refused_with_the_commands_that_refit_it(tmp_path)
     spec = ClassifierStudySpec.model_validate({"name": "clf", "data": {"dataset": "digits"}})
     study = create_study(storage, spec)
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1, params={}, distributions={}))
-    with pytest.raises(StudyError, match="classifier study.*aeopt finetune best.yaml"):
+    with pytest.raises(StudyError, match="classifier study.*"
+                                         "`aeopt export --study clf --storage URL -o best.yaml`"
+                                         ".*aeopt finetune best.yaml"):
         refit_study(storage, "clf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
