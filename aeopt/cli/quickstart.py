@@ -77,7 +77,7 @@ def quickstart(
         typer.echo(f"refit:       {res.refit_headline}  ({res.refit_path}; on the full training split: "
                    f"aeopt refit --study {res.study.study_name}{storage_flag}{data_flag})")
     typer.echo(f"dashboard:   aeopt dashboard{storage_flag}   then open http://127.0.0.1:8080")
-    typer.echo(f"report:      aeopt report --study {res.study.study_name}{storage_flag} -o report")
+    typer.echo(f"report:      aeopt report --study {res.study.study_name}{storage_flag} -o report{data_flag}")
     if opened.kind == "sqlite":
         typer.echo(f"storage:     {opened.display}")
     if res.signal is not None:

@@ -52,6 +52,9 @@ def test_quickstart_on_digits_two_trials(tmp_path):
     assert (f"refit:       {record['summary']}  ({refit / 'checkpoint.pt'}; on the full training split: "
             f"aeopt refit --study quickstart --storage URL --data-dir {empty})") in r.stdout
     assert "dashboard:   aeopt dashboard --storage URL" in r.stdout
+    # The report reads the data too: without the --data-dir, the command as printed would not find it.
+    report = f"report:      aeopt report --study quickstart --storage URL -o report --data-dir {empty}"
+    assert report in r.stdout
     assert f"storage:     {url}" in r.stdout
     # The study keeps its artifacts beside the database; the best trial uploaded its checkpoint.
     assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").iterdir())
