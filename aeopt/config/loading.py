@@ -229,6 +229,57 @@ def validate(schema: type[BaseModel], d: Any, source: str) -> Any:
         raise ConfigError(format_validation_error(exc, source, schema)) from None
 
 
+_STR_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge")  # a name, or YAML's `<<` merge key
+_READS_AS = {"tag:yaml.org,2002:bool": "a boolean", "tag:yaml.org,2002:int": "a number",
+             "tag:yaml.org,2002:float": "a number", "tag:yaml.org,2002:null": "null",
+             "tag:yaml.org,2002:timestamp": "a date"}
+
+
+def _odd_key(node: yaml.Node, where: str = "", seen: set[int] | None = None) -> str | None:
+    """What is wrong with the first key in the YAML tree `node` that is not a string, or None.
+
+    YAML 1.1 reads `no: 3` as {False: 3} and `1: 2` as {1: 2}: every key aeopt reads is a name, and a key
+    that is not one fails deep inside the key checks (difflib on a bool) or gives pydantic's "Keys should
+    be strings" under a made-up location. The node tree keeps the key as written, for the message."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: checked where its anchor is
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if not (isinstance(key, yaml.ScalarNode) and key.tag in _STR_TAGS):
+                line, in_section = key.start_mark.line + 1, f" (in {where})" if where else ""
+                if not isinstance(key, yaml.ScalarNode):
+                    return f"line {line}: a key{in_section} is a list or mapping; keys are names"
+                reads = _READS_AS.get(key.tag, "not a name")
+                if key.tag == "tag:yaml.org,2002:bool":
+                    value = yaml.safe_load(key.value)
+                    reads = f"{str(value).lower()} (yes/no/on/off are booleans)"
+                return (f"line {line}: YAML reads the key {key.value}{in_section} as {reads}, not a name; "
+                        f"quote it: '{key.value}'")
+            problem = _odd_key(value, f"{where}.{key.value}" if where else str(key.value), seen)
+            if problem:
+                return problem
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problem = _odd_key(item, f"{where}[{i}]", seen)
+            if problem:
+                return problem
+    return None
+
+
+def _check_keys(data: Any, text: str, p: Path) -> None:
+    """One line for a key that is not a string (see _odd_key); the node tree is built only then."""
+    def has_odd(x: Any) -> bool:
+        if isinstance(x, dict):
+            return any(not isinstance(k, str) or has_odd(v) for k, v in x.items())
+        return isinstance(x, list) and any(has_odd(v) for v in x)
+
+    if has_odd(data):
+        problem = _odd_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        raise ConfigError(f"{p}: {problem or 'a key is not a string; quote it'}")
+
+
 def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any]:
     """The mapping in a YAML file; with `first_of_list`, the first entry of a list of them (an
     `aeopt export --top K` file holds the K best, best first)."""
@@ -239,7 +290,8 @@ def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any
         raise ConfigError(f"{p}: {what}; pass the path of a YAML file, or the name of a shipped one "
                           "(`aeopt configs` lists them)")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text()
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -250,6 +302,7 @@ def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any
     if data is None:
         raise ConfigError(f"{p}: the file is empty; start from a copy of a shipped one "
                           "(`aeopt configs` lists them with their paths)")
+    _check_keys(data, text, p)
     if first_of_list and isinstance(data, list) and data and isinstance(data[0], dict):
         return data[0]
     if isinstance(data, list) and data and all(isinstance(e, dict) and "model" in e for e in data):
