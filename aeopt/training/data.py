@@ -69,6 +69,13 @@ class Dataset:
     source: str
 
 
+class NoDataFilesError(DataNotFoundError):
+    """No copy of the dataset where aeopt looks by itself (no --data-dir given), and none downloaded.
+
+    Unlike a corrupt file or a --data-dir without the data, nothing the user pointed at is wrong:
+    the quickstart falls back to digits on this error only."""
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "aeopt" / "data"
@@ -167,20 +174,48 @@ def folder_problem(path: str | Path) -> str:
     return f"{what}; looked for {full}; pass the folder that holds FashionMNIST/raw (or MNIST/raw)"
 
 
-def _candidate_roots(name: str, data_dir: str | Path | None) -> list[tuple[str, Path]]:
-    roots: list[tuple[str, Path]] = []
+def _explicit_root(data_dir: str | Path | None) -> tuple[Path, str] | None:
+    """The folder the user named (--data-dir, else AEOPT_DATA_DIR) and how they named it, or None."""
     explicit = data_dir or os.environ.get("AEOPT_DATA_DIR")
-    if explicit:
-        # A folder the user named must exist: falling back to another copy of the data would
-        # silently train on something else than what they pointed at.
-        came_from = f"--data-dir {data_dir}" if data_dir else f"AEOPT_DATA_DIR={explicit}"
-        if not Path(explicit).expanduser().is_dir():
-            raise DataNotFoundError(f"{came_from}: {folder_problem(explicit)}")
-        roots.append(("--data-dir / AEOPT_DATA_DIR", Path(explicit).expanduser()))
-    roots.append(("user cache", cache_dir()))
+    if not explicit:
+        return None
+    came_from = f"--data-dir {data_dir}" if data_dir else f"AEOPT_DATA_DIR={explicit}"
+    if not Path(explicit).expanduser().is_dir():
+        raise DataNotFoundError(f"{came_from}: {folder_problem(explicit)}")
+    return Path(explicit).expanduser(), came_from
+
+
+def _default_roots(name: str) -> list[tuple[str, Path]]:
+    roots = [("user cache", cache_dir())]
     if name == "fashion_mnist":
         roots.append(("Debian dataset-fashion-mnist", DEBIAN_FASHION_DIR))
     return roots
+
+
+def _not_in_explicit(name: str, root: Path, came_from: str) -> str:
+    """One line: what the folder the user named holds instead of `name`, and what to pass."""
+    raw = Path(_TV_FOLDER[name]) / "raw"
+    if _complete(root):  # a flat folder of the four files, but not this dataset's
+        held = _holds(root)
+        if held is not None:
+            return (f"{came_from} holds {held} (its training labels start "
+                    f"{' '.join(map(str, _FINGERPRINTS[held][:5]))} ...), not {name}: use "
+                    f"--set data.dataset={held}, or pass the folder that holds {raw}")
+        return (f"{came_from}: the IDX files in {root.absolute()} are neither Fashion-MNIST nor MNIST (their "
+                f"training labels do not start as the official files'); if they are {name}, put them in "
+                f"{root.absolute() / raw}")
+    stems = [stem for pair in _FILES.values() for stem in pair]
+    missing = ""
+    for folder in (root / raw, root / _TV_FOLDER[name], root):
+        absent = [stem for stem in stems if _find_file(folder, stem) is None]
+        if folder.is_dir() and len(absent) < len(stems):  # the folder they meant, incomplete
+            missing = f"; {folder.absolute()} lacks {', '.join(absent)}"
+            break
+    other = "" if name != "fashion_mnist" else ", Debian's dataset-fashion-mnist"
+    return (f"{name} not found in {came_from}: expected {(root / raw).absolute()} (or the folder itself) to "
+            f"hold {', '.join(stems)} (.gz or not){missing}; pass the folder that holds {raw}, or leave out "
+            f"--data-dir and AEOPT_DATA_DIR to use {cache_dir() / raw}{other} or a download; without "
+            "files, --set data.dataset=digits runs on scikit-learn's digits")
 
 
 def _download(name: str, looked: str) -> Dataset:
@@ -195,10 +230,10 @@ def _download(name: str, looked: str) -> Dataset:
             cls(root=str(root), train=train, download=True)
     except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError offline
         why = f"{looked}; download failed: {type(exc).__name__}"
-        raise DataNotFoundError(_not_found_message(name, why)) from None
+        raise NoDataFilesError(_not_found_message(name, why)) from None
     folder = _idx_folder(root, name)
     if folder is None:
-        raise DataNotFoundError(_not_found_message(name, f"{looked}; download left no IDX files"))
+        raise NoDataFilesError(_not_found_message(name, f"{looked}; download left no IDX files"))
     return _load_idx_dataset(name, folder)
 
 
@@ -222,8 +257,18 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
     if name not in _TV_FOLDER:
         raise DataNotFoundError(f"unknown dataset {name!r}; "
                                 "use one of fashion_mnist, mnist, digits, synthetic")
+    explicit = _explicit_root(data_dir)
+    if explicit is not None:
+        # Only the folder the user named: falling back to another copy of the data (the cache,
+        # Debian's, a download) would silently train on something else than what they pointed at.
+        root, came_from = explicit
+        folder = _idx_folder(root, name)
+        if folder is None:
+            raise DataNotFoundError(_not_in_explicit(name, root, came_from))
+        log.info("loading %s from %s (%s)", name, folder, came_from)
+        return _load_idx_dataset(name, folder)
     tried = []
-    for label, root in _candidate_roots(name, data_dir):
+    for label, root in _default_roots(name):
         folder = _idx_folder(root, name) if root.is_dir() else None
         if folder is not None:
             log.info("loading %s from %s (%s)", name, folder, label)
@@ -231,7 +276,7 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
         tried.append(str(root))
     looked = "looked in " + ", ".join(tried)
     if not download or os.environ.get("AEOPT_OFFLINE"):
-        raise DataNotFoundError(_not_found_message(name, looked))
+        raise NoDataFilesError(_not_found_message(name, looked))
     return _download(name, looked)
 
 

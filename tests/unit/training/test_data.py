@@ -177,12 +177,44 @@ def test_not_found_names_every_fix(tmp_path: Path) -> None:
     assert not any(empty.iterdir()), "a failed lookup must not write into the data folder"
 
 
+@pytest.mark.parametrize("from_env", [False, True], ids=["option", "environment"])
+def test_a_named_folder_without_the_data_is_an_error_not_a_fallback(tmp_path: Path, monkeypatch,
+                                                                     from_env: bool) -> None:
+    # A typo like `--data-dir ../shared` (for ../shared/data) used to train on the cache's copy instead.
+    arrays = _arrays(first=FASHION_FIRST)
+    debian = tmp_path / "debian"
+    _write_idx(debian, arrays, gz=True)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", debian)
+    assert load_dataset("fashion_mnist").source == str(debian)  # found when nothing is named
+    load_dataset.cache_clear()
+    shared = tmp_path / "shared"
+    _write_idx(shared / "data" / "FashionMNIST" / "raw", arrays, gz=False)
+    if from_env:
+        monkeypatch.setenv("AEOPT_DATA_DIR", str(shared))
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("fashion_mnist", None if from_env else str(shared))
+    message = str(info.value)
+    assert "\n" not in message
+    assert ("AEOPT_DATA_DIR=" if from_env else "--data-dir ") + str(shared) in message
+    assert str(shared / "FashionMNIST" / "raw") in message and "train-labels-idx1-ubyte" in message
+
+
+def test_a_named_flat_folder_of_the_other_dataset_says_which_it_holds(tmp_path: Path) -> None:
+    _write_idx(tmp_path, _arrays(first=MNIST_FIRST), gz=True)
+    with pytest.raises(DataNotFoundError, match=r"holds mnist .*--set data\.dataset=mnist"):
+        load_dataset("fashion_mnist", str(tmp_path))
+    _write_idx(tmp_path, _arrays(), gz=True)  # labels 0 1 2 ...: neither
+    with pytest.raises(DataNotFoundError, match="neither Fashion-MNIST nor MNIST"):
+        load_dataset("fashion_mnist", str(tmp_path))
+
+
 def test_incomplete_folder_is_not_used(tmp_path: Path) -> None:
     arrays = _arrays()
     _write_idx(tmp_path / "FashionMNIST" / "raw", arrays, gz=False)
     (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DataNotFoundError, match="not found"):
+    with pytest.raises(DataNotFoundError, match="not found") as info:
         load_dataset("fashion_mnist", str(tmp_path))
+    assert "lacks t10k-labels-idx1-ubyte" in str(info.value)
 
 
 def test_not_an_idx_file(tmp_path: Path) -> None:
