@@ -140,6 +140,26 @@ def _probes(param: Any) -> list[Any]:
     return [param]
 
 
+# A number PyYAML (YAML 1.1) leaves as a string: 2e-3 and 1e3 need a dot there (2.0e-3) to be floats.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _enqueue_value(param: IntParam | FloatParam | CategoricalParam, value: Any) -> Any:
+    """An `enqueue:` value as the parameter takes it: `optim.lr: 2e-3` is the string '2e-3' to PyYAML.
+
+    A base value is read through the run schema, which turns '2e-3' into 0.002; an enqueued one goes to
+    Optuna as written, so a number left as a string is read here (else the point is "outside the space")."""
+    if _contains(param, value) or not (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        return value
+    number = float(value)
+    if isinstance(param, IntParam):
+        return int(number) if number.is_integer() else number
+    if isinstance(param, CategoricalParam):
+        numbers = [c for c in param.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return next((c for c in numbers if c == number), value)
+    return number
+
+
 def _contains(param: IntParam | FloatParam | CategoricalParam, value: Any) -> bool:
     """Whether a searched parameter can take `value` (Optuna would take any value, with a warning)."""
     if isinstance(param, CategoricalParam):
@@ -235,6 +255,8 @@ class SearchSpec(Strict):
         kinds = (IntParam, FloatParam, CategoricalParam)
         points, skipped = [], []
         for i, point in enumerate(self.enqueue):
+            point = {path: _enqueue_value(self.space[path], v) if isinstance(self.space.get(path), kinds)
+                     else v for path, v in point.items()}
             unknown = [path for path in point if path not in self.space]
             outside = [f"{path} = {v!r}" for path, v in point.items()
                        if isinstance(self.space.get(path), kinds) and not _contains(self.space[path], v)]
@@ -277,6 +299,31 @@ class SearchSpec(Strict):
         if self.sampler.name == "grid":
             _check_grid(self.space)
         return self
+
+    def type_choices(self) -> None:
+        """Categorical choices as the run field reads them: `choices: [1e-3, 3e-3]` is two strings to PyYAML
+        (YAML 1.1 wants 1.0e-3), which the run schema reads as floats, but Optuna would store and show
+        the strings. Only a string the field reads as a number is replaced.
+
+        Called on a spec read from a file, not in validation: a stored study created with the strings must
+        keep them, or Optuna refuses its next trial (a categorical's choices cannot change)."""
+        schema, base = type(self).run_schema, self.base_dict()
+        for path, param in self.space.items():
+            if not isinstance(param, CategoricalParam) or not any(isinstance(c, str) for c in param.choices):
+                continue
+            typed = []
+            for choice in param.choices:
+                if isinstance(choice, str):
+                    trial_dict = copy.deepcopy(base)
+                    set_path(trial_dict, path, choice)
+                    # Valid: the space check probed every choice.
+                    read: Any = schema.model_validate(trial_dict)
+                    for part in path.split("."):
+                        read = getattr(read, part)
+                    if isinstance(read, (int, float)) and not isinstance(read, bool):
+                        choice = read
+                typed.append(choice)
+            self.space[path] = CategoricalParam(type="categorical", choices=typed)
 
     def base_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include=set(type(self).run_schema.model_fields))
@@ -373,4 +420,6 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Sea
     if hasattr(schema, "prepare_raw"):
         raw = schema.prepare_raw(raw, resolve(path, STUDY_SPEC))
     raw = apply_overrides(raw, overrides, schema)
-    return validate(schema, raw, str(path))
+    spec = validate(schema, raw, str(path))
+    spec.type_choices()
+    return spec

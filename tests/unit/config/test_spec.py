@@ -127,3 +127,32 @@ def test_narrowing_the_shipped_space_leaves_its_enqueued_point_out():
     points, skipped = spec.enqueued_points()
     assert points == [] and len(skipped) == 1 and "model.c1 = " in skipped[0]
     assert load_study_spec(STUDIES / "conv_ae.yaml").enqueued_points()[0][0]["model.batch_norm"] is True
+
+
+def test_enqueued_numbers_yaml_leaves_as_strings_are_read_as_numbers(tmp_path):
+    # PyYAML reads 2e-3 and 1e1 as strings (YAML 1.1 wants 2.0e-3): the point was left out as "outside".
+    p = tmp_path / "spec.yaml"
+    written = "enqueue:\n- {optim.lr: 2e-3, model.c1: 1e1}"
+    p.write_text(yaml.safe_dump(_enqueue_spec()).replace("enqueue: []", written))
+    points, skipped = load_study_spec(p).enqueued_points()
+    assert (points, skipped) == ([{"optim.lr": 0.002, "model.c1": 10}], [])
+    assert type(points[0]["model.c1"]) is int
+
+
+def test_categorical_choices_written_like_1e_3_are_numbers(tmp_path):
+    p = tmp_path / "spec.yaml"
+    space = "space:\n  optim.lr: {type: categorical, choices: [1e-3, 3e-3]}\n  model.activation: " \
+            "{type: categorical, choices: [relu, gelu]}\nenqueue:\n- {optim.lr: 3e-3}\n"
+    p.write_text("name: x\n" + space)
+    spec = load_study_spec(p)
+    assert spec.space["optim.lr"].choices == [0.001, 0.003]  # not '1e-3', which Optuna would store
+    assert spec.space["model.activation"].choices == ["relu", "gelu"]
+    assert spec.enqueued_points() == ([{"optim.lr": 0.003}], [])
+    assert grid(spec)["optim.lr"] == [0.001, 0.003]
+
+
+def test_a_stored_spec_keeps_its_choices_as_created():
+    # Optuna refuses a categorical whose choices changed: a study created with the strings keeps them.
+    spec = StudySpec.model_validate({"name": "x", "space": {
+        "optim.lr": {"type": "categorical", "choices": ["1e-3", "3e-3"]}}})
+    assert spec.space["optim.lr"].choices == ["1e-3", "3e-3"]
