@@ -146,9 +146,12 @@ class AutoencoderObjective:
                 raise NonFiniteLossError(f"validation loss is {mean} at epoch {epoch}")
             clock.epoch_done(epoch, mean)
             trial.report(mean, epoch)
+            # After the last epoch the trial is complete: neither the deadline nor the pruner stops it
+            # (every fold has trained by then, so pruning would save nothing and lose the result).
+            if epoch >= cfg.budget.max_epochs:
+                return
             try:
-                if epoch < cfg.budget.max_epochs:  # after the last epoch the trial is complete, not stopped
-                    stop_at_deadline(trial, self.deadline, epoch)
+                stop_at_deadline(trial, self.deadline, epoch)
                 if trial.should_prune():
                     TrialRecord(epochs=epoch, fold_losses=losses).write(trial)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean validation loss {mean:.5g})")

@@ -113,6 +113,22 @@ def test_pruning_prunes_a_bad_configuration(tmp_path):
     assert bad.last_step < 6
 
 
+def test_a_trial_that_ran_every_epoch_completes_whatever_its_pruner_says(tmp_path):
+    # One epoch, the last: pruning there saves nothing and would lose a complete result.
+    spec = StudySpec.model_validate(tiny_spec(
+        "last", budget={"max_epochs": 1, "batch_size": 64},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        space={"optim.lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}}))
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = create_study(storage, spec, "last")
+    study.enqueue_trial({"optim.lr": 1e-2})
+    study.enqueue_trial({"optim.lr": 1e-7})  # worse than the median at epoch 1: the pruner would cut it
+    run_worker(storage, "last", n_trials=2, device="cpu", show_progress=False)
+    good, bad = load_study(storage, "last")[0].trials
+    assert good.state == bad.state == TrialState.COMPLETE
+    assert bad.value > good.value and bad.user_attrs["epochs"] == 1
+
+
 def test_nan_trial_fails_and_worker_goes_on(tmp_path):
     spec = StudySpec.model_validate(tiny_spec(
         "nan", model={"kind": "vae", "hidden1": 16, "hidden2": 8, "latent_dim": 2},
