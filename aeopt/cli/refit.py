@@ -28,7 +28,8 @@ def refit(
     amp: AmpOpt = False,
 ) -> None:
     """Turn the study's best trial into the final model: its exported config trained on the FULL
-    training split, early-stopped on a stratified 20% holdout of it, tested once on the test split.
+    training split, early-stopped on a stratified holdout of it (data.val_fraction, 20% by default),
+    tested once on the test split.
 
     The study's data.train_subset / data.test_subset are removed unless you --set them again. No
     search happens here: the configuration is the trial's. Writes best.yaml (the export),
