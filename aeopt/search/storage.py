@@ -233,10 +233,10 @@ def open_storage(url: str | None = None, *, create: bool = True, pool_size: int 
                            "with `aeopt study create conv_ae`")
     policy = RetryPolicy(window=outage_seconds())
     inner = _open_waiting(url, policy, pool_size, create)
-    # An RDB storage connected when it was built, and a gRPC proxy was probed (_open): either has been
-    # reached, so a later refusal is an outage to wait out.
-    reached = kind(url) != "redis"
-    retrying = RetryingStorage(inner, display=display, policy=policy, reached=reached, url=url)
+    # Every storage has been reached by now: an RDB storage connected when it was built, a journal
+    # (file or Redis) was read to its end by Optuna's JournalStorage, and a gRPC proxy was probed
+    # (_open). So a later refusal is an outage to wait out.
+    retrying = RetryingStorage(inner, display=display, policy=policy, reached=True, url=url)
     return Storage(retrying, url, display)
 
 

@@ -298,3 +298,23 @@ def test_a_truncated_data_file_is_one_line_and_no_trial(tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "train-images-idx3-ubyte" in errors[0] and "truncated" in errors[0], r.stderr
     assert StudyCounts.of(_trials(url, name)).total == 0  # nothing started, nothing left RUNNING
+
+
+def test_a_redis_storage_rides_out_a_refusal_right_after_it_opened(redis_url, monkeypatch):
+    # Opening read the journal from Redis: the server was reached, so a refused call after it is an
+    # outage to wait out, as on every other storage (it was raised at once on Redis alone).
+    import redis
+
+    monkeypatch.setenv("AEOPT_OUTAGE_SECONDS", "20")
+    storage = open_storage(redis_url)
+    inner = storage.optuna.inner
+    real, calls = inner.get_all_studies, []
+
+    def refused_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return real()
+
+    monkeypatch.setattr(inner, "get_all_studies", refused_once)
+    assert isinstance(storage.optuna.get_all_studies(), list) and len(calls) == 2
