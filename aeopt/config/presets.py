@@ -76,6 +76,18 @@ def describe(path: Path) -> str:
     return re.split(r"(?<=[.:;])\s", " ".join(lead), maxsplit=1)[0].rstrip(".:;")
 
 
+# Keys only a study spec has: a file with one of them given to `aeopt train` is a spec, not a run config.
+SEARCH_KEYS = ("space", "enqueue", "sampler", "pruner", "cv")
+
+
+def refuse_study_spec(raw: dict, path: str | Path, command: str, takes: str = "a run config") -> None:
+    """One line when a run-config command (`command`) is given a study spec: it said "name: unknown key"."""
+    key = next((k for k in SEARCH_KEYS if k in raw), None)
+    if key is not None:
+        raise ConfigError(f"{path} is a study spec (it has `{key}:`): use `{STUDY_SPEC.command} {path}`; "
+                          f"`{command}` takes {takes}")
+
+
 def list_presets() -> list[Preset]:
     return [Preset(kind, p.stem, p.resolve(), describe(p)) for kind in KINDS for p in preset_paths(kind)]
 
@@ -113,8 +125,12 @@ def missing_message(arg: str | Path, kind: PresetKind) -> str:
         looked = f"no such file ({here}) and no shipped {kind.noun} of that name (in {kind.where.resolve()})"
     else:
         looked = f"no such file (looked for {here})"
+    other = next((k for k in KINDS if k is not kind and is_bare_name(arg) and stem in preset_names(k)), None)
     if not is_bare_name(arg) and stem in names:
         hint = f"the shipped {kind.noun} of that name runs with `{kind.command} {stem}`"
+    elif other is not None:  # `aeopt train seed_grid`: a shipped study spec, not a run config
+        hint = (f"{stem} is a shipped {other.noun}: `{other.command} {stem}`; "
+                f"shipped {kind.noun}s: {', '.join(names)}")
     elif close:
         hint = f"did you mean '{close[0]}'? shipped {kind.noun}s: {', '.join(names)}"
     elif names:

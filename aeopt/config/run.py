@@ -11,7 +11,7 @@ from aeopt.config.base import Seed, Strict
 from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
 from aeopt.config.models import ConvAEConfig, ModelConfig
-from aeopt.config.presets import RUN_CONFIG, resolve
+from aeopt.config.presets import RUN_CONFIG, refuse_study_spec, resolve
 from aeopt.errors import ConfigError
 
 
@@ -77,6 +77,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     allowed = {*RunConfig.model_fields, "metrics", "provenance", "finetune"}
     unknown = [k for k in raw if k not in allowed]
     if unknown:
+        refuse_study_spec(raw, path, RUN_CONFIG.command)
         message = unknown_key_message(unknown[0], list(RunConfig.model_fields))
         raise ConfigError(f"{path}: {unknown[0]}: {message}")
     run = apply_overrides(run, overrides or [], RunConfig)

@@ -407,6 +407,23 @@ def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
     return StudySpec
 
 
+# Keys a run config (or an export of one) never has: a spec without any of them and without a space is a
+# run config given to `aeopt study create`.
+_SPEC_ONLY = {*SearchSpec.model_fields, *ClassifierStudySpec.model_fields, "autoencoder"} \
+    - set(FinetuneRun.model_fields)
+
+
+def _refuse_run_config(raw: dict[str, Any], path: str | Path) -> None:
+    """A run config given to `aeopt study create` made a study whose every trial trained that one config
+    (its space was empty). A spec of the search keys without a space stays allowed (the space may come
+    from --set, or a classifier spec's from its `autoencoder:`)."""
+    if raw.get("space") or any(k in raw for k in _SPEC_ONLY):
+        return
+    raise ConfigError(f"{path} is a run config (no `space:` to search): train it with "
+                      f"`{RUN_CONFIG.command} {path}`, or add a `space:` section (--set "
+                      "space.model.c1='{type: int, low: 8, high: 64}') to make it a study spec")
+
+
 def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
     """A study spec from a YAML file, or the shipped spec of that bare name (`conv_ae`)."""
     raw = read_yaml(resolve(path, STUDY_SPEC))
@@ -420,6 +437,7 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Sea
     if hasattr(schema, "prepare_raw"):
         raw = schema.prepare_raw(raw, resolve(path, STUDY_SPEC))
     raw = apply_overrides(raw, overrides, schema)
+    _refuse_run_config(raw, path)
     spec = validate(schema, raw, str(path))
     spec.type_choices()
     return spec

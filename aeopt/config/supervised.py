@@ -10,7 +10,7 @@ from pydantic import Field
 from aeopt.config.base import Seed, Strict
 from aeopt.config.keys import unknown_key_message
 from aeopt.config.loading import apply_overrides, read_yaml, validate
-from aeopt.config.presets import RUN_CONFIG, resolve
+from aeopt.config.presets import RUN_CONFIG, refuse_study_spec, resolve
 from aeopt.config.run import DataConfig, RunConfig
 from aeopt.errors import ConfigError
 
@@ -89,6 +89,7 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
         raw = read_yaml(resolve(path, RUN_CONFIG))
         unknown = [k for k in raw if k not in FinetuneRun.model_fields and k not in EXPORT_EXTRAS]
         if unknown:
+            refuse_study_spec(raw, path, "aeopt finetune")
             why = unknown_key_message(unknown[0], list(FinetuneRun.model_fields))
             raise ConfigError(f"{path}: {unknown[0]}: {why}")
         raw = {k: v for k, v in raw.items() if k in FinetuneRun.model_fields}
@@ -127,5 +128,8 @@ class BaselineRun(Strict):
 
 def load_baseline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaselineRun:
     raw = read_yaml(path) if path is not None else {}
+    if path is not None:
+        refuse_study_spec(raw, path, "aeopt baseline cnn --config",
+                          "a baseline config (model, data, train, seed)")
     raw = apply_overrides(raw, overrides or [], BaselineRun)
     return validate(BaselineRun, raw, str(path) if path else "baseline config")
