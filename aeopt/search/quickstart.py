@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from aeopt.config import SearchSpec, StudySpec
-from aeopt.errors import AeoptError, DataNotFoundError, StudyError
+from aeopt.errors import AeoptError, StudyError
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.export import export_best, write_export
 from aeopt.search.launch import launch, missing_cuda
@@ -36,7 +36,7 @@ from aeopt.search.studies import (
     study_names,
 )
 from aeopt.search.worker import StopSignal, run_worker
-from aeopt.training.data import load_dataset
+from aeopt.training.data import NoDataFilesError, load_dataset
 from aeopt.training.engine import resolve_device
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,10 @@ def pick_dataset(data_dir: str | None) -> str:
     try:
         load_dataset("fashion_mnist", data_dir, download=False)
         return "fashion_mnist"
-    except DataNotFoundError:
+    except NoDataFilesError:
+        # Only when no copy is anywhere aeopt looks by itself. A corrupt file, or a --data-dir without
+        # the data, is the DataNotFoundError's one line: the user meant those files, and a study on
+        # the digits instead would hide what is wrong with them.
         log.warning("Fashion-MNIST is not on this machine: the quickstart uses scikit-learn's bundled "
                     "digits. For the real data: `apt-get install dataset-fashion-mnist` (or copy "
                     "FashionMNIST/raw), then set AEOPT_DATA_DIR or pass --data-dir to the folder that "
