@@ -101,16 +101,21 @@ def is_bare_name(arg: str | Path) -> bool:
 
 
 def resolve(arg: str | Path, kind: PresetKind) -> Path:
-    """The file `arg` names: itself when it exists (a path wins), else the shipped preset of that bare name.
+    """The file `arg` names: itself when it is a file (a path wins), else the shipped preset of that bare
+    name, else the folder or whatever else is there (read_yaml says what it is).
 
-    A miss is one line that says where aeopt looked and lists the shipped names."""
+    Only a file wins over a preset: a folder named conv_ae in the current folder (a run's output, say)
+    hid the shipped conv_ae with "a folder, not a file". A miss is one line that says where aeopt looked
+    and lists the shipped names."""
     p = Path(arg).expanduser()
-    if p.exists():
+    if p.is_file():
         return p
     if is_bare_name(arg):
         preset = kind.where / f"{arg}.yaml"
         if preset.is_file():
             return preset.resolve()
+    if p.exists():
+        return p
     raise ConfigError(missing_message(arg, kind))
 
 

@@ -109,3 +109,17 @@ def test_descriptions_are_one_line_from_the_file(tmp_path):
     assert describe(f) == "A thing (Smith et al., 2020) at 1e-3"
     f.write_text("model: {}\n")
     assert describe(f) == ""
+
+
+@pytest.mark.parametrize("kind,loader", [(RUN_CONFIG, load_run_config), (STUDY_SPEC, load_study_spec)])
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch, kind, loader):
+    # `aeopt train conv_ae` next to a folder conv_ae (runs of it, say) said "conv_ae: a folder, not a file".
+    monkeypatch.chdir(tmp_path)
+    Path("conv_ae").mkdir()
+    assert resolve("conv_ae", kind) == (kind.where / "conv_ae.yaml").resolve()
+    assert loader("conv_ae").model.kind == "conv_ae"
+    # A path to the folder, or a folder with no preset of its name, is still read as what it is.
+    Path("mine").mkdir()
+    for arg in ("./conv_ae", "mine"):
+        with pytest.raises(ConfigError, match="a folder, not a file"):
+            loader(arg)
