@@ -15,7 +15,9 @@ from aeopt.files import output_folder
 # Left out of the printed summary (they are in metrics.json): long, and not results.
 _NOT_PRINTED = {"history", "finetune", "autoencoder"}
 
-ConfigArg = Annotated[Path | None, typer.Argument(
+# A string, not a Path: pathlib turns "./conv_ae" (a file here, or a typo for one) into "conv_ae", which
+# names the shipped preset, so a missing ./conv_ae quietly fine-tuned the preset.
+ConfigArg = Annotated[str | None, typer.Argument(
     help="Run config or export YAML (best.yaml); optional with --checkpoint.")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Folder for metrics.json and the confusion matrix.")]
@@ -67,7 +69,8 @@ def finetune(
     base = _checkpoint_config(checkpoint) if config is None and checkpoint is not None else None
     cfg = load_finetune_config(config, overrides, base)
     if out is None:
-        name = config.stem if config is not None else checkpoint.parent.name if checkpoint is not None else ""
+        name = (Path(config).stem if config is not None else checkpoint.parent.name if checkpoint is not None
+                else "")
         out = Path("runs") / f"finetune-{name or 'finetune'}"
     output_folder(out)  # before training, not after it
     # Imported on use: the stage imports torch (seconds); a bad config above fails before that.

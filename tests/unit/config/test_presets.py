@@ -123,3 +123,16 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch, ki
     for arg in ("./conv_ae", "mine"):
         with pytest.raises(ConfigError, match="a folder, not a file"):
             loader(arg)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_a_path_to_a_missing_file_is_not_the_preset_of_its_name(tmp_path, monkeypatch, capfd, command):
+    # pathlib reads "./conv_ae" as "conv_ae": `aeopt finetune ./conv_ae` quietly ran the shipped preset.
+    from aeopt.cli import main  # noqa: PLC0415 (the CLI, only for this test)
+
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "./conv_ae"]) == 2
+    err = capfd.readouterr().err
+    assert err == (f"error: ./conv_ae: no such file (looked for {tmp_path}/conv_ae); the shipped run config "
+                   "of that name runs with `aeopt train conv_ae`\n"), err
+    assert list(tmp_path.iterdir()) == []
