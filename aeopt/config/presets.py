@@ -10,7 +10,6 @@ files (pyproject.toml's package-data takes only their *.yaml: never a database o
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +70,27 @@ def describe(path: Path) -> str:
         if body is None or not body.strip() or body.startswith("   "):
             break
         lead.append(body.strip())
-    # Its first clause: up to a colon, a semicolon or a full stop followed by a space (not the stop of
-    # "al., " or "1e-3").
-    return re.split(r"(?<=[.:;])\s", " ".join(lead), maxsplit=1)[0].rstrip(".:;")
+    return first_clause(" ".join(lead))
+
+
+# Words whose full stop is not the end of a sentence ("Rosca et al. 2017", "e.g. the VAE").
+_ABBREVIATIONS = ("al.", "e.g.", "i.e.", "cf.", "vs.", "etc.", "fig.", "eq.", "sec.", "no.")
+
+
+def first_clause(text: str) -> str:
+    """Up to the first colon, semicolon or full stop followed by a space, outside parentheses and not the
+    stop of an abbreviation: "... an image critic (alpha-GAN, Rosca et al. 2017): a second ..." was cut at
+    "al." and `aeopt configs` showed "(alpha-GAN, Rosca et al" (nor "1e-3", which has no space after)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth = depth + 1 if char in "([" else max(depth - 1, 0) if char in ")]" else depth
+        if char not in ".:;" or depth or not text[i + 1:i + 2].isspace():
+            continue
+        word = text[:i + 1].rsplit(None, 1)[-1].lstrip("([").lower()
+        if char == "." and word in _ABBREVIATIONS:
+            continue
+        return text[:i]
+    return text.rstrip(".:;")
 
 
 # Keys only a study spec has: a file with one of them given to `aeopt train` is a spec, not a run config.

@@ -136,3 +136,16 @@ def test_a_path_to_a_missing_file_is_not_the_preset_of_its_name(tmp_path, monkey
     assert err == (f"error: ./conv_ae: no such file (looked for {tmp_path}/conv_ae); the shipped run config "
                    "of that name runs with `aeopt train conv_ae`\n"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_description_is_not_cut_inside_parentheses_or_after_an_abbreviation(tmp_path):
+    # `aeopt configs` showed "... plus an image critic (alpha-GAN, Rosca et al": cut at "al. 2017".
+    by_name = {(p.kind.folder, p.name): p for p in list_presets()}
+    assert by_name["configs", "aae_critic"].description == (
+        "The adversarial autoencoder of configs/aae.yaml plus an image critic (alpha-GAN, Rosca et al. 2017)")
+    f = tmp_path / "x.yaml"
+    for text, first in [("Runs as Smith et al. 2020 did. More.", "Runs as Smith et al. 2020 did"),
+                        ("A net (see sec. 2; e.g. the VAE): more", "A net (see sec. 2; e.g. the VAE)"),
+                        ("Lr 1e-3; more", "Lr 1e-3"), ("No stop at all", "No stop at all")]:
+        f.write_text(f"# {text}\nmodel: {{}}\n")
+        assert describe(f) == first, text
