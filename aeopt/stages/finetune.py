@@ -35,7 +35,7 @@ from aeopt.stages.finetune_fit import (
 )
 from aeopt.stages.metrics import ClassifierMetrics, CVSummary
 from aeopt.stages.pretrain import autoencoder_state, pretrained_autoencoder
-from aeopt.training.data import Split, prepare, stratified_folds, to_float
+from aeopt.training.data import Split, check_folds, prepare, stratified_folds, to_float
 from aeopt.training.engine import resolve_device
 from aeopt.training.models import Autoencoder
 from aeopt.training.supervised import Classifier, ClassifierFit, evaluate
@@ -124,6 +124,12 @@ def _finetune(cfg: FinetuneRun, *, checkpoint: str | Path | None, autoencoder: A
                     "it" if one else "them")
     # The labelled split first: a bad finetune.labels is one line before any pretraining.
     data = labelled_split(cfg.data, ft.labels, data_dir)
+    if ft.cv:
+        # So is a finetune.cv that a class of those labels is too small for: scikit-learn would refuse
+        # the folds only after the autoencoder has trained.
+        labelled = torch.cat([data.train.y, data.val.y])
+        check_folds(labelled, ft.cv, field="finetune.cv", images=f"the {len(labelled)} labelled images",
+                    fix="lower --cv (finetune.cv) or raise --labels (finetune.labels)")
     t_ae = time.perf_counter()
     ae, ae_info = _starting_autoencoder(cfg, autoencoder, device=dev, out=out, checkpoint=checkpoint,
                                         data_dir=data_dir, amp=amp, show_progress=show_progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aeopt.errors import DataNotFoundError
+from aeopt.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -361,10 +361,22 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.cat(keep)).values
 
 
+def check_folds(y: torch.Tensor, k: int, *, field: str = "cv.folds", images: str = "the training images",
+                fix: str = "lower cv.folds or raise data.train_subset") -> None:
+    """ConfigError (one line: `field`, why, `fix`) unless every class of `y` has at least k members,
+    which stratified k-fold needs: checked before any training, not when the folds are drawn."""
+    counts = torch.unique(y.cpu(), return_counts=True)[1]
+    smallest = int(counts.min()) if len(counts) else 0
+    if smallest < k:
+        raise ConfigError(f"{field} = {k}: the smallest class of {images} has only {smallest}; {fix}")
+
+
 def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """k stratified folds as (train indices, validation indices), fixed by seed."""
     from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415 (start-up time, see _digits)
 
+    # scikit-learn's own refusal is a ValueError, a traceback in every trial of a study.
+    check_folds(y, k)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     labels = y.cpu().numpy()
     return [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in skf.split(np.zeros(len(labels)), labels)]

@@ -12,6 +12,7 @@ import torch
 
 import aeopt.training.data as data
 from aeopt.config import DataConfig
+from aeopt.errors import ConfigError
 from aeopt.training.data import (
     DataNotFoundError,
     Split,
@@ -338,6 +339,18 @@ def test_stratified_folds_partition_the_pool() -> None:
     again = stratified_folds(y, 5, seed=0)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
     assert not torch.equal(folds[0][1], stratified_folds(y, 5, seed=1)[0][1])
+
+
+def test_more_folds_than_the_smallest_class_is_one_line_config_error() -> None:
+    # The digits with train_subset 40 have 4 of some class: scikit-learn's ValueError was a traceback
+    # in every trial of a study.
+    y = training_pool(DataConfig(dataset="digits", train_subset=40)).y
+    assert int(torch.bincount(y).min()) == 4
+    with pytest.raises(ConfigError) as info:
+        stratified_folds(y, 5, seed=0)
+    assert str(info.value) == ("cv.folds = 5: the smallest class of the training images has only 4; "
+                               "lower cv.folds or raise data.train_subset")
+    assert len(stratified_folds(y, 4, seed=0)) == 4
 
 
 def test_prepare_splits_train_80_20_and_keeps_test_apart() -> None:
