@@ -349,7 +349,9 @@ class StudySpec(RunConfig, SearchSpec):
     task: Literal["autoencoder"] = "autoencoder"
 
 
-_RUN_SECTIONS = ("model", "data", "budget", "optim", "seed")
+# What a classifier spec takes from its `autoencoder:` file: every section of a run config (contrastive
+# too: without it the workers would pretrain another encoder than the one exported).
+_RUN_SECTIONS = tuple(RunConfig.model_fields)
 
 
 class ClassifierStudySpec(FinetuneRun, SearchSpec):
@@ -397,6 +399,20 @@ def _autoencoder_file(ref: str, spec_path: Path) -> Path:
     return found
 
 
+def _checkpoint_file(ref: str, spec_path: Path) -> Path:
+    """A classifier spec's `checkpoint:`, made absolute: a path from here, else from the spec's folder.
+    Stored relative, it was read from each worker's folder, and a worker started elsewhere failed."""
+    path = Path(ref).expanduser()
+    candidates = [path] if path.is_absolute() else [path, spec_path.parent / path]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(c.absolute()) for c in candidates)
+        raise ConfigError(f"{spec_path}: checkpoint = {ref!r}: no such file (looked for {looked}); pass an "
+                          "autoencoder checkpoint such as a refit's checkpoint.pt, or drop it to have each "
+                          "worker train the autoencoder")
+    return found.absolute()
+
+
 def spec_schema(raw: dict[str, Any]) -> type[SearchSpec]:
     """The spec class for a raw spec dict, by its `task` (autoencoder, the default, or classifier)."""
     task = raw.get("task", "autoencoder")
@@ -440,4 +456,6 @@ def load_study_spec(path: str | Path, overrides: list[str] | None = None) -> Sea
     _refuse_run_config(raw, path)
     spec = validate(schema, raw, str(path))
     spec.type_choices()
+    if isinstance(spec, ClassifierStudySpec) and spec.checkpoint:
+        spec.checkpoint = str(_checkpoint_file(spec.checkpoint, resolve(path, STUDY_SPEC)))
     return spec

@@ -149,3 +149,24 @@ def test_a_description_is_not_cut_inside_parentheses_or_after_an_abbreviation(tm
                         ("Lr 1e-3; more", "Lr 1e-3"), ("No stop at all", "No stop at all")]:
         f.write_text(f"# {text}\nmodel: {{}}\n")
         assert describe(f) == first, text
+
+
+def test_a_classifier_spec_takes_every_run_section_of_its_autoencoder(tmp_path, monkeypatch):
+    # An export with a contrastive term: the workers must pretrain that encoder, not one without it.
+    monkeypatch.chdir(tmp_path)
+    exported = yaml.safe_load((REPO / "configs" / "conv_ae.yaml").read_text())
+    exported["contrastive"] = {"weight": 1.0, "crop": 0.3}
+    Path("best_c.yaml").write_text(yaml.safe_dump(exported))
+    spec = load_study_spec("classifier", ["autoencoder=best_c.yaml"])
+    assert spec.contrastive.weight == 1.0 and spec.contrastive.crop == 0.3
+
+
+def test_a_classifier_specs_checkpoint_is_checked_and_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "checkpoint.pt").write_bytes(b"weights")
+    spec = load_study_spec("classifier", ["checkpoint=runs/checkpoint.pt"])
+    assert spec.checkpoint == str(tmp_path / "runs" / "checkpoint.pt")  # workers elsewhere find it
+    with pytest.raises(ConfigError) as err:
+        load_study_spec("classifier", ["checkpoint=nope.pt"])
+    assert "checkpoint = 'nope.pt': no such file" in str(err.value) and "\n" not in str(err.value)
