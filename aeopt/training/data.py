@@ -331,9 +331,20 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[t
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            # Rounding alone gives a class of 2 no validation image at 0.2, and a class of 10 no
+            # training image at 0.96: small subsets got an empty split (a division by zero in training,
+            # val_acc 0.0 from no images). A class that can be split keeps one image on each side.
+            n_val = min(max(n_val, 1), len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
-    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+    train_idx, val_idx = torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+    if len(y) and not (len(train_idx) and len(val_idx)):  # only when no class has 2 images
+        empty = "training" if not len(train_idx) else "validation"
+        raise ConfigError(f"data.val_fraction = {val_fraction}: {len(y)} images, one per class, leave the "
+                          f"{empty} split empty; raise data.train_subset to at least {2 * len(y)} "
+                          "(2 images per class)")
+    return train_idx, val_idx
 
 
 def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -1,13 +1,16 @@
-"""aeopt finetune refuses a --cv that a class of the labelled images is too small for in one line,
-before the autoencoder trains (scikit-learn refused it with a traceback after the pretraining)."""
+"""aeopt finetune's early checks: a --cv that a class of the labelled images is too small for is one line,
+before the autoencoder trains (scikit-learn refused it with a traceback after the pretraining); and few
+labels still give every class an image on each side of the 80/20 split."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 import aeopt.stages.finetune as stage
-from aeopt.config import load_finetune_config
+from aeopt.config import DataConfig, load_finetune_config
 from aeopt.errors import ConfigError
+from aeopt.stages.classifier_run import labelled_split
 
 
 def _never_trained(*args, **kwargs):
@@ -29,3 +32,11 @@ def test_cv_that_fits_the_labels_goes_on_to_pretraining(monkeypatch) -> None:
     cfg = load_finetune_config("conv_ae", ["data.dataset=digits", "finetune.labels=30", "finetune.cv=3"])
     with pytest.raises(AssertionError, match="trained before"):
         stage.finetune(cfg, device="cpu", show_progress=False)
+
+
+def test_twenty_labels_still_validate_on_some() -> None:
+    # 2 labels per class at data.val_fraction 0.2 rounded to no validation image: metrics said n_val 0,
+    # val_acc 0.0, and early stopping had nothing to watch.
+    data = labelled_split(DataConfig(dataset="digits"), 20)
+    assert (len(data.train), len(data.val)) == (10, 10)
+    assert torch.bincount(data.val.y, minlength=10).tolist() == [1] * 10

@@ -307,6 +307,30 @@ def test_stratified_split_is_disjoint_complete_stratified_and_deterministic() ->
     assert not torch.equal(va, va3)
 
 
+@pytest.mark.parametrize("per_class, fraction, n_val", [(2, 0.2, 1), (3, 0.1, 1), (10, 0.96, 9), (2, 0.9, 1)])
+def test_stratified_split_keeps_an_image_on_each_side_of_every_class(per_class: int, fraction: float,
+                                                                     n_val: int) -> None:
+    # Rounding alone gave a class of 2 no validation image at 0.2 (train_subset 20 on the digits: a
+    # ZeroDivisionError in training) and a class of 10 no training image at 0.96.
+    y = torch.arange(10 * per_class) % 10
+    tr, va = stratified_split(y, fraction, seed=0)
+    assert torch.bincount(y[va], minlength=10).tolist() == [n_val] * 10
+    assert torch.bincount(y[tr], minlength=10).tolist() == [per_class - n_val] * 10
+
+
+def test_a_split_that_stays_empty_is_one_line_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"leave the validation split empty; raise data\.train_subset to at "
+                                          r"least 20 \(2 images per class\)"):
+        stratified_split(torch.arange(10), 0.2, seed=0)
+    with pytest.raises(ConfigError, match="leave the training split empty"):
+        stratified_split(torch.arange(10), 0.9, seed=0)
+
+
+def test_prepare_on_a_small_subset_has_both_splits() -> None:
+    p = prepare(DataConfig(dataset="digits", train_subset=20))
+    assert (len(p.train), len(p.val)) == (10, 10)
+
+
 @pytest.mark.parametrize("n", [20, 73, 300, 700])
 def test_stratified_subset_has_exact_size_and_proportions(n: int) -> None:
     y = _unbalanced_labels()
