@@ -153,11 +153,11 @@ def _clean_stop(proc: subprocess.Popen, err: str, signum: int) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_quickstart_stops_with_its_summary_and_the_best_so_far(tmp_path, signum):
+def test_quickstart_stops_with_its_summary_and_the_best_so_far(tmp_path, signum, monkeypatch):
     url = f"sqlite:///{tmp_path}/qs.db"
-    empty = tmp_path / "no-data"  # no Fashion-MNIST: scikit-learn's digits, seconds per trial
-    empty.mkdir()
-    proc = _start(["quickstart", "--n-trials", "40", "--max-epochs", "4", "--data-dir", str(empty),
+    # No Fashion-MNIST (no AEOPT_DATA_DIR, the session's cache empty): the digits, seconds per trial.
+    monkeypatch.delenv("AEOPT_DATA_DIR", raising=False)
+    proc = _start(["quickstart", "--n-trials", "40", "--max-epochs", "4",
                    "--device", "cpu", "--storage", url, "--out", "qs"], None, tmp_path)
     err = _Lines(proc)
     err.wait_for(" complete: ")  # a trial has completed; the next one starts
@@ -229,3 +229,72 @@ def test_dashboard_stops_with_the_signals_exit_code_even_started_with_sigint_ign
     out, err_text = err.stopped()
     _clean_stop(proc, err_text, signum)
     assert proc.returncode == code
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: an orphan's zombie waits for whoever reaps orphans here."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_launch_stops_its_workers_on_sighup(tmp_path):
+    # The terminal closed or the SSH link dropped: the workers, in their own sessions, hear nothing of it
+    # but what the launcher forwards.
+    url = _study(tmp_path, "s")
+    proc = _start(["launch", "--study", "s", "--workers", "2", "--devices", "cpu", "--n-trials", "4"], url,
+                  tmp_path)
+    _wait_for_running_trials(url, "s", proc, n=2)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGHUP)
+    out, err = _stopped(proc)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "exited with code" not in err and "Traceback" not in err, err
+    assert not [pid for pid in workers if _alive(pid)]
+    for log in sorted((tmp_path / "logs").rglob("*.log")):
+        assert log.read_text().strip().splitlines()[-1] == "stopped by signal SIGTERM"
+    trials = optuna.load_study(study_name="s", storage=open_storage(url).optuna).get_trials()
+    assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_a_killed_launch_stops_its_workers(tmp_path):
+    # SIGKILL (or the OOM killer) gives the launcher no chance to forward anything: each worker gets
+    # SIGTERM from the kernel instead, and stops as it would on the launcher's.
+    url = _study(tmp_path, "s")
+    proc = _start(["launch", "--study", "s", "--workers", "2", "--devices", "cpu", "--n-trials", "4"], url,
+                  tmp_path)
+    _wait_for_running_trials(url, "s", proc, n=2)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # no orphans left behind by the test itself
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers still running 60 s after their launcher was killed"
+    for log in sorted((tmp_path / "logs").rglob("*.log")):
+        text = log.read_text()
+        assert text.strip().splitlines()[-1] == "stopped by signal SIGTERM", text[-2000:]
+    trials = optuna.load_study(study_name="s", storage=open_storage(url).optuna).get_trials()
+    assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    assert all(t.user_attrs.get("fail_reason", "").startswith("stopped by signal 15")
+               for t in trials if t.state == optuna.trial.TrialState.FAIL), [t.user_attrs for t in trials]
