@@ -12,6 +12,7 @@ from aeopt.search.quickstart import (
     QUICKSTART_EPOCHS,
     QUICKSTART_SUBSET,
     QUICKSTART_TRIALS,
+    pick_dataset,
     run_quickstart,
     summary_table,
 )
@@ -57,10 +58,12 @@ def quickstart(
     Example: aeopt quickstart --data-dir ../shared/data
     """
     output_folder(out)  # before the study runs, not after it
+    # The data before the storage: a data error must not leave a new, empty studies/aeopt.db behind.
+    dataset = pick_dataset(data_dir)
     opened = open_storage(storage)
     res = run_quickstart(opened, n_trials=n_trials, train_subset=train_subset, max_epochs=max_epochs,
                          workers=workers, data_dir=data_dir, device=device, out=out, timeout=timeout,
-                         refit=refit)
+                         refit=refit, dataset=dataset)
     if res.stopped_because:
         typer.echo(f"{res.stopped_because}; what finished:")
     typer.echo(summary_table(res.study))

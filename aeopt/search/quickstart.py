@@ -105,11 +105,12 @@ def run_quickstart(storage: Storage, *, study_name: str = "quickstart", n_trials
                    workers: int = 1,
                    data_dir: str | None = None, device: str | None = None,
                    out: str | Path = "quickstart", timeout: float | None = None,
-                   refit: bool = True) -> QuickstartResult:
+                   refit: bool = True, dataset: str | None = None) -> QuickstartResult:
     """Create (or continue, when made with the same settings: `check_rerun`) the quickstart study, run it
     to `n_trials` (or until `timeout` seconds or a stop signal), export the best config and, with
-    `refit`, refit it and test it once."""
-    dataset = pick_dataset(data_dir)
+    `refit`, refit it and test it once. `dataset`: what `pick_dataset(data_dir)` picked, when the caller
+    picked it already."""
+    dataset = dataset or pick_dataset(data_dir)
     subset = train_subset if dataset in ("fashion_mnist", "mnist") else None
     spec = quickstart_spec(dataset, subset, max_epochs)
     check_rerun(storage, study_name, spec)
