@@ -43,9 +43,10 @@ def launch(
     """Start several workers on this machine and show the study's progress live.
 
     CPU threads are divided among CPU workers, each following the cores free now. Every CUDA device
-    named must exist here (checked before any worker starts). Ctrl-C or SIGTERM stops all workers
-    (their running trials end as failed) and exits 130 or 143; otherwise the exit code is non-zero if
-    any worker failed. Worker logs go to logs/STUDY/ (the name made a safe folder name) unless
+    named must exist here (checked before any worker starts). Ctrl-C, SIGTERM, SIGHUP or SIGQUIT stops
+    all workers (their running trials end as failed) and exits 128 + the signal's number (130 after
+    Ctrl-C); a launch killed outright stops its workers too (on Linux). Otherwise the exit code is
+    non-zero if any worker failed. Worker logs go to logs/STUDY/ (the name made a safe folder name) unless
     --log-dir says otherwise.
 
     Example: aeopt launch --study conv_ae --workers 4 --devices cuda:0,cuda:1 --n-trials 100

@@ -2,7 +2,10 @@
 
 Workers are separate processes (not threads): each has its own CUDA context and Python GIL, and
 one crashing cannot take the others down. Each runs in its own session so Ctrl-C reaches them
-exactly once, through this process, which forwards it as SIGTERM.
+exactly once, through this process, which forwards it (and SIGTERM, SIGHUP, SIGQUIT) as SIGTERM.
+The workers' own sessions also shield them from a closed terminal, so they must learn of their
+launcher's end from it: on Linux each asks the kernel for SIGTERM when the launcher dies, however it
+dies (SIGKILL, the OOM killer), and stops cleanly as on any SIGTERM (`_die_with`).
 
 `--workers auto` (`plan_workers`), the rule and what backs it:
 - CPU: one single-threaded worker per core idle at launch. On the 2-core machine two 1-thread workers
@@ -20,6 +23,7 @@ exactly once, through this process, which forwards it as SIGTERM.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -217,12 +221,14 @@ def launch(
     env[MAX_THREADS] = str(plan.cpu_threads)
     if timeout:  # one deadline for all workers, counted from now, not from each one's start-up
         env["AEOPT_DEADLINE"] = f"{time.time() + timeout:.3f}"
+    die_with_me = _die_with(os.getpid())
     procs: list[WorkerProcess] = []
     for i, (dev, fh) in enumerate(zip(assigned, logs, strict=True)):
         cmd = worker_command(study_name, i, dev, threads=None, n_trials=n_trials, timeout=timeout,
                              data_dir=data_dir, amp=amp)
         with fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=die_with_me)
         procs.append(WorkerProcess(i, dev, Path(fh.name), proc))
     log.info("launched %d workers (%s); logs in %s/%s", workers, ", ".join(assigned), log_dir,
              f"; budget {timeout:g} s" if timeout else "")
@@ -232,6 +238,28 @@ def launch(
         log.info("the time budget of %g s ran out (%.0f s after the launch)", timeout,
                  time.monotonic() - started)
     return code
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(launcher_pid: int):
+    """A preexec_fn for a worker: SIGTERM to it when the launcher dies (Linux; elsewhere None, and a
+    killed launcher's workers run on). Without it a launcher killed with SIGKILL, which it cannot
+    forward, leaves its workers training in their own sessions, and nothing stops them."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Looked up here, in the launcher: the child between fork and exec should do as little as it can.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # A launcher that died before the line above would send nothing: the worker is now some other
+        # process's child, and must not start.
+        if os.getppid() != launcher_pid:
+            os._exit(1)
+
+    return preexec
 
 
 def _open_logs(paths: list[Path]) -> list:
@@ -248,9 +276,13 @@ def _open_logs(paths: list[Path]) -> list:
     return logs
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                     if hasattr(signal, name))  # SIGHUP and SIGQUIT are POSIX only
+
+
 def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | None,
                poll_seconds: float) -> int:
-    """Watch the workers until they exit, forwarding Ctrl-C / SIGTERM; the launch's exit code."""
+    """Watch the workers until they exit, forwarding a stop signal as SIGTERM; the launch's exit code."""
     stopping: dict[str, int | None] = {"signal": None}
 
     def forward(signum, frame):  # noqa: ARG001
@@ -259,7 +291,9 @@ def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | 
             if w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP (the terminal closed, an SSH link dropped) and SIGQUIT stop the launch as SIGTERM does: left
+    # to their default they would end this process alone, the workers (in their own sessions) training on.
+    old = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         _watch(study, procs, n_trials, poll_seconds, stopping)
     finally:
