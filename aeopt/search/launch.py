@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -53,6 +54,7 @@ class WorkerProcess:
     device: str
     log_path: Path
     proc: subprocess.Popen
+    log_start: int = 0  # where this launch's part of the log begins (the file keeps earlier launches')
 
 
 def parse_devices(devices: str | None) -> list[str]:
@@ -212,7 +214,7 @@ def launch(
                     "use PostgreSQL for more", workers, storage.kind)
     log_dir = make_folder(Path(log_dir) if log_dir else log_folder(study_name))
     # Every log file opened before any worker starts: one that cannot be written leaves none running.
-    logs = _open_logs([log_dir / f"worker-{i}.log" for i in range(workers)])
+    logs = _open_logs([log_dir / f"worker-{i}.log" for i in range(workers)], assigned)
     # The storage URL goes through the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, "AEOPT_STORAGE": storage.url, "PYTHONUNBUFFERED": "1"}
     env.pop("AEOPT_DEADLINE", None)
@@ -227,9 +229,10 @@ def launch(
         cmd = worker_command(study_name, i, dev, threads=None, n_trials=n_trials, timeout=timeout,
                              data_dir=data_dir, amp=amp)
         with fh:
+            log_start = fh.tell()
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=die_with_me)
-        procs.append(WorkerProcess(i, dev, Path(fh.name), proc))
+        procs.append(WorkerProcess(i, dev, Path(fh.name), proc, log_start))
     log.info("launched %d workers (%s); logs in %s/%s", workers, ", ".join(assigned), log_dir,
              f"; budget {timeout:g} s" if timeout else "")
     started = time.monotonic()
@@ -262,13 +265,20 @@ def _die_with(launcher_pid: int):
     return preexec
 
 
-def _open_logs(paths: list[Path]) -> list:
-    """The workers' log files, opened for writing (each closed once its worker has it); one line if
-    any cannot be (a folder of that name, no permission), with none left open."""
+def _open_logs(paths: list[Path], devices: list[str]) -> list:
+    """The workers' log files, opened for appending, each with a line that says which launch follows
+    (each closed once its worker has it); one line if any cannot be (a folder of that name, no
+    permission), with none left open. Appended, not rewritten: the logs of a crashed launch are the
+    evidence a rerun must not wipe, and a second launch of the same study beside a running one would
+    cut the first one's file under its workers (which then write past the new end: NUL bytes)."""
     logs: list = []
+    started = datetime.now().astimezone().isoformat(timespec="seconds")
     try:
-        for path in paths:
-            logs.append(open(path, "w"))  # noqa: SIM115
+        for i, (path, device) in enumerate(zip(paths, devices, strict=True)):
+            fh = open(path, "a")  # noqa: SIM115
+            logs.append(fh)
+            fh.write(f"=== {started} aeopt launch (pid {os.getpid()}): worker {i} on {device} ===\n")
+            fh.flush()  # before the worker's own lines, which go to the file, not this buffer
     except OSError as exc:
         for fh in logs:
             fh.close()
@@ -306,7 +316,9 @@ def _supervise(study: optuna.Study, procs: list[WorkerProcess], n_trials: int | 
     stopped = {0} if signum is None else {0, 128 + signum, -signum, 128 + signal.SIGTERM, -signal.SIGTERM}
     failed = [w for w in procs if w.proc.returncode not in stopped]
     for w in failed:
-        tail = w.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        with open(w.log_path, "rb") as fh:  # this launch's lines only
+            fh.seek(w.log_start)
+            tail = fh.read().decode(errors="replace").strip().splitlines()[-5:]
         log.error("worker %d (%s) exited with code %s; last lines of %s:\n  %s", w.index, w.device,
                   w.proc.returncode, w.log_path, "\n  ".join(tail))
     log.info(_status_or_reason(study))
