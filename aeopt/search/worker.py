@@ -7,7 +7,8 @@ A worker never loops on failures: it stops with `TooManyFailuresError` (the CLI:
 after `max_consecutive_failures` failed trials in a row of its own, or before starting a trial in a
 study that holds more failed trials than its failure budget. Every trial it fails carries a
 `fail_reason`; a dead worker's trials are failed ("worker lost") and re-queued by the next worker,
-which looks for them when it starts and before each trial (`aeopt.search.heartbeat`).
+which looks for them when it starts and before each trial (`aeopt.search.heartbeat`). A trial a stop
+signal ends is failed ("stopped by signal N") and re-queued the same way (`_requeue_stopped`).
 
 A `timeout` is a wall-clock budget from the worker's start: no trial starts after it, and the
 running trial stops at the first epoch boundary past it (`aeopt.search.objective.stop_at_deadline`).
@@ -24,7 +25,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import optuna
 from optuna.storages import BaseStorage
@@ -37,6 +38,7 @@ from aeopt.search.env import env_int
 from aeopt.search.heartbeat import FAIL_REASON, LOST_REASON, fail_stale_trials
 from aeopt.search.objective import (
     DEADLINE_REASON,
+    STOPPED_BY,
     TRIAL_ERRORS,
     SurplusTrialError,
     fail_reason,
@@ -264,6 +266,11 @@ def _trial_loop(study: optuna.Study, objective: Callable[[optuna.Trial], float],
         recorded = _Recorded(objective)
         try:
             study.optimize(recorded, n_trials=1, timeout=remaining, catch=TRIAL_ERRORS, callbacks=callbacks)
+        except KeyboardInterrupt:
+            # Here, not in `_Recorded`: Optuna has now told the trial FAIL, so its copy cannot be taken
+            # by another worker while the original still counts as running (it would fail as surplus).
+            _requeue_stopped(study, recorded.number)
+            raise
         except (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError):
             # Optuna cannot tell a trial another worker has failed meanwhile ("Cannot tell a FAIL
             # trial", then an assertion in its cleanup): this worker was silent for the grace period.
@@ -372,6 +379,45 @@ class _Recorded:
         except Exception as exc:
             _record_reason(trial, fail_reason(exc))
             raise
+
+
+MAX_RETRIES = 3  # as storage.py's RetryHeartbeatStaleTrialCallback(max_retry=3): one cap for both kinds
+_RUN_ATTRS = {f.name for f in fields(TrialRecord)} | {STOPPED_BY}  # what the stopped run measured
+
+
+def _requeue_stopped(study: optuna.Study, number: int | None) -> None:
+    """Queue a trial a stop signal failed again (WAITING, its parameters fixed), so that the next worker
+    re-runs it: an enqueued known-good point is not lost to a Ctrl-C, `aeopt launch` stopping or a
+    preempted machine. The copy is what Optuna's RetryHeartbeatStaleTrialCallback makes of a dead
+    worker's trial (system attrs `failed_trial`, `retry_history`; at most MAX_RETRIES in one history).
+
+    A WAITING trial counts neither as finished nor as running, so it cannot take the study past its
+    target (`next_step`, `check_surplus`): a worker runs it only while the study is short."""
+    if number is None:
+        return
+    try:
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+        # Not FAIL: its tell never reached the storage and it is still RUNNING, for the heartbeat check
+        # to re-queue. Failed for another reason (a NaN, then the signal in a callback): nothing to re-run.
+        if (trial is None or trial.state != TrialState.FAIL
+                or not (TrialRecord.of(trial).fail_reason or "").startswith(STOPPED_REASON)):
+            return
+        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        # A new list: with deepcopy=False the stored one is the storage's cached copy.
+        history = [*system_attrs["retry_history"], trial.number]
+        if len(history) > MAX_RETRIES:
+            log.warning("trial %d was stopped %d times: not re-queued again", trial.number, len(history))
+            return
+        if not trial.params and "fixed_params" not in system_attrs:
+            return  # stopped before it had parameters: a new trial samples as well
+        system_attrs["retry_history"] = history
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in _RUN_ATTRS},
+            system_attrs=system_attrs))
+        log.warning("trial %d is re-queued with its parameters: the next worker re-runs it", trial.number)
+    except Exception as exc:  # the storage may be why it stopped: the stop itself matters more
+        log.warning("trial %d: could not re-queue it after the stop: %s", number, fail_reason(exc))
 
 
 def _record_reason(trial: optuna.Trial, reason: str) -> None:

@@ -197,8 +197,9 @@ def test_a_stopped_workers_trial_says_which_signal(signum, tmp_path):
     worker.send_signal(signum)
     _, err = worker.communicate(timeout=60)
     assert worker.returncode != 0 and "Traceback" not in err, err[-3000:]
-    (trial,) = _trials(url, name)
+    trial, copy = _trials(url, name)  # the copy: re-queued for the next worker (test_stop_requeue.py)
     assert trial.number == stopped.number and trial.state == TrialState.FAIL
+    assert copy.state == TrialState.WAITING and copy.params == trial.params
     assert trial.user_attrs["fail_reason"] == f"stopped by signal {signum.value}"
 
 
