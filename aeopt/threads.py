@@ -193,12 +193,26 @@ GOVERNOR = ThreadGovernor()
 
 def tick() -> None:
     """Called once per training step by aeopt's training loops (aeopt.training). Only the main
-    thread governs: a lane (aeopt.training.lanes) holds its own thread count for its whole run."""
+    thread governs: a lane (aeopt.training.lanes) holds its own thread count for its whole run, and
+    runs its step check instead (`on_lane_step`)."""
     if threading.current_thread() is _MAIN:
         GOVERNOR.tick()
+        return
+    check = getattr(_LANE, "check", None)
+    if check is not None:
+        check()
 
 
 _MAIN = threading.main_thread()
+_LANE = threading.local()
+
+
+def on_lane_step(check) -> None:
+    """Make `tick()` in this (lane) thread call `check()`, which may raise to end the lane's work.
+    The training loops' one per-step call is where a lane can stop between batches: a stop signal
+    lands in the main thread only, which waits for the lanes, and a lane that ran its epoch to the end
+    first kept a stopping worker busy for a whole epoch (aeopt.training.lanes)."""
+    _LANE.check = check
 
 
 def lane_budget() -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import TypeVar
 
 import torch
@@ -49,9 +50,10 @@ class Lanes:
 
     Use as a context manager; `map` runs a function over items, `n` at a time, and returns the
     results in order. When an item raises, the items not yet started are dropped, and long work
-    that calls `check()` between its steps (a fine-tune fold, between epochs) stops there; `map`
-    raises the first error once every started item has returned, so no lane is still writing when
-    the caller moves on.
+    that calls `check()` between its steps (a fine-tune fold, between epochs; every training loop
+    between batches, through `threads.tick`) stops there; `map` raises the first error once every
+    started item has returned, so no lane is still writing when the caller moves on. An exception
+    raised in the caller while it waits (a stop signal) cancels the lanes the same way.
     """
 
     def __init__(self, n: int, threads_each: int = 1):
@@ -62,9 +64,12 @@ class Lanes:
     def _init(self) -> None:
         # OpenMP's thread count is per calling thread: this sets the lane's own.
         torch.set_num_threads(self.threads_each)
+        threads.on_lane_step(self.check)  # between batches, every training loop's `threads.tick()`
 
     def check(self) -> None:
-        """Raise LaneCancelled when another item of this map has failed."""
+        """Raise LaneCancelled when another item of this map has failed, or the caller's wait was
+        interrupted (a stop signal). Called between the training steps of a lane's work too
+        (`threads.tick`), so a cancelled lane stops within a batch, not at its epoch's end."""
         if self._failed.is_set():
             raise LaneCancelled
 
@@ -79,7 +84,15 @@ class Lanes:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         self._failed.clear()
         futures = [self._pool.submit(self._run, fn, item) for item in items]
-        errors = [f.exception() for f in futures]  # waits for every item
+        try:
+            errors = [f.exception() for f in futures]  # waits for every item
+        except BaseException:
+            # A stop signal raised in this (main) thread while it waited (aeopt.search.stopping: "a long
+            # epoch stops at once"): the lanes stop at their next step, and this waits for that much
+            # only, so that no lane is still writing when the stop goes on up.
+            self._failed.set()
+            futures_wait(futures)
+            raise
         # The error that stopped the others, not a lane it cancelled (item order among real errors).
         for error in errors:
             if error is not None and not isinstance(error, LaneCancelled):
