@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,22 +111,17 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     if not name:
         raise StudyError("the study needs a name: pass --study-name NAME or set `name:` in the spec")
     if name in study_names(storage):
-        if not skip_if_exists:
-            raise StudyError(f"study '{name}' already exists in {storage.display}; "
-                             "pass --skip-if-exists to reuse it, or `aeopt study delete` it first")
-        study, stored = load_study(storage, name)
-        changes = spec_changes(stored, spec)
-        if changes:  # workers train the stored spec: say so, or the user believes the new one runs
-            log.warning("study '%s' already exists with another spec (%s): it keeps its stored spec, which "
-                        "is what every worker trains; for the new one use a new --study-name, or "
-                        "`aeopt study delete %s%s` first", name, changes_text(changes), name,
-                        storage_flag(storage))
-        return study
+        return _existing_study(storage, name, spec, skip_if_exists)
     check_study_name(name)  # only new studies: one created before names were checked still loads
     build_sampler(spec)  # a sampler this machine cannot run fails here, not in every worker
     spec = spec.model_copy(update={"name": name})
-    study = optuna.create_study(study_name=name, storage=storage.optuna, direction="minimize")
-    study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    try:
+        study = optuna.create_study(study_name=name, storage=storage.optuna, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another `study create` (a launcher starting several, a container's replicas) made it since
+        # the check above: the same outcome as had it been there before.
+        return _existing_study(storage, name, spec, skip_if_exists)
+    study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))  # first: what joiners wait for
     study.set_metric_names([metric_name(spec)])
     study.set_user_attr(VERSION_ATTR, __version__)
     if artifacts:
@@ -136,6 +132,42 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     for line in skipped:
         log.warning("study '%s': %s", name, line)
     return study
+
+
+SPEC_WAIT_SECONDS = 10.0  # how long a joiner waits for a study's creator to store its spec
+
+
+def _existing_study(storage: Storage, name: str, spec: SearchSpec, skip_if_exists: bool) -> optuna.Study:
+    """The study `name` that is already there: with `skip_if_exists` loaded, its spec compared, else
+    the one-line error."""
+    if not skip_if_exists:
+        raise StudyError(f"study '{name}' already exists in {storage.display}; "
+                         "pass --skip-if-exists to reuse it, or `aeopt study delete` it first")
+    _wait_for_spec(storage, name)
+    study, stored = load_study(storage, name)
+    changes = spec_changes(stored, spec)
+    if changes:  # workers train the stored spec: say so, or the user believes the new one runs
+        log.warning("study '%s' already exists with another spec (%s): it keeps its stored spec, which "
+                    "is what every worker trains; for the new one use a new --study-name, or "
+                    "`aeopt study delete %s%s` first", name, changes_text(changes), name,
+                    storage_flag(storage))
+    return study
+
+
+def _wait_for_spec(storage: Storage, name: str) -> None:
+    """Give a study that another `study create` has just made the moment it needs to store its spec:
+    between Optuna's create and the spec's write the study is bare, and loading it then would say
+    "not created by aeopt". Only a bare study is waited for (no attrs, no trials): one Optuna made
+    with anything in it is not aeopt's, and `load_study` says so at once."""
+    deadline = time.monotonic() + SPEC_WAIT_SECONDS
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage.optuna)
+        except KeyError:  # deleted meanwhile: load_study names what is there
+            return
+        if study.user_attrs or study.get_trials(deepcopy=False) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.2)
 
 
 def storage_flag(storage: Storage) -> str:

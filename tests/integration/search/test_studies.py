@@ -308,3 +308,71 @@ def test_grpc_storage_proxy(tmp_path):
     # The trials landed in the database behind the proxy.
     study, _ = load_study(open_storage(backend), "proxied")
     assert len(finished(study)) == 2
+
+
+# ----- `study create` racing another `study create` of the same name ---------------------------------
+
+
+def _lost_race(monkeypatch) -> None:
+    """The study appears between create_study's look for it and Optuna's create: a check that sees none."""
+    import aeopt.search.studies as studies
+
+    monkeypatch.setattr(studies, "study_names", lambda storage: [])
+
+
+def test_create_that_loses_the_race_says_already_exists_in_one_line(tmp_path, monkeypatch):
+    from aeopt.errors import StudyError
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_study(storage, StudySpec.model_validate(tiny_spec("raced")))
+    _lost_race(monkeypatch)
+    with pytest.raises(StudyError, match=r"^study 'raced' already exists in .*--skip-if-exists"):
+        create_study(storage, StudySpec.model_validate(tiny_spec("raced")))
+
+
+def test_create_skip_if_exists_that_loses_the_race_loads_the_winners_study(tmp_path, monkeypatch, caplog):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    winner = create_study(storage, StudySpec.model_validate(tiny_spec("raced")))
+    _lost_race(monkeypatch)
+    other = StudySpec.model_validate(tiny_spec("raced", budget__max_epochs=7))
+    study = create_study(storage, other, skip_if_exists=True)
+    assert study.study_name == "raced" and study.user_attrs[SPEC_ATTR] == winner.user_attrs[SPEC_ATTR]
+    assert "already exists with another spec (budget.max_epochs: 2 stored, 7 given)" in caplog.text
+    assert len(optuna.get_all_study_summaries(storage.optuna)) == 1
+
+
+def test_create_skip_if_exists_waits_for_the_creators_spec(tmp_path):
+    """A joiner that loads the study between its creator's Optuna create and the spec's write."""
+    import threading
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    spec = StudySpec.model_validate(tiny_spec("young"))
+    bare = optuna.create_study(study_name="young", storage=storage.optuna)
+    writer = threading.Timer(1.0, bare.set_user_attr, (SPEC_ATTR, spec.model_dump(mode="json")))
+    writer.start()
+    try:
+        study = create_study(storage, spec, skip_if_exists=True)  # not "was not created by aeopt"
+    finally:
+        writer.join()
+    assert study.user_attrs[SPEC_ATTR]["name"] == "young"
+
+
+@pytest.mark.postgres
+def test_concurrent_creates_on_postgres_all_succeed_in_one_study(tmp_path, pg_url):
+    """Real processes racing: each says the study is ready; none prints a traceback."""
+    import uuid
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    spec_path = write_spec(tmp_path, tiny_spec(name))
+    # Optuna's tables made first: a fresh database's schema has a race of its own (not this test's).
+    open_storage(pg_url)
+    procs = [subprocess.Popen([sys.executable, "-m", "aeopt", "study", "create", str(spec_path), "--storage",
+                               pg_url, "--skip-if-exists", "--artifacts", str(tmp_path / "a")],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+        assert f"study '{name}' ready" in out
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(pg_url).optuna)]
+    assert names.count(name) == 1
