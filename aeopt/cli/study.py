@@ -21,6 +21,7 @@ from aeopt.search.studies import (
     delete_study,
     list_studies,
     load_study,
+    open_study,
     summarize,
 )
 
@@ -110,7 +111,7 @@ def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
 def delete(name: StudyNameArg, storage: StorageOpt = None, yes: YesOpt = False) -> None:
     """Delete a study and all its trials (asks first unless --yes)."""
     opened = open_storage(storage, create=False)
-    study, _ = load_study(opened, name)
+    study = open_study(opened, name)  # not load_study: a spec that no longer validates can still go
     if not yes:
         n = StudyCounts.of(study).total
         if not typer.confirm(f"delete study '{name}' and its {n} trials?", default=False):

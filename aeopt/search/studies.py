@@ -250,15 +250,21 @@ def spec_of(study: optuna.Study) -> SearchSpec:
 
 def load_study(storage: Storage, name: str) -> tuple[optuna.Study, SearchSpec]:
     """The study and its spec; a StudyError naming the studies there when it does not exist."""
+    study = open_study(storage, name)
+    return study, spec_of(study)
+
+
+def open_study(storage: Storage, name: str) -> optuna.Study:
+    """The study without its spec checked (what delete needs: a study of another aeopt version, or one
+    Optuna made, is deleted all the same); a StudyError naming the studies there when it does not exist."""
     _quiet_optuna()
     try:
-        study = optuna.load_study(study_name=name, storage=storage.optuna)
+        return optuna.load_study(study_name=name, storage=storage.optuna)
     except KeyError:
         names = study_names(storage)
         hint = (f" (studies here: {', '.join(names[:10])})" if names
                 else " (there are none: run `aeopt study create SPEC.yaml`)")
         raise StudyError(f"no study named '{name}' in {storage.display}{hint}") from None
-    return study, spec_of(study)
 
 
 @dataclass
@@ -302,5 +308,5 @@ def list_studies(storage: Storage) -> list[StudySummary]:
 
 
 def delete_study(storage: Storage, name: str) -> None:
-    load_study(storage, name)  # a clear error when it does not exist
+    open_study(storage, name)  # a clear error when it does not exist; its spec need not validate
     optuna.delete_study(study_name=name, storage=storage.optuna)

@@ -88,3 +88,21 @@ def test_skip_if_exists_keeps_the_stored_spec_says_so_and_notes_it(tmp_path):
     assert stored.budget.max_epochs == 1
     note = get_note(study)
     assert "max_epochs: 1\n" in note and "max_epochs: 7" not in note
+
+
+def test_delete_takes_a_study_whose_spec_does_not_validate_or_that_optuna_made(tmp_path):
+    """Another aeopt version's spec (an unknown key) or none at all: only the name must exist."""
+    from aeopt.search.studies import SPEC_ATTR
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url)
+    old = optuna.create_study(study_name="old", storage=storage.optuna)
+    old.set_user_attr(SPEC_ATTR, {**SPEC, "model": {**SPEC["model"], "old_field": 1}})
+    optuna.create_study(study_name="plain", storage=storage.optuna)  # by Optuna, no spec inside
+    for name in ("old", "plain"):
+        r = run_cli("study", "delete", name, "--yes", "--storage", url, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout == f"deleted study '{name}'\n", r.stderr
+    assert optuna.get_all_study_summaries(storage.optuna) == []
+    r = run_cli("study", "delete", "gone", "--yes", "--storage", url, cwd=tmp_path)
+    gone = f"error: no study named 'gone' in {url} (there are none: run `aeopt study create SPEC.yaml`)"
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [gone], r.stderr
