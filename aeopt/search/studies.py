@@ -125,7 +125,9 @@ def create_study(storage: Storage, spec: SearchSpec, name: str | None = None, *,
     study.set_metric_names([metric_name(spec)])
     study.set_user_attr(VERSION_ATTR, __version__)
     if artifacts:
-        study.set_user_attr(ARTIFACTS_ATTR, str(artifacts))
+        # Absolute: workers and the dashboard read it from their own working folders, which are not
+        # this command's ("artifacts" would be a different folder, or none, for each of them).
+        study.set_user_attr(ARTIFACTS_ATTR, str(Path(artifacts).expanduser().resolve()))
     points, skipped = spec.enqueued_points()
     for params in points:  # the spec's starting points: the first trials any worker asks for
         study.enqueue_trial(params)

@@ -106,3 +106,16 @@ def test_delete_takes_a_study_whose_spec_does_not_validate_or_that_optuna_made(t
     r = run_cli("study", "delete", "gone", "--yes", "--storage", url, cwd=tmp_path)
     gone = f"error: no study named 'gone' in {url} (there are none: run `aeopt study create SPEC.yaml`)"
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [gone], r.stderr
+
+
+def test_a_relative_artifacts_folder_is_stored_absolute(tmp_path):
+    """Workers and the dashboard run in other folders: 'arts' must mean the folder where create ran."""
+    from aeopt.search.studies import ARTIFACTS_ATTR
+
+    spec = tmp_path / "cli.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{tmp_path}/s.db"
+    r = run_cli("study", "create", str(spec), "--storage", url, "--artifacts", "arts", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study, _ = load_study(open_storage(url), "cli")
+    assert study.user_attrs[ARTIFACTS_ATTR] == str((tmp_path / "arts").resolve())
