@@ -10,9 +10,10 @@ import typer
 
 from aeopt.cli.common import SetOpt, StorageOpt
 from aeopt.config import load_study_spec
+from aeopt.errors import StorageError, StudyError
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.records import StudyCounts
-from aeopt.search.storage import open_storage
+from aeopt.search.storage import Storage, open_storage
 from aeopt.search.studies import (
     NAME_RULE,
     check_study_name,
@@ -22,6 +23,7 @@ from aeopt.search.studies import (
     list_studies,
     load_study,
     open_study,
+    study_names,
     summarize,
 )
 
@@ -59,15 +61,32 @@ def create(
     """
     spec_obj = load_study_spec(spec, set_ or [])
     name = study_name or spec_obj.name or Path(spec).stem
-    if not skip_if_exists:  # before the storage is opened (and maybe created); reusing an old name is fine
+    # Before the storage is opened, which may create it: a refused name leaves no new database behind.
+    opened = _reused_storage(storage, name) if skip_if_exists else None
+    if opened is None:
         check_study_name(name)
-    opened = open_storage(storage)
+        opened = open_storage(storage)
     folder = artifacts if artifacts is not None else str(default_artifact_dir(opened))
     study = create_study(opened, spec_obj, name, skip_if_exists=skip_if_exists, artifacts=folder)
     write_study_note(study)  # from the stored spec: an existing study keeps its own
     typer.echo(f"study '{study.study_name}' ready in {opened.display}")
     typer.echo(f"run workers with: aeopt worker --study {study.study_name} --n-trials 50"
                + ("" if storage is None else " --storage URL"))
+
+
+def _reused_storage(url: str | None, name: str) -> Storage | None:
+    """The storage, when it exists and holds a study named `name` that --skip-if-exists may reuse
+    whatever its name (one made before names were checked, or by Optuna); else None, nothing created."""
+    try:
+        check_study_name(name)
+        return None  # a valid name: no need to look (the storage is opened, or made, as usual)
+    except StudyError:
+        pass
+    try:
+        opened = open_storage(url, create=False)
+    except StorageError:  # no storage there yet (no file, no Optuna tables): no such study either
+        return None
+    return opened if name in study_names(opened) else None
 
 
 @study_app.command("list")

@@ -119,3 +119,21 @@ def test_a_relative_artifacts_folder_is_stored_absolute(tmp_path):
     assert r.returncode == 0, r.stderr
     study, _ = load_study(open_storage(url), "cli")
     assert study.user_attrs[ARTIFACTS_ATTR] == str((tmp_path / "arts").resolve())
+
+
+def test_a_refused_name_with_skip_if_exists_creates_no_storage(tmp_path):
+    """The name is checked before the storage is opened; a study of that name already there is reused."""
+    spec = tmp_path / "cli.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{tmp_path}/new.db"
+    args = ("study", "create", str(spec), "--storage", url, "--study-name", "bad/name", "--skip-if-exists")
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bad/name" in r.stderr, r.stderr
+    assert not (tmp_path / "new.db").exists()
+    # A study of that name made before names were checked (or by Optuna) is still reused.
+    from aeopt.search.studies import SPEC_ATTR
+
+    old = optuna.create_study(study_name="bad/name", storage=open_storage(url).optuna)
+    old.set_user_attr(SPEC_ATTR, {**SPEC, "name": "bad/name"})
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0 and "study 'bad/name' ready" in r.stdout, r.stderr
