@@ -143,3 +143,22 @@ def test_a_trial_failed_under_a_running_worker_is_lost_only_when_failed_as_stale
     study.tell(trial, state=TrialState.FAIL)
     assert _lost_while_running(study, trial.number) is lost
     assert _lost_while_running(study, trial.number + 1) is False
+
+
+def test_a_stopped_trial_is_requeued_with_its_params_at_most_three_times():
+    """Each stop re-queues the trial (Optuna's retry attrs); the fourth stop of one point lets it go."""
+    from aeopt.search.stopping import StopSignal
+
+    def stopped(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        raise StopSignal(15)
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25})
+    for _ in range(4):
+        with pytest.raises(KeyboardInterrupt):
+            run_trials(study, stopped, target=3, heartbeat=None)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4
+    assert all(t.params == {"x": 0.25} for t in trials)
+    assert trials[3].system_attrs["retry_history"] == [0, 1, 2]
