@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from aeopt.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 AUTO_MARK = "AEOPT_AUTO_THREADS"  # the OMP_NUM_THREADS aeopt chose (not the user): children re-choose
@@ -73,14 +75,28 @@ def idle_cores(sample_seconds: float = 0.1) -> float | None:
     return idle_share * (os.cpu_count() or 1)
 
 
-def thread_cap(env: dict[str, str] | None = None) -> int:
-    """The most threads this process may use: its cores, and AEOPT_MAX_THREADS where set."""
+def max_threads(env: dict[str, str] | None = None) -> int | None:
+    """AEOPT_MAX_THREADS as a whole number >= 1, None when unset or empty; anything else is a
+    ConfigError worded as aeopt.search.env.env_int's (not imported: this module loads before any
+    command, and aeopt.search is the Optuna side)."""
     env = os.environ if env is None else env
-    cores = usable_cores()
+    raw = env.get(MAX_THREADS, "").strip()
+    if not raw:
+        return None
     try:
-        return max(1, min(cores, int(env.get(MAX_THREADS, cores))))
+        value = int(raw)
     except ValueError:
-        return cores
+        raise ConfigError(f"{MAX_THREADS}={raw!r} is not a whole number; set it to 1 or more") from None
+    if value < 1:
+        raise ConfigError(f"{MAX_THREADS}={raw!r} must be 1 or more")
+    return value
+
+
+def thread_cap(env: dict[str, str] | None = None) -> int:
+    """The most threads this process may use: its cores, and AEOPT_MAX_THREADS where set (a bad
+    value is a ConfigError: a cap the user set and aeopt ignored would be a silent surprise)."""
+    cores = usable_cores()
+    return min(cores, max_threads(env) or cores)
 
 
 def default_threads(sample_seconds: float = 0.1, env: dict[str, str] | None = None) -> int:
@@ -103,7 +119,13 @@ def apply_process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
     chosen: dict[str, str] = {}
     mine = env.get(AUTO_MARK)
     if "OMP_NUM_THREADS" not in env or (mine is not None and env["OMP_NUM_THREADS"] == mine):
-        n = str(default_threads(env=env))
+        try:
+            n = str(default_threads(env=env))
+        except ConfigError:
+            # A bad AEOPT_MAX_THREADS: this runs before any command can report it in one line, so the
+            # choice ignores the cap here, and the command says what is wrong where it reads it
+            # (`thread_cap`: the lanes, the governor, `aeopt launch`).
+            n = str(default_threads(env={k: v for k, v in env.items() if k != MAX_THREADS}))
         chosen = {"OMP_NUM_THREADS": n, AUTO_MARK: n}
     env.update(chosen)
     if own:
@@ -175,12 +197,13 @@ class ThreadGovernor:
             self.active = False  # someone else chose a thread count: theirs wins
             log.debug("thread count set elsewhere (%d): the governor stops", current)
             return None
+        cap = thread_cap()  # before the first sample: a bad AEOPT_MAX_THREADS stops the first step
         usable = self.usable_now()
         self._set = current
         if usable is None:
             return None
         # Round half up, as default_threads: a core 60 % free is worth a thread.
-        want = max(1, min(thread_cap(), int(usable + 0.5)))
+        want = max(1, min(cap, int(usable + 0.5)))
         if want != current:
             torch.set_num_threads(want)
             self._set = want

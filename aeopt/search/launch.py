@@ -43,7 +43,7 @@ from aeopt.progress import interactive, progress
 from aeopt.search.records import StudyCounts, best_value_text
 from aeopt.search.storage import Storage
 from aeopt.search.studies import load_study, path_safe
-from aeopt.threads import MAX_THREADS, default_threads, usable_cores
+from aeopt.threads import MAX_THREADS, default_threads, thread_cap, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def launch(
     return an exit code."""
     device_list = parse_devices(devices)
     check_devices(device_list, devices)
+    thread_cap()  # a bad AEOPT_MAX_THREADS: one line now, not a guess (launch sets its workers' own)
     if workers == "auto":
         plan = auto_plan(device_list)
         log.info(plan.why)

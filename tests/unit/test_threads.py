@@ -119,3 +119,20 @@ def test_a_thread_count_set_before_the_governors_first_look_is_kept():
 def test_hold_threads_is_the_users_choice():
     assert _fresh("threads.hold_threads(1); print(threads.GOVERNOR.active, torch.get_num_threads())"
                   ) == ["False", "1"]
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("abc", "AEOPT_MAX_THREADS='abc' is not a whole number; set it to 1 or more"),
+    ("0", "AEOPT_MAX_THREADS='0' must be 1 or more"),
+    ("-2", "AEOPT_MAX_THREADS='-2' must be 1 or more"),
+])
+def test_a_bad_thread_cap_is_an_error_not_ignored(raw, message):
+    from aeopt.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError) as exc:
+        threads.thread_cap({threads.MAX_THREADS: raw})
+    assert str(exc.value) == message
+    # Process set-up runs before a command can say so in one line: it chooses without the cap.
+    env = {threads.MAX_THREADS: raw}
+    assert int(threads.apply_process_defaults(env)["OMP_NUM_THREADS"]) >= 1
+    assert threads.thread_cap({threads.MAX_THREADS: " "}) == threads.usable_cores()
