@@ -101,21 +101,37 @@ def _rdb(url: str, pool_size: int = 2, create: bool = True) -> BaseStorage:
                 "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000}
     if not create:
         _check_optuna_tables(url, engine_kwargs)
-    rdb = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        # A reader creates nothing: Optuna's tables were found above (its schema version is still
-        # checked: an older one is refused with Optuna's `optuna storage upgrade` hint, not migrated).
-        skip_table_creation=not create,
-        heartbeat_interval=interval,
-        grace_period=grace,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-    )
+
+    def build() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            # A reader creates nothing: Optuna's tables were found above (its schema version is still
+            # checked: an older one is refused with Optuna's `optuna storage upgrade` hint, not migrated).
+            skip_table_creation=not create,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+
+    for attempt in range(_TABLE_RACE_ATTEMPTS):
+        try:
+            rdb = build()
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Processes opening a new PostgreSQL database at once race to create Optuna's tables: the
+            # losers' CREATE TABLE meets the winner's (a UniqueViolation on pg_type, a DuplicateTable, a
+            # second version row). The tables are there by the time the loser asks again.
+            if not create or attempt == _TABLE_RACE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     # What optuna.create_study / load_study would wrap an RDBStorage in themselves (they leave other
     # storages, such as the retrying wrapper, as they are): the cache of finished trials that keeps
     # a sampler's every ask from reading the whole study again.
     return optuna.storages._CachedStorage(rdb)
 
+
+_TABLE_RACE_ATTEMPTS = 5  # tries at creating Optuna's tables while other processes create them too (_rdb)
 
 # How Optuna starts every line of a journal file (JournalStorage._write_log: compact JSON, op_code first).
 _JOURNAL_LINE = b'{"op_code":'
