@@ -64,7 +64,13 @@ def parse_devices(devices: str | None) -> list[str]:
         if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
             raise AeoptError(f"--devices {devices}: '{d}' is not a device; use cpu, cuda or cuda:N, "
                              "comma-separated")
-    return items or default_devices()
+    return [_canonical(d) for d in items] or default_devices()
+
+
+def _canonical(device: str) -> str:
+    """cuda is torch's current device, cuda:0 in a new process: one name per GPU, so that `plan_workers`
+    does not count `--devices cuda,cuda:0` as two GPUs (4 workers on each, 8 on one GPU)."""
+    return "cuda:0" if device == "cuda" else device
 
 
 def default_devices() -> list[str]:
@@ -122,7 +128,7 @@ def plan_workers(devices: list[str], *, cores: int, idle: int, gpu_free: dict[st
                  ) -> WorkerPlan:
     """`--workers auto` on `devices` (as parse_devices returns them; a GPU named twice counts once):
     CPU workers on idle cores, GPU workers by the bounds in the module docstring."""
-    unique = list(dict.fromkeys(devices))
+    unique = list(dict.fromkeys(_canonical(d) for d in devices))
     gpus = [d for d in unique if d != "cpu"]
     gpu_free = gpu_free or {}
     assigned: list[str] = []

@@ -16,7 +16,8 @@ def test_no_devices_means_every_gpu_here_else_the_cpu():
 
 @pytest.mark.parametrize("given,devices", [
     ("cpu", ["cpu"]),
-    ("cuda", ["cuda"]),
+    ("cuda", ["cuda:0"]),  # torch's current device: cuda:0 in a new process
+    ("cuda,cuda:0", ["cuda:0", "cuda:0"]),
     ("cuda:0,cuda:1", ["cuda:0", "cuda:1"]),
     (" cuda:0 , cuda:0 ,cpu", ["cuda:0", "cuda:0", "cpu"]),  # a GPU repeated: two workers on it
     ("cuda:1,,", ["cuda:1"]),
@@ -67,3 +68,14 @@ def test_auto_on_gpus_is_bounded_by_cores_memory_and_the_per_gpu_cap():
     # A GPU repeated in --devices is still one GPU; CPU workers take the cores the GPU workers leave.
     mixed = plan_workers(["cuda:0", "cuda:0", "cpu"], cores=6, idle=6, gpu_free={"cuda:0": 70 * gib})
     assert mixed.devices == ["cuda:0"] * 4 + ["cpu"] * 2 and mixed.cpu_threads == 3
+
+
+def test_auto_counts_cuda_and_cuda_0_as_one_gpu():
+    # --devices cuda,cuda:0 names one GPU twice: it was planned as two, 4 workers on each.
+    plan = plan_workers(parse_devices("cuda,cuda:0,cpu"), cores=8, idle=8,
+                        gpu_free={"cuda:0": 64 * WORKER_GPU_BYTES})
+    assert plan.devices.count("cuda:0") == GPU_WORKERS and "cuda" not in plan.devices
+    assert plan.why.startswith(f"--workers auto: {GPU_WORKERS} on cuda:0, {8 - GPU_WORKERS} on cpu")
+    free = {"cuda:0": 64 * WORKER_GPU_BYTES}
+    plan = plan_workers(["cuda", "cuda:0"], cores=8, idle=8, gpu_free=free)
+    assert plan.devices == ["cuda:0"] * GPU_WORKERS
