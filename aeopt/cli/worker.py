@@ -47,10 +47,12 @@ def worker(
     """
     # A worker only joins a study: a typo in --storage must not create an empty database.
     opened = open_storage(storage, create=False)
+    # `aeopt launch --timeout`'s deadline, shared by its workers: what is left of it when this one starts.
+    shared = deadline is not None and (timeout is None or deadline - time.time() < timeout)
     if deadline is not None:  # at least a moment: a zero timeout would mean no budget at all
         timeout = max(0.01, min(timeout or float("inf"), deadline - time.time()))
     summary = run_worker(opened, study, n_trials=n_trials, timeout=timeout, device=device, data_dir=data_dir,
-                         worker_index=worker_index, threads=threads, amp=amp)
+                         worker_index=worker_index, threads=threads, amp=amp, shared_deadline=shared)
     typer.echo(f"worker {worker_index or 0} finished: {summary.counts.text()}; {summary.stopped_because}")
 
 

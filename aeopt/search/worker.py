@@ -153,8 +153,13 @@ def run_worker(
     show_progress: bool = True,
     max_consecutive_failures: int | None = None,
     max_failed_trials: int | None = None,
+    shared_deadline: bool = False,
 ) -> WorkerSummary:
     """Run trials of the study until the study-wide target, the timeout, or the grid's end.
+
+    `shared_deadline`: the timeout is what was left of a deadline shared by several workers (`aeopt
+    launch --timeout`) when this one started, so the messages name the deadline, not a budget of
+    their own that the user never gave.
 
     Raises `TooManyFailuresError` when trials keep failing (see `FailureLimits`; None here: the
     env vars, else the defaults). Stopped by a signal, it logs what it finished and raises `StopSignal`."""
@@ -177,7 +182,7 @@ def run_worker(
     _give_deadline(objective, deadline, spec.task)
     log.info("worker %d on %s: study '%s' (%s), target %s finished trials%s", index, objective.device,
              study_name, spec.model.kind, target if target else "unlimited",
-             f", {duration_text(timeout)} budget" if timeout else "")
+             _budget_text(timeout, shared_deadline))
     summary = WorkerSummary()
     try:
         with progress(target, f"study {study_name}", unit="trial", enabled=show_progress) as bar:
@@ -194,8 +199,11 @@ def run_worker(
         raise
     if summary.stopped_because == TIMEOUT_REASON:
         # Under a second: what was left of `aeopt launch`'s deadline when this worker was ready.
-        summary.stopped_because = (f"the time budget of {duration_text(timeout)} ran out" if timeout >= 1
-                                   else "the time budget ran out before this worker was ready")
+        if shared_deadline:
+            summary.stopped_because = "the launch's time budget ran out"
+        else:
+            summary.stopped_because = (f"the time budget of {duration_text(timeout)} ran out" if timeout >= 1
+                                       else "the time budget ran out before this worker was ready")
     log.info("worker %d done: %s (%s)", index, summary.counts.text(), summary.stopped_because)
     return summary
 
@@ -212,6 +220,14 @@ def _seed_salt(study: optuna.Study, worker_index: int | None) -> tuple[int, ...]
     if worker_index is None:
         salt += [zlib.crc32(socket.gethostname().encode()), os.getpid()]
     return tuple(salt) if any(salt) else ()
+
+
+def _budget_text(timeout: float | None, shared_deadline: bool) -> str:
+    if not timeout:
+        return ""
+    if shared_deadline:
+        return f", {duration_text(timeout)} left of the launch's time budget"
+    return f", {duration_text(timeout)} budget"
 
 
 def _give_deadline(objective: object, deadline: float | None, task: str) -> None:
