@@ -58,9 +58,13 @@ def run(label: str, args: argparse.Namespace, folder: Path) -> dict:
     url = f"sqlite:///{folder}/w{workers}{mode}.db"
     name = f"gpu_{workers}{mode}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The commands run in `folder`: a relative data folder (the suite's .gpu/data) would not be found there.
+    if env.get("AEOPT_DATA_DIR"):
+        env["AEOPT_DATA_DIR"] = str(Path(env["AEOPT_DATA_DIR"]).resolve())
+    spec = str(Path(args.spec).resolve()) if Path(args.spec).is_file() else args.spec
     if mode == "eager":
         env.update({"AEOPT_FUSED": "0", "AEOPT_CUDA_GRAPHS": "0"})
-    subprocess.run([sys.executable, "-m", "aeopt", "study", "create", args.spec, "--storage", url,
+    subprocess.run([sys.executable, "-m", "aeopt", "study", "create", spec, "--storage", url,
                     "--study-name", name, *sum((["--set", s] for s in args.set), [])],
                    check=True, env=env, cwd=folder)
     sm: list[float] = []
@@ -70,10 +74,16 @@ def run(label: str, args: argparse.Namespace, folder: Path) -> dict:
     if args.device != "cpu":  # cpu: a dry run of everything but the GPU counters
         sampler.start()
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "aeopt", "launch", "--study", name, "--storage", url,
-                          "--workers", workers, "--devices", args.device, "--timeout", str(args.seconds)],
-                         env=env, cwd=folder, capture_output=True, text=True)
+    command = [sys.executable, "-m", "aeopt", "launch", "--study", name, "--storage", url,
+               "--workers", workers, "--devices", args.device, "--timeout", str(args.seconds)]
+    launcher = subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    stdout, stderr = launcher.communicate()
+    out = subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
     wall = time.monotonic() - start
+    # `--workers auto` asks the GPU for its free memory: the launcher holds a CUDA context of its own,
+    # which is not a worker's.
+    memory.pop(launcher.pid, None)
     stop.set()
     if sampler.is_alive():
         sampler.join(timeout=5)
@@ -96,8 +106,11 @@ def run(label: str, args: argparse.Namespace, folder: Path) -> dict:
         "worker_processes_seen": len(memory),
         "best_value": min((t.value for t in complete), default=None),
     }
-    if out.returncode != 0:
+    if out.returncode != 0 or not finished:
+        # The folder goes with the run: keep what says why (the launcher's and each worker's last lines).
         row["stderr_tail"] = out.stderr.strip().splitlines()[-5:]
+        for log in sorted((folder / "logs" / name).glob("worker-*.log")):
+            row[f"{log.stem}_tail"] = log.read_text(errors="replace").strip().splitlines()[-8:]
     return row
 
 

@@ -16,7 +16,9 @@
 # On a lent machine without network: bash benchmarks/gpu_stage.sh first (it prints the device call).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
-export AEOPT_DATA_DIR=${DATA:-${AEOPT_DATA_DIR:-../shared/data}} PYTHONUNBUFFERED=1
+# Absolute: benchmarks/gpu_study.py runs its studies in a folder of their own.
+AEOPT_DATA_DIR=$(cd "${DATA:-${AEOPT_DATA_DIR:-../shared/data}}" && pwd) || exit 1
+export AEOPT_DATA_DIR PYTHONUNBUFFERED=1
 if [ -n "${WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$(pwd)
@@ -25,7 +27,8 @@ SUITE_START=$SECONDS
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, optuna; print('torch', torch.__version__, 'optuna', optuna.__version__, torch.cuda.get_device_name())"
 step() { local limit=$1 name=$2; shift 2; echo "== $name"; local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/$name.log"; echo "($name: $((SECONDS - t0)) s)"; }
+  timeout "$limit" "$@" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/$name.log"
+  echo "($name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s; 124 = past its ${limit} s limit)"; }
 step 75 cuda_tests python3 -m pytest -q -p no:cacheprovider -rs tests/unit/training/test_fused.py \
   tests/unit/training/test_supervised.py tests/integration/stages/test_few_labels.py tests/unit/search/test_launch.py \
   -k "fused or graphs or cuda or every_gpu"
