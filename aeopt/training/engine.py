@@ -56,6 +56,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AeoptError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None:
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise AeoptError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}")
+        # The process's current device too: what names no index (torch's CUDA context, the side stream
+        # a CUDA graph is captured on) would otherwise go to cuda:0, another worker's GPU.
+        torch.cuda.set_device(dev)
     return dev
 
 

@@ -190,7 +190,9 @@ class CudaGraph:
 
     def capture(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         torch.cuda.synchronize(self.device)
-        with torch.cuda.graph(self.graph):
+        # torch.cuda.graph captures on a side stream of the *current* device: on cuda:1 with cuda:0
+        # current, the step's kernels would not be recorded.
+        with torch.cuda.device(self.device), torch.cuda.graph(self.graph):
             return fn()
 
     def replay(self) -> None:
@@ -328,7 +330,7 @@ class FusedFolds:
         except RuntimeError as exc:  # an op that cannot be captured: stay eager, correct and slower
             g.failed = True
             log.warning("CUDA graph capture of the fused step failed (%s); training it eagerly",
-                        str(exc).splitlines()[0])
+                        (str(exc).splitlines() or [type(exc).__name__])[0])
             return
         # Capture records the step without running it: this batch's step still has to happen.
         g.graph = graph
