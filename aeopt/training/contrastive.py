@@ -37,7 +37,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     z = F.normalize(torch.cat([a, b]).float(), dim=1)
     sim = z @ z.T / temperature
     sim.fill_diagonal_(float("-inf"))  # an image is not its own partner
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    partner = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(sim, partner)
 
 

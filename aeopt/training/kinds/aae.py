@@ -163,7 +163,9 @@ def adversarial_step(kind: Kind, ctx: StepContext, x_in: torch.Tensor, target: t
     with ctx.autocast():
         fake = model.encoder(x_in).detach()
         logits = model.discriminator(torch.cat([real, fake])).float().squeeze(1)
-    labels = torch.cat([torch.ones(real.shape[0]), torch.zeros(fake.shape[0])]).to(x_in.device)
+    # Made on the device: built on the host, they were a blocking copy every step on a GPU.
+    labels = torch.cat([torch.ones(real.shape[0], device=x_in.device),
+                        torch.zeros(fake.shape[0], device=x_in.device)])
     disc_opt.zero_grad(set_to_none=True)
     F.binary_cross_entropy_with_logits(logits, labels).backward()
     disc_opt.step()

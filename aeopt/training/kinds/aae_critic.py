@@ -42,12 +42,14 @@ def decoder_adversarial_loss(critic: nn.Module, samples: torch.Tensor) -> torch.
 
 
 def critic_step(critic: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                samples: torch.Tensor) -> float:
-    """One step of the critic: training images (label 1) against decoded samples (label 0)."""
+                samples: torch.Tensor) -> torch.Tensor:
+    """One step of the critic: training images (label 1) against decoded samples (label 0); returns
+    its loss as a tensor (a float would wait for the GPU every step)."""
     logits = critic(torch.cat([real, samples.detach()])).float().squeeze(1)
-    labels = torch.cat([torch.ones(real.shape[0]), torch.zeros(samples.shape[0])]).to(logits.device)
+    labels = torch.cat([torch.ones(real.shape[0], device=logits.device),
+                        torch.zeros(samples.shape[0], device=logits.device)])
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()

@@ -143,7 +143,7 @@ def test_the_critic_learns_to_tell_images_from_samples_and_the_decoder_learns_to
     critic_opt = torch.optim.Adam(model.image_critic.parameters(), lr=2e-3, betas=(0.5, 0.999))
     with torch.no_grad():
         samples = model.decoder(z)
-    losses = [critic_step(model.image_critic, critic_opt, real, samples) for _ in range(60)]
+    losses = [float(critic_step(model.image_critic, critic_opt, real, samples)) for _ in range(60)]
     assert losses[-1] < 0.5 * losses[0], losses[::10]  # it tells the untrained decoder's blobs apart
     critic_opt.zero_grad(set_to_none=True)
     critic_params = {n: q.detach().clone() for n, q in model.image_critic.named_parameters()}
