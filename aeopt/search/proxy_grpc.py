@@ -10,7 +10,11 @@ a quick unlocked check on this 2-core machine: about 35 ms to encode 256 trials,
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import grpc
 from optuna.storages import BaseStorage
@@ -20,6 +24,8 @@ from optuna.storages import BaseStorage
 from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 from optuna.storages._grpc.servicer import OptunaStorageProxyService, _to_proto_trial
 from optuna.trial import FrozenTrial
+
+from aeopt.errors import AeoptError
 
 
 class Servicer(OptunaStorageProxyService):
@@ -50,11 +56,49 @@ class Servicer(OptunaStorageProxyService):
         return message
 
 
-def make_server(storage: BaseStorage, host: str, port: int, threads: int) -> grpc.Server:
-    """A gRPC server (not started) for `storage` on host:port with `threads` handler threads."""
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: grpc's C core writes its own multi-line report of a
+    failed bind there, and the error below says the same in one line. Used only at start-up, before any
+    other thread writes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def bind(host: str, port: int, threads: int) -> grpc.Server:
+    """A gRPC server (no service yet, not started) listening on host:port; `server.port` is the port it got
+    (port 0 asks for a free one). A port in use, or a host that is not an address of this machine, is
+    one line (AeoptError), not grpc's RuntimeError traceback."""
     server = grpc.server(ThreadPoolExecutor(max_workers=threads))
+    try:
+        # grpc returns 0 for an address it could not bind in some versions and raises in others.
+        with _quiet_stderr():
+            bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        server.stop(None)
+        raise AeoptError(f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
+                         "pick another --port or --host")
+    server.port = bound
+    return server
+
+
+def serve_on(server: grpc.Server, storage: BaseStorage) -> grpc.Server:
+    """`server` (from `bind`) with `storage`'s service added; still to start."""
     servicer = Servicer(storage)
     api_pb2_grpc.add_StorageServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"{host}:{port}")
     server.servicer = servicer  # for tests
     return server
+
+
+def make_server(storage: BaseStorage, host: str, port: int, threads: int) -> grpc.Server:
+    """A gRPC server (not started) for `storage` on host:port with `threads` handler threads."""
+    return serve_on(bind(host, port, threads), storage)
