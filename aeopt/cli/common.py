@@ -73,6 +73,23 @@ StorageOpt = Annotated[
 StudyOpt = Annotated[str, typer.Option("--study", "-s", envvar="AEOPT_STUDY", help="Study name.")]
 
 
+def artifact_folder(ctx: typer.Context, param: typer.CallbackParam,
+                    value: str | Path | None) -> str | Path | None:
+    """--artifacts (or AEOPT_ARTIFACTS) checked as --out is, before anything is created: a file of that name
+    would otherwise fail every trial's upload later, each in a log line, and the artifacts be lost."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    # Imported here: aeopt.files is light, but the commands that never see --artifacts need not load it.
+    from aeopt.files import output_folder  # noqa: PLC0415
+
+    try:
+        output_folder(value)
+    except AeoptError as exc:
+        why = str(exc).removeprefix(f"{value}: ")  # the path is named once, with where it came from
+        raise AeoptError(f"{_shown(ctx, param, str(value), 'AEOPT_ARTIFACTS')}: {why}") from None
+    return value
+
+
 # ----- --help that reads as prose ----------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from aeopt.cli.common import StorageOpt
+from aeopt.cli.common import StorageOpt, artifact_folder
 from aeopt.search.dashboard import serve
 from aeopt.search.storage import open_storage
 
@@ -20,7 +20,7 @@ HostOpt = Annotated[str, typer.Option(
 PortOpt = Annotated[int, typer.Option("--port", "-p", envvar="AEOPT_DASHBOARD_PORT", min=0, max=65535,
                                       help="Port (0 picks a free one).")]
 ArtifactsOpt = Annotated[Path | None, typer.Option(
-    "--artifacts", envvar="AEOPT_ARTIFACTS",
+    "--artifacts", envvar="AEOPT_ARTIFACTS", callback=artifact_folder,
     help="Artifact folder. Default: each study's own folder (set at `study create`) and the one beside a "
          "SQLite file.")]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from aeopt.cli.common import SetOpt, StorageOpt
+from aeopt.cli.common import SetOpt, StorageOpt, artifact_folder
 from aeopt.config import load_study_spec
 from aeopt.errors import StorageError, StudyError
 from aeopt.search.dashboard import write_study_note
@@ -37,8 +37,9 @@ NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
                                              help=f"Name (default: the spec's `name`): {NAME_RULE}.")]
 SkipOpt = Annotated[bool, typer.Option(
     "--skip-if-exists", help="Reuse an existing study of that name; it keeps the spec it was created with.")]
-ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", envvar="AEOPT_ARTIFACTS",
-                                                  help="Folder for trial artifacts (PNGs, best checkpoint).")]
+ArtifactsOpt = Annotated[str | None, typer.Option(
+    "--artifacts", envvar="AEOPT_ARTIFACTS", callback=artifact_folder,
+    help="Folder for trial artifacts (PNGs, best checkpoint).")]
 StudyNameArg = Annotated[str, typer.Argument(help="Study name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

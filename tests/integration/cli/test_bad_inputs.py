@@ -7,6 +7,7 @@ route (typer, logging, a traceback, a C library) is seen, and the whole table st
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,37 @@ def test_no_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch, capfd):
                    "--set data.dataset=digits", str(tmp_path / "no-debian-copy")):
         assert needle in err, (needle, err)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+# ----- later fixes: each says what is wrong and what to do in one line (exit 2), and writes nothing. Same
+# harness as MEANT above.
+LATER: list[tuple[str, list[str], dict[str, str], str]] = [
+    # A file where the artifact folder goes: every trial's upload would fail later and its artifacts be lost.
+    ("create-artifacts-is-a-file", _create("--artifacts", "{fx}/bad.yaml"), {},
+     "error: --artifacts {fx}/bad.yaml: a file, not a folder; pass a folder for the outputs"),
+    ("create-artifacts-env-is-a-file", _create(), {"AEOPT_ARTIFACTS": "{fx}/bad.yaml"},
+     "error: AEOPT_ARTIFACTS={fx}/bad.yaml: a file, not a folder; pass a folder for the outputs"),
+    ("create-artifacts-under-a-file", _create("--artifacts", "{fx}/bad.yaml/art"), {},
+     "error: --artifacts {fx}/bad.yaml/art: cannot write {fx}/bad.yaml/art: {fx}/bad.yaml is a file"),
+]
+
+
+@pytest.mark.parametrize("argv,env,expected", [c[1:] for c in LATER], ids=[c[0] for c in LATER])
+def test_later_bad_inputs(argv, env, expected, fixtures, tmp_path, monkeypatch, capfd):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(fx=fixtures))
+    test_bad_input_says_what_was_meant(argv, expected, fixtures, tmp_path, monkeypatch, capfd)
+
+
+def test_dashboard_artifacts_is_a_file(fixtures, tmp_path):
+    # A subprocess with a time limit: a dashboard that accepted the file would serve until stopped.
+    from tests.conftest import run_cli
+
+    try:
+        done = run_cli("dashboard", "--port", "0", "--artifacts", f"{fixtures}/bad.yaml", "--storage",
+                       DB.format(fx=fixtures), cwd=tmp_path, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a file as --artifacts was accepted: the dashboard served")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: --artifacts {fixtures}/bad.yaml: a file, not a folder; pass a folder "
+                           "for the outputs\n")
