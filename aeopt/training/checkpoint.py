@@ -35,6 +35,9 @@ _HINTS = {
                        "or `aeopt baseline cnn --out DIR`)",
 }
 
+# The file each format has in a run folder (`--out DIR`): a folder given for a checkpoint means that file.
+_IN_RUN = {FORMAT: "checkpoint.pt", CLASSIFIER_FORMAT: "classifier.pt"}
+
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -43,6 +46,11 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _read(path: str | Path, fmt: str, device: torch.device | str) -> tuple[Path, dict[str, Any]]:
     """The payload of a checkpoint of format `fmt`; anything else is one line that says what it is."""
     p = Path(path)
+    if p.is_dir():
+        # A run folder stands for the checkpoint it holds, as `aeopt report --checkpoint` takes it.
+        if not (p / _IN_RUN[fmt]).is_file():
+            raise AeoptError(f"{p} is a folder without {_IN_RUN[fmt]}; pass the checkpoint file")
+        p = p / _IN_RUN[fmt]
     if not p.is_file():
         looked = p.expanduser().absolute()
         raise AeoptError(f"{p}: no such checkpoint (looked for {looked}); pass {_HINTS[fmt]}")
