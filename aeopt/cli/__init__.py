@@ -17,6 +17,7 @@ import typer
 from aeopt import allocator
 from aeopt.cli.common import HelpGroup
 from aeopt.errors import AeoptError, StorageError
+from aeopt.switches import turned_on
 from aeopt.threads import apply_process_defaults
 
 app = typer.Typer(
@@ -33,7 +34,8 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug",
+                               help="Show full tracebacks on errors (or set AEOPT_DEBUG=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
 ) -> None:
     if debug:
@@ -150,7 +152,8 @@ class StderrHandler(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _process_setup()
-    debug = "--debug" in argv or bool(os.environ.get("AEOPT_DEBUG"))
+    # AEOPT_DEBUG=0 (or false, no, off) is off, as every aeopt switch reads it (aeopt/switches.py).
+    debug = "--debug" in argv or turned_on("AEOPT_DEBUG")
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("aeopt")

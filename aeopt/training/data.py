@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from aeopt.errors import ConfigError, DataNotFoundError
+from aeopt.switches import turned_on
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
             return _load_idx_dataset(name, folder)
         tried.append(str(root))
     looked = "looked in " + ", ".join(tried)
-    if not download or os.environ.get("AEOPT_OFFLINE"):
+    if not download or turned_on("AEOPT_OFFLINE"):  # AEOPT_OFFLINE=0 (false, no, off) still downloads
         raise NoDataFilesError(_not_found_message(name, looked))
     return _download(name, looked)
 

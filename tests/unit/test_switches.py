@@ -44,3 +44,45 @@ def test_every_aeopt_switch_reads_the_off_words(monkeypatch, off):
     for name in ("AEOPT_CHANNELS_LAST", "AEOPT_CUDA_GRAPHS", "AEOPT_FUSED"):
         monkeypatch.delenv(name)
     assert layout.channels_last_here(cpu) and fused.use_graphs(cuda) and cv.use_fused(cfg, cuda)
+
+
+def test_an_off_by_default_switch_is_on_for_anything_but_nothing_or_an_off_word():
+    from aeopt.switches import turned_on
+
+    assert turned_on("X", {"X": "1"}) and turned_on("X", {"X": "yes"}) and turned_on("X", {"X": "verbose"})
+    for value in ("0", "false", "No", " off ", "", "  "):
+        assert not turned_on("X", {"X": value}), value
+    assert not turned_on("X", {})
+
+
+@pytest.mark.parametrize("off", ["0", "false", "no", "off"])
+def test_aeopt_debug_off_word_keeps_errors_to_one_line(monkeypatch, tmp_path, capfd, off):
+    from aeopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AEOPT_DEBUG", off)
+    assert main(["train", "nosuch"]) == 2  # with debugging on, main() re-raises the error
+    err = capfd.readouterr().err
+    assert err.startswith("error: nosuch: no such file") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("value", "downloads"), [("0", True), ("off", True), ("1", False), ("yes", False)])
+def test_aeopt_offline_reads_the_words(monkeypatch, tmp_path, value, downloads):
+    from aeopt.training import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-copy")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("AEOPT_DATA_DIR", raising=False)
+    monkeypatch.setenv("AEOPT_OFFLINE", value)
+    tried = []
+    monkeypatch.setattr(data, "_download", lambda name, looked: tried.append(name) or "downloaded")
+    data.load_dataset.cache_clear()
+    try:
+        if downloads:
+            assert data.load_dataset("fashion_mnist") == "downloaded" and tried == ["fashion_mnist"]
+        else:
+            with pytest.raises(data.DataNotFoundError, match="fashion_mnist not found"):
+                data.load_dataset("fashion_mnist")
+            assert tried == []
+    finally:
+        data.load_dataset.cache_clear()
