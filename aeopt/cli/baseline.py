@@ -11,6 +11,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import load_baseline_config
+from aeopt.errors import AeoptError
 from aeopt.files import output_folder
 from aeopt.stages.compare import compare_rows, different_test_sets, format_table
 
@@ -56,13 +57,31 @@ def _budgets(text: str) -> list[int]:
     except ValueError:
         counts = []
     if not counts or min(counts) < 20:
-        raise typer.BadParameter(f"{text!r}: give comma-separated label counts, at least 20 each "
-                                 "(2 per class), e.g. 100,1000", param_hint="--budgets")
+        raise AeoptError(f"--budgets {text!r}: give comma-separated label counts, at least 20 each "
+                         "(2 per class), e.g. 100,1000")
     return counts
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave parameter `name` (not its default)."""
+    # Typer vendors click: the source enum is compared by name, not imported from a private module.
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _settings_without_their_switch(ctx: typer.Context, consistency: int, spread: bool) -> None:
+    """Settings of a method that is off would be ignored without a word: one line instead, before any work."""
+    if not consistency and ctx.params.get("consistency_opt"):
+        raise AeoptError("--consistency-opt needs --consistency N (the steps of consistency regularisation, "
+                         "N >= 1)")
+    if not spread:
+        for name, flag in (("alpha", "--spread-alpha"), ("neighbours", "--spread-neighbours")):
+            if _given(ctx, name):
+                raise AeoptError(f"{flag} needs --spread (label spreading is off without it)")
 
 
 @baseline_app.command("few-labels")
 def few_labels(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for label_draws.json.")],
     encoder: Annotated[list[str] | None, typer.Option(
         "--encoder", "-e", help="NAME=CHECKPOINT of a trained autoencoder (repeatable).")] = None,
@@ -100,21 +119,22 @@ def few_labels(
     With unlabelled images too: --pseudo-rounds 0 --consistency 3000, or --spread --pseudo-rounds 0
     (label spreading on the codes: no gradient step, seconds a draw).
     """
+    _settings_without_their_switch(ctx, consistency, spread)
     output_folder(out)  # before the encoders load and the draws train, not after them
     label_counts = _budgets(budgets)
     encoder = encoder or []
     if not encoder and random_like is None:
         # Random initialisation alone is a baseline worth its own run (beside another's folder).
-        raise typer.BadParameter("give at least one encoder (-e NAME=CHECKPOINT) or --random-like CHECKPOINT",
-                                 param_hint="--encoder")
-    if any("=" not in e for e in encoder):
-        raise typer.BadParameter("give each encoder as NAME=CHECKPOINT", param_hint="--encoder")
+        raise AeoptError("give at least one encoder (-e NAME=CHECKPOINT) or --random-like CHECKPOINT")
+    bad = next((e for e in encoder if "=" not in e), None)
+    if bad is not None:
+        raise AeoptError(f"--encoder {bad}: give each encoder as NAME=CHECKPOINT")
     from aeopt.training.consistency import settings_from  # noqa: PLC0415
 
     fixmatch = settings_from(consistency, consistency_opt) if consistency else None
     if spread and fixmatch and not pseudo_rounds:
-        raise typer.BadParameter("consistency regularisation trains a classifier: with --spread it "
-                                 "needs --pseudo-rounds 1 or more", param_hint="--consistency")
+        raise AeoptError("--consistency with --spread needs --pseudo-rounds 1 or more (consistency "
+                         "regularisation trains a classifier, which label spreading alone does not)")
     # Imported on use: the stage imports torch (seconds).
     from aeopt.stages.few_labels import (  # noqa: PLC0415
         RECIPE,

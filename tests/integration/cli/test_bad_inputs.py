@@ -364,6 +364,24 @@ LATER: list[tuple[str, list[str], dict[str, str], str]] = [
      "error: AEOPT_ARTIFACTS={fx}/bad.yaml: a file, not a folder; pass a folder for the outputs"),
     ("create-artifacts-under-a-file", _create("--artifacts", "{fx}/bad.yaml/art"), {},
      "error: --artifacts {fx}/bad.yaml/art: cannot write {fx}/bad.yaml/art: {fx}/bad.yaml is a file"),
+    # Settings of a method left off were ignored without a word; the method's own checks were typer's
+    # multi-line usage block.
+    ("few-labels-consistency-opt-alone", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                          "{fx}/missing.pt", "--consistency-opt", "bogus=1"], {},
+     "error: --consistency-opt needs --consistency N"),
+    ("few-labels-spread-alpha-alone", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                       "{fx}/missing.pt", "--spread-alpha", "0.5"], {},
+     "error: --spread-alpha needs --spread"),
+    ("few-labels-spread-neighbours-alone", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                            "{fx}/missing.pt", "--spread-neighbours", "5"], {},
+     "error: --spread-neighbours needs --spread"),
+    ("few-labels-no-encoder", ["baseline", "few-labels", "-o", "out"], {},
+     "error: give at least one encoder (-e NAME=CHECKPOINT) or --random-like CHECKPOINT"),
+    ("few-labels-encoder-without-name", ["baseline", "few-labels", "-o", "out", "-e", "{fx}/missing.pt"], {},
+     "error: --encoder {fx}/missing.pt: give each encoder as NAME=CHECKPOINT"),
+    ("few-labels-budgets-one-line", ["baseline", "few-labels", "-o", "out", "--random-like",
+                                     "{fx}/missing.pt", "--budgets", "abc"], {},
+     "error: --budgets 'abc': give comma-separated label counts, at least 20 each"),
 ]
 
 
