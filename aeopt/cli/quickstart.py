@@ -17,6 +17,7 @@ from aeopt.search.quickstart import (
     summary_table,
 )
 from aeopt.search.storage import open_storage
+from aeopt.search.studies import storage_flag
 
 NTrialsOpt = Annotated[int, typer.Option("--n-trials", min=1, help="Finished trials to reach.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")]
@@ -67,7 +68,7 @@ def quickstart(
     if res.stopped_because:
         typer.echo(f"{res.stopped_because}; what finished:")
     typer.echo(summary_table(res.study))
-    storage_flag = "" if storage is None else " --storage URL"
+    flag = storage_flag(opened)  # the URL to paste, unless it holds a password
     typer.echo("")
     if res.best_path is None:
         typer.echo(f"best config: none yet (no trial completed); rerun the same command to continue "
@@ -78,9 +79,9 @@ def quickstart(
     data_flag = f" --data-dir {data_dir}" if data_dir else ""
     if res.refit_path is not None:
         typer.echo(f"refit:       {res.refit_headline}  ({res.refit_path}; on the full training split: "
-                   f"aeopt refit --study {res.study.study_name}{storage_flag}{data_flag})")
-    typer.echo(f"dashboard:   aeopt dashboard{storage_flag}   then open http://127.0.0.1:8080")
-    typer.echo(f"report:      aeopt report --study {res.study.study_name}{storage_flag} -o report{data_flag}")
+                   f"aeopt refit --study {res.study.study_name}{flag}{data_flag})")
+    typer.echo(f"dashboard:   aeopt dashboard{flag}   then open http://127.0.0.1:8080")
+    typer.echo(f"report:      aeopt report --study {res.study.study_name}{flag} -o report{data_flag}")
     if opened.kind == "sqlite":
         typer.echo(f"storage:     {opened.display}")
     if res.signal is not None:

@@ -23,6 +23,7 @@ from aeopt.search.studies import (
     list_studies,
     load_study,
     open_study,
+    storage_flag,
     study_names,
     summarize,
 )
@@ -71,8 +72,9 @@ def create(
     study = create_study(opened, spec_obj, name, skip_if_exists=skip_if_exists, artifacts=folder)
     write_study_note(study)  # from the stored spec: an existing study keeps its own
     typer.echo(f"study '{study.study_name}' ready in {opened.display}")
+    # The URL itself, to paste (storage_flag keeps a password out: it then says --storage URL).
     typer.echo(f"run workers with: aeopt worker --study {study.study_name} --n-trials 50"
-               + ("" if storage is None else " --storage URL"))
+               f"{storage_flag(opened)}")
 
 
 def _reused_storage(url: str | None, name: str) -> Storage | None:
@@ -111,7 +113,8 @@ def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 @study_app.command("show")
 def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by state, the best value and its parameters."""
-    study, spec = load_study(open_storage(storage, create=False), name)
+    opened = open_storage(storage, create=False)
+    study, spec = load_study(opened, name)
     s = summarize(study)
     if as_json:
         typer.echo(json.dumps(s.as_dict(), indent=2))
@@ -120,7 +123,7 @@ def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
                f"sampler {spec.sampler.name}, pruner {spec.pruner.name}")
     typer.echo(f"trials: {s.counts.text()}" if s.n_trials else "trials: none yet")
     if s.best_value is None:
-        typer.echo(f"no complete trial yet: aeopt worker --study {name}")
+        typer.echo(f"no complete trial yet: aeopt worker --study {name}{storage_flag(opened)}")
         return
     typer.echo(f"best: trial {s.best_trial}, mean CV loss {s.best_value:.6g} +- {s.best_cv_std or 0:.2g}")
     for k, v in s.best_params.items():

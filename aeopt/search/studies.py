@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +174,12 @@ def _wait_for_spec(storage: Storage, name: str) -> None:
 
 
 def storage_flag(storage: Storage) -> str:
-    """' --storage URL' in a command to run next, or '' when `storage` is the one commands open anyway."""
-    return "" if storage.url == normalize(resolve_url(None)) else " --storage URL"
+    """' --storage <the URL>' in a command to run next, to paste as it is, or '' when `storage` is the one
+    commands open anyway. A URL holding a password (shown redacted) stays ' --storage URL': printed
+    output ends up in logs and terminals' scrollback, where a credential must never go."""
+    if storage.url == normalize(resolve_url(None)):
+        return ""
+    return f" --storage {shlex.quote(storage.url)}" if storage.display == storage.url else " --storage URL"
 
 
 def spec_changes(stored: SearchSpec, given: SearchSpec) -> list[tuple[str, Any, Any]]:

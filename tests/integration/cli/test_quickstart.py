@@ -48,9 +48,9 @@ def test_quickstart_on_digits_two_trials(tmp_path):
     record = json.loads((refit / "refit.json").read_text())
     assert record["trial"] == study.best_trial.number and record["test_mse"] > 0
     assert (f"refit:       {record['summary']}  ({refit / 'checkpoint.pt'}; on the full training split: "
-            "aeopt refit --study quickstart --storage URL)") in r.stdout
-    assert "dashboard:   aeopt dashboard --storage URL" in r.stdout
-    assert "report:      aeopt report --study quickstart --storage URL -o report\n" in r.stdout
+            f"aeopt refit --study quickstart --storage {url})") in r.stdout
+    assert f"dashboard:   aeopt dashboard --storage {url}" in r.stdout
+    assert f"report:      aeopt report --study quickstart --storage {url} -o report\n" in r.stdout
     assert f"storage:     {url}" in r.stdout
     # The study keeps its artifacts beside the database; the best trial uploaded its checkpoint.
     assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").iterdir())
@@ -65,11 +65,11 @@ def _no_data() -> dict[str, str]:
 @pytest.mark.parametrize(("made", "error"), [
     (quickstart_spec("digits", None, 1),
      "was made with --max-epochs 1, not --max-epochs 2: rerun with --max-epochs 1 to continue it, or start "
-     "afresh with `aeopt study delete quickstart --storage URL`"),
+     "afresh with `aeopt study delete quickstart --storage {url}`"),
     # Made on Fashion-MNIST, rerun where only the digits are: it cannot continue on the images it used.
     (quickstart_spec("fashion_mnist", 5000, 2),
      "ran on fashion_mnist, and this run would use digits: start afresh on digits with "
-     "`aeopt study delete quickstart --storage URL`, or pass another --storage"),
+     "`aeopt study delete quickstart --storage {url}`, or pass another --storage"),
 ])
 def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error):
     # Its workers would train the stored spec, not the options given: refused before any trial, and the
@@ -81,7 +81,7 @@ def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error
                 "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path, env=env,
                 timeout=600)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.splitlines()[-1] == f"error: study 'quickstart' in {url} {error}"
+    assert r.stderr.splitlines()[-1] == f"error: study 'quickstart' in {url} {error.format(url=url)}"
     assert "Traceback" not in r.stderr
     study, stored = load_study(open_storage(url), "quickstart")
     assert stored == made.model_copy(update={"name": "quickstart"}) and not study.trials

@@ -34,7 +34,8 @@ def test_study_commands(tmp_path):
     r = run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"study 'cli' ready in {url}",
-                                     "run workers with: aeopt worker --study cli --n-trials 50 --storage URL"]
+                                     f"run workers with: aeopt worker --study cli --n-trials 50 --storage "
+                                     f"{url}"]
     study, _ = load_study(open_storage(url), "cli")
     note = get_note(study)
     assert "a study made by the CLI test" in note and "```yaml" in note  # the spec, as the dashboard's note
@@ -83,7 +84,7 @@ def test_skip_if_exists_keeps_the_stored_spec_says_so_and_notes_it(tmp_path):
     assert r.stderr.splitlines() == [
         "study 'keep' already exists with another spec (budget.max_epochs: 1 stored, 7 given): it keeps its "
         "stored spec, which is what every worker trains; for the new one use a new --study-name, or "
-        "`aeopt study delete keep --storage URL` first"]
+        f"`aeopt study delete keep --storage {url}` first"]
     study, stored = load_study(open_storage(url), "keep")
     assert stored.budget.max_epochs == 1
     note = get_note(study)
@@ -137,3 +138,21 @@ def test_a_refused_name_with_skip_if_exists_creates_no_storage(tmp_path):
     old.set_user_attr(SPEC_ATTR, {**SPEC, "name": "bad/name"})
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "study 'bad/name' ready" in r.stdout, r.stderr
+
+
+def test_hints_name_the_storage_to_paste_but_never_a_password(tmp_path, monkeypatch):
+    from aeopt.search.storage import Storage
+    from aeopt.search.studies import storage_flag
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert run_cli("study", "create", "conv_ae", "-n", "demo", "--storage", url, cwd=tmp_path).returncode == 0
+    r = run_cli("study", "show", "demo", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # Without --storage the command would open the default storage, not this one.
+    assert f"no complete trial yet: aeopt worker --study demo --storage {url}" in r.stdout.splitlines()
+
+    monkeypatch.delenv("AEOPT_STORAGE", raising=False)
+    secret = "postgresql+psycopg://aeopt:hunter2@db/aeopt"
+    assert storage_flag(Storage(None, secret, "postgresql+psycopg://aeopt:***@db/aeopt")) == " --storage URL"
+    spaced = f"sqlite:///{tmp_path}/my dir/s.db"
+    assert storage_flag(Storage(None, spaced, spaced)) == f" --storage 'sqlite:///{tmp_path}/my dir/s.db'"

@@ -5,6 +5,7 @@ that come before any training."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 
 import pytest
@@ -150,8 +151,8 @@ def test_a_study_without_a_complete_trial_is_refused_and_writes_nothing(tmp_path
     study = create_study(storage, spec)
     study.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))
     # The command it suggests names the storage: without it, it would open the default one.
-    with pytest.raises(StudyError, match="'empty' has no complete trial .*1 pruned.*"
-                                         "`aeopt worker --study empty --storage URL`"):
+    worker = re.escape(f"`aeopt worker --study empty --storage {storage.url}`")
+    with pytest.raises(StudyError, match=f"'empty' has no complete trial .*1 pruned.*{worker}"):
         refit_study(storage, "empty", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -167,8 +168,8 @@ def test_a_classifier_study_is_refused_with_the_commands_that_refit_it(tmp_path)
     spec = ClassifierStudySpec.model_validate({"name": "clf", "data": {"dataset": "digits"}})
     study = create_study(storage, spec)
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1, params={}, distributions={}))
-    with pytest.raises(StudyError, match="classifier study.*"
-                                         "`aeopt export --study clf --storage URL -o best.yaml`"
-                                         ".*aeopt finetune best.yaml"):
+    # The command it suggests names the storage by its URL, to paste (it holds no password).
+    export = re.escape(f"`aeopt export --study clf --storage {storage.url} -o best.yaml`")
+    with pytest.raises(StudyError, match=f"classifier study.*{export}.*aeopt finetune best.yaml"):
         refit_study(storage, "clf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
