@@ -10,6 +10,7 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import RunConfig, load_finetune_config
+from aeopt.errors import AeoptError
 from aeopt.files import output_folder
 
 # Left out of the printed summary (they are in metrics.json): long, and not results.
@@ -21,8 +22,20 @@ ConfigArg = Annotated[str | None, typer.Argument(
     help="Run config or export YAML (best.yaml); optional with --checkpoint.")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Folder for metrics.json and the confusion matrix.")]
+MODES = ("full", "frozen")
+
+
+def _mode(value: str | None) -> str | None:
+    """--mode checked here, so that a typo is named as the option the user typed, not as the config key
+    finetune.mode it sets (which the user never wrote)."""
+    if value is not None and value not in MODES:
+        raise AeoptError(f"--mode {value}: not a mode; use full or frozen")
+    return value
+
+
 ModeOpt = Annotated[str | None, typer.Option(
-    "--mode", help="full: train encoder and head; frozen: the head only (a probe of the representation). "
+    "--mode", metavar="full|frozen", callback=_mode,
+    help="full: train encoder and head; frozen: the head only (a probe of the representation). "
     "Default: finetune.mode (full).")]
 LabelsOpt = Annotated[int | None, typer.Option(
     "--labels", min=10, help="Use only N labelled training images.")]

@@ -382,6 +382,9 @@ LATER: list[tuple[str, list[str], dict[str, str], str]] = [
     ("few-labels-budgets-one-line", ["baseline", "few-labels", "-o", "out", "--random-like",
                                      "{fx}/missing.pt", "--budgets", "abc"], {},
      "error: --budgets 'abc': give comma-separated label counts, at least 20 each"),
+    # A bad --mode was named as the config key it sets (finetune.mode), which the user never wrote.
+    ("finetune-mode-names-the-option", ["finetune", "--checkpoint", "{fx}/missing.pt", "--mode", "bogus"], {},
+     "error: --mode bogus: not a mode; use full or frozen"),
 ]
 
 
