@@ -12,7 +12,8 @@ from aeopt.files import output_file
 from aeopt.search.export import export_study
 from aeopt.search.storage import open_storage
 
-OutputOpt = Annotated[Path, typer.Option("--output", "-o",
+# --out as every other command names its output; --output, its first name, still works.
+OutputOpt = Annotated[Path, typer.Option("--out", "--output", "-o",
                                           help="best.yaml, best.yml or best.json (format by suffix).")]
 TopOpt = Annotated[int, typer.Option("--top", min=1,
                                      help="Export the K best trials as a list instead of the best one.")]

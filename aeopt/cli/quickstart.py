@@ -20,7 +20,7 @@ from aeopt.search.storage import open_storage
 from aeopt.search.studies import storage_flag
 
 NTrialsOpt = Annotated[int, typer.Option("--n-trials", min=1, help="Finished trials to reach.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]  # -w as launch
 SubsetOpt = Annotated[int, typer.Option("--train-subset", min=100,
                                         help="Fashion-MNIST training images to use.")]
 EpochsOpt = Annotated[int, typer.Option("--max-epochs", min=1, help="Epochs a trial may run before pruning.")]

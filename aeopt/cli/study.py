@@ -41,7 +41,10 @@ SkipOpt = Annotated[bool, typer.Option(
 ArtifactsOpt = Annotated[str | None, typer.Option(
     "--artifacts", envvar="AEOPT_ARTIFACTS", callback=artifact_folder,
     help="Folder for trial artifacts (PNGs, best checkpoint).")]
-StudyNameArg = Annotated[str, typer.Argument(help="Study name.")]
+StudyNameArg = Annotated[str | None, typer.Argument(help="Study name (or --study).", show_default=False)]
+# --study / -s / AEOPT_STUDY as worker, launch, export and report take it; the positional NAME stays.
+StudyNameOpt = Annotated[str | None, typer.Option("--study", "-s", envvar="AEOPT_STUDY",
+                                                  help="Study name (or NAME).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -110,9 +113,22 @@ def list_(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
                    f"{r.best_text}")
 
 
+def _one_name(ctx: typer.Context, name: str | None, study: str | None) -> str:
+    """The study named by NAME or --study (or AEOPT_STUDY): one of them, or both the same. NAME, typed on
+    the command line, wins over AEOPT_STUDY (command line > environment, as for every option)."""
+    if name is None and study is None:
+        raise StudyError(f"name the study: aeopt study {ctx.info_name} NAME (or --study NAME)")
+    from_env = getattr(ctx.get_parameter_source("study_opt"), "name", "") == "ENVIRONMENT"
+    if name is not None and study is not None and name != study and not from_env:
+        raise StudyError(f"two study names: {name} and --study {study}; give one")
+    return name if name is not None else study
+
+
 @study_app.command("show")
-def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, name: StudyNameArg = None, study_opt: StudyNameOpt = None,
+         storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by state, the best value and its parameters."""
+    name = _one_name(ctx, name, study_opt)
     opened = open_storage(storage, create=False)
     study, spec = load_study(opened, name)
     s = summarize(study)
@@ -131,8 +147,10 @@ def show(name: StudyNameArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
 
 
 @study_app.command("delete")
-def delete(name: StudyNameArg, storage: StorageOpt = None, yes: YesOpt = False) -> None:
+def delete(ctx: typer.Context, name: StudyNameArg = None, study_opt: StudyNameOpt = None,
+           storage: StorageOpt = None, yes: YesOpt = False) -> None:
     """Delete a study and all its trials (asks first unless --yes)."""
+    name = _one_name(ctx, name, study_opt)
     opened = open_storage(storage, create=False)
     study = open_study(opened, name)  # not load_study: a spec that no longer validates can still go
     if not yes:

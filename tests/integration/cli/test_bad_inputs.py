@@ -385,6 +385,11 @@ LATER: list[tuple[str, list[str], dict[str, str], str]] = [
     # A bad --mode was named as the config key it sets (finetune.mode), which the user never wrote.
     ("finetune-mode-names-the-option", ["finetune", "--checkpoint", "{fx}/missing.pt", "--mode", "bogus"], {},
      "error: --mode bogus: not a mode; use full or frozen"),
+    # study show / delete take NAME or --study: neither, or two different names, is one line.
+    ("show-two-names", ["study", "show", "x", "-s", "s", "--storage", DB], {},
+     "error: two study names: x and --study s; give one"),
+    ("delete-no-name", ["study", "delete", "--yes", "--storage", DB], {},
+     "error: name the study: aeopt study delete NAME (or --study NAME)"),
 ]
 
 

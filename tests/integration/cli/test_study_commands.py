@@ -156,3 +156,34 @@ def test_hints_name_the_storage_to_paste_but_never_a_password(tmp_path, monkeypa
     assert storage_flag(Storage(None, secret, "postgresql+psycopg://aeopt:***@db/aeopt")) == " --storage URL"
     spaced = f"sqlite:///{tmp_path}/my dir/s.db"
     assert storage_flag(Storage(None, spaced, spaced)) == f" --storage 'sqlite:///{tmp_path}/my dir/s.db'"
+
+
+def test_the_same_option_names_as_the_other_commands(tmp_path, monkeypatch, capfd):
+    # study show / delete take --study / -s / AEOPT_STUDY as worker and export do (NAME still works);
+    # export takes --out as every other command (--output still works); quickstart takes -w as launch.
+    from aeopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "cli.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "create", str(spec), "--storage", url]) == 0
+    _add_trials(url)
+    capfd.readouterr()
+    for argv, env in ((["study", "show", "-s", "cli"], None), (["study", "show", "--study", "cli"], None),
+                      (["study", "show"], "cli"), (["study", "show", "cli"], "other"),
+                      (["study", "show", "cli", "-s", "cli"], None)):
+        if env is None:
+            monkeypatch.delenv("AEOPT_STUDY", raising=False)
+        else:
+            monkeypatch.setenv("AEOPT_STUDY", env)
+        assert main([*argv, "--storage", url]) == 0, (argv, env, capfd.readouterr())
+        assert capfd.readouterr().out.startswith("study cli: conv_ae"), (argv, env)
+    monkeypatch.delenv("AEOPT_STUDY", raising=False)
+    assert main(["export", "--study", "cli", "--out", "a.yaml", "--storage", url]) == 0
+    assert main(["export", "--study", "cli", "--output", "b.yaml", "--storage", url]) == 0
+    assert (tmp_path / "a.yaml").is_file() and (tmp_path / "b.yaml").is_file()
+    assert main(["quickstart", "-w", "0"]) == 2
+    assert "Invalid value for '--workers' / '-w'" in capfd.readouterr().err
+    assert main(["study", "delete", "--study", "cli", "--yes", "--storage", url]) == 0
+    assert capfd.readouterr().out.strip() == "deleted study 'cli'"
