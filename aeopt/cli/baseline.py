@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
-from aeopt.config import load_baseline_config
+from aeopt.config import load_baseline_config, read_yaml
 from aeopt.errors import AeoptError
 from aeopt.files import output_folder
 from aeopt.stages.compare import compare_rows, different_test_sets, format_table
@@ -39,6 +39,10 @@ def cnn(
     Example: aeopt baseline cnn --out runs/cnn --set train.max_epochs=20
     """
     overrides = list(set_ or []) + ([f"train.labels={labels}"] if labels is not None else [])
+    if config is not None:
+        # Read first with the baseline's own hint: it resolves no shipped names, which the shared
+        # hint offers ("or the name of a shipped one"), and `aeopt configs` lists none of its kind.
+        read_yaml(config, hint="pass a YAML file with model / data / train sections")
     cfg = load_baseline_config(config, overrides)
     out = output_folder(out or Path("runs") / "baseline-cnn")  # before training, not after it
     # Imported on use: the stage imports torch (seconds); a bad config above fails before that.

@@ -280,15 +280,19 @@ def _check_keys(data: Any, text: str, p: Path) -> None:
         raise ConfigError(f"{p}: {problem or 'a key is not a string; quote it'}")
 
 
-def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any]:
+# What to pass instead of a missing or empty file, where a shipped config's name also works (most readers).
+SHIPPED_HINT = "pass the path of a YAML file, or the name of a shipped one (`aeopt configs` lists them)"
+
+
+def read_yaml(path: str | Path, *, first_of_list: bool = False, hint: str | None = None) -> dict[str, Any]:
     """The mapping in a YAML file; with `first_of_list`, the first entry of a list of them (an
-    `aeopt export --top K` file holds the K best, best first)."""
+    `aeopt export --top K` file holds the K best, best first). `hint`: what to pass instead of a missing
+    or empty file, for a reader that resolves no shipped names (the default hint offers them)."""
     p = Path(path)
     if not p.is_file():
         looked = p.expanduser().absolute()
         what = "a folder, not a file" if p.is_dir() else f"no such file (looked for {looked})"
-        raise ConfigError(f"{p}: {what}; pass the path of a YAML file, or the name of a shipped one "
-                          "(`aeopt configs` lists them)")
+        raise ConfigError(f"{p}: {what}; {hint or SHIPPED_HINT}")
     try:
         text = p.read_text()
         data = yaml.safe_load(text)
@@ -300,8 +304,8 @@ def read_yaml(path: str | Path, *, first_of_list: bool = False) -> dict[str, Any
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file; pass a YAML config") from None
     if data is None:
-        raise ConfigError(f"{p}: the file is empty; start from a copy of a shipped one "
-                          "(`aeopt configs` lists them with their paths)")
+        raise ConfigError(f"{p}: the file is empty; " + (hint or "start from a copy of a shipped one "
+                                                         "(`aeopt configs` lists them with their paths)"))
     _check_keys(data, text, p)
     if first_of_list and isinstance(data, list) and data and isinstance(data[0], dict):
         return data[0]

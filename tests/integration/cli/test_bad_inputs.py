@@ -390,6 +390,12 @@ LATER: list[tuple[str, list[str], dict[str, str], str]] = [
      "error: two study names: x and --study s; give one"),
     ("delete-no-name", ["study", "delete", "--yes", "--storage", DB], {},
      "error: name the study: aeopt study delete NAME (or --study NAME)"),
+    # baseline cnn resolves no shipped names, which the hint offered (`aeopt configs` lists none of its kind).
+    ("baseline-config-a-name", ["baseline", "cnn", "--config", "conv_ae"], {},
+     "error: conv_ae: no such file (looked for {work}/conv_ae); pass a YAML file with model / data / train "
+     "sections"),
+    ("baseline-config-empty", ["baseline", "cnn", "--config", "{fx}/empty.yaml"], {},
+     "error: {fx}/empty.yaml: the file is empty; pass a YAML file with model / data / train sections"),
 ]
 
 
