@@ -23,8 +23,9 @@ from aeopt.threads import apply_process_defaults
 app = typer.Typer(
     name="aeopt",
     cls=HelpGroup,  # --help as flowing prose, and no `<bool>` beside flags: see tidy_help
+    # The example names a shipped config, not its path in the checkout: it runs from any folder.
     help="Tune the homework's autoencoders (conv, denoising, VAE) on Fashion-MNIST with Optuna.\n\n"
-    "Start with `aeopt quickstart`, or `aeopt train configs/conv_ae.yaml --data-dir DIR`.",
+    "Start with `aeopt quickstart`, or `aeopt train conv_ae --data-dir DIR`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

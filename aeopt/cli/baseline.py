@@ -27,7 +27,8 @@ def cnn(
         "--config", "-c", help="YAML with model / data / train sections.")] = None,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for metrics.json and the confusion matrix.")] = None,
+        "--out", "-o", help="Folder for metrics.json and the confusion matrix. Default: runs/baseline-cnn.",
+        show_default=False)] = None,
     labels: LabelsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,

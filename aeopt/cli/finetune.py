@@ -21,7 +21,9 @@ _NOT_PRINTED = {"history", "finetune", "autoencoder"}
 ConfigArg = Annotated[str | None, typer.Argument(
     help="Run config or export YAML (best.yaml); optional with --checkpoint.")]
 OutOpt = Annotated[Path | None, typer.Option(
-    "--out", "-o", help="Folder for metrics.json and the confusion matrix.")]
+    "--out", "-o", show_default=False,
+    help="Folder for metrics.json and the confusion matrix. Default: runs/finetune-NAME (NAME: the "
+         "config file's name, else the checkpoint's run folder's).")]
 MODES = ("full", "frozen")
 
 
@@ -82,8 +84,10 @@ def finetune(
     base = _checkpoint_config(checkpoint) if config is None and checkpoint is not None else None
     cfg = load_finetune_config(config, overrides, base)
     if out is None:
-        name = (Path(config).stem if config is not None else checkpoint.parent.name if checkpoint is not None
-                else "")
+        # --checkpoint runs/best (a run folder) is named as runs/best/checkpoint.pt is: "best".
+        run_folder = checkpoint if checkpoint is not None and checkpoint.is_dir() else (
+            checkpoint.parent if checkpoint is not None else None)
+        name = Path(config).stem if config is not None else run_folder.name if run_folder is not None else ""
         out = Path("runs") / f"finetune-{name or 'finetune'}"
     output_folder(out)  # before training, not after it
     # Imported on use: the stage imports torch (seconds); a bad config above fails before that.

@@ -20,8 +20,10 @@ DevicesOpt = Annotated[str | None, typer.Option(
     "--devices",
     help="Comma-separated, round-robin: cpu or cuda:0,cuda:1 (repeat a GPU to put several workers on it). "
          "Default: every GPU of this machine, else cpu.")]
-NTrialsOpt = Annotated[int | None, typer.Option("--n-trials", min=1,
-                                                help="Study-wide target of finished trials.")]
+NTrialsOpt = Annotated[int | None, typer.Option(
+    "--n-trials", min=1,
+    help="Study-wide target of finished trials. Left out: no target, the workers run until Ctrl-C or "
+         "--timeout (a grid study stops when its grid is done).")]
 TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", min=1,
     help="Wall-clock budget in seconds for all workers: no trial starts after it, running trials stop at "

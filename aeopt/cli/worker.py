@@ -13,7 +13,9 @@ from aeopt.search.worker import run_worker
 
 NTrialsOpt = Annotated[int | None, typer.Option(
     "--n-trials", min=1,
-    help="Study-wide target of finished trials (complete + pruned); all workers together stop there.")]
+    help="Study-wide target of finished trials (complete + pruned); all workers together stop there. "
+         "Left out: no target, the worker runs until Ctrl-C or --timeout (a grid study stops when its grid "
+         "is done).")]
 TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", min=1,
     help="Wall-clock budget in seconds: no trial starts after it, and the running trial stops at its next "

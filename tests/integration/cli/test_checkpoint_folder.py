@@ -17,12 +17,14 @@ def test_finetune_takes_a_run_folder(tmp_path, monkeypatch, capfd):
     cfg = RunConfig.model_validate(TINY)
     save_checkpoint(tmp_path / "runs" / "best" / "checkpoint.pt", build_model(cfg), cfg)
 
-    code = main(["finetune", "--checkpoint", "runs/best", "--set", "finetune.max_epochs=1", "--device", "cpu",
-                 "-o", "runs/ft"])
+    # No --out: the default is named after the run folder (runs/finetune-best), as it is after
+    # runs/best/checkpoint.pt, not after the folder above it (runs/finetune-runs).
+    code = main(["finetune", "--checkpoint", "runs/best", "--set", "finetune.max_epochs=1",
+                 "--device", "cpu"])
 
     err = capfd.readouterr().err
     assert code == 0, err
-    assert (tmp_path / "runs" / "ft" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "finetune-best" / "metrics.json").is_file()
 
 
 def test_a_folder_without_a_checkpoint_says_so(tmp_path, monkeypatch, capfd):

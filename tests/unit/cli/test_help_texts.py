@@ -16,3 +16,20 @@ def _help(path: list[str], capsys, monkeypatch) -> str:
 def test_finetune_mode_shows_its_choices(capsys, monkeypatch):
     out = _help(["finetune"], capsys, monkeypatch)
     assert "--mode full|frozen" in out and "<str>" not in out.split("--mode")[1][:40], out
+
+
+def test_root_example_runs_outside_the_checkout(capsys, monkeypatch):
+    out = _help([], capsys, monkeypatch)
+    assert "`aeopt train conv_ae --data-dir DIR`" in out and "configs/conv_ae.yaml" not in out, out
+
+
+def test_worker_and_launch_say_what_no_target_means(capsys, monkeypatch):
+    for command in ("worker", "launch"):
+        out = _help([command], capsys, monkeypatch)
+        assert "Left out: no target, the" in out and "until Ctrl-C or --timeout" in out, (command, out)
+
+
+def test_default_outputs_are_stated(capsys, monkeypatch):
+    assert "Default: runs/finetune-NAME (NAME: the config file's name, else the checkpoint's run folder's)" \
+        in _help(["finetune"], capsys, monkeypatch)
+    assert "Default: runs/baseline-cnn." in _help(["baseline", "cnn"], capsys, monkeypatch)
