@@ -10,6 +10,7 @@ import typer
 
 from aeopt.cli.common import SetOpt, StorageOpt, artifact_folder
 from aeopt.config import load_study_spec
+from aeopt.config.presets import STUDY_SPEC, preset_names
 from aeopt.errors import StorageError, StudyError
 from aeopt.search.dashboard import write_study_note
 from aeopt.search.records import StudyCounts
@@ -32,8 +33,8 @@ study_app = typer.Typer(help="Create, list, inspect and delete studies in a stor
 
 # A string, not a Path: pathlib would turn "./conv_ae" (a file here) into "conv_ae" (a shipped name).
 SpecArg = Annotated[str, typer.Argument(
-    help="Study spec: a YAML file, or the name of a shipped one (conv_ae, denoising_ae, vae, aae, seed_grid, "
-    "classifier; `aeopt configs` lists them).", show_default=False)]
+    help="Study spec: a YAML file, or the name of a shipped one "
+    f"({', '.join(preset_names(STUDY_SPEC))}; `aeopt configs` lists them).", show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--study-name", "-n",
                                              help=f"Name (default: the spec's `name`): {NAME_RULE}.")]
 SkipOpt = Annotated[bool, typer.Option(

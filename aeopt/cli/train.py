@@ -12,14 +12,16 @@ import typer
 
 from aeopt.cli.common import AmpOpt, DataDirOpt, DeviceOpt, SetOpt
 from aeopt.config import load_run_config
+from aeopt.config.presets import RUN_CONFIG, preset_names
 from aeopt.files import output_folder
 
 
 def train(
     # A string, not a Path: pathlib would turn "./conv_ae" (a file here) into "conv_ae" (a shipped name).
     config: Annotated[str, typer.Argument(
+        # The names from the shipped files themselves: a list typed here missed aae_critic.
         help="Run config: a YAML file (an `aeopt export` file too), or the name of a shipped one "
-        "(conv_ae, denoising_ae, vae, aae; `aeopt configs` lists them).", show_default=False)],
+        f"({', '.join(preset_names(RUN_CONFIG))}; `aeopt configs` lists them).", show_default=False)],
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,

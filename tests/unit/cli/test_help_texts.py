@@ -33,3 +33,11 @@ def test_default_outputs_are_stated(capsys, monkeypatch):
     assert "Default: runs/finetune-NAME (NAME: the config file's name, else the checkpoint's run folder's)" \
         in _help(["finetune"], capsys, monkeypatch)
     assert "Default: runs/baseline-cnn." in _help(["baseline", "cnn"], capsys, monkeypatch)
+
+
+def test_shipped_names_in_help_are_the_shipped_files(capsys, monkeypatch):
+    from aeopt.config.presets import RUN_CONFIG, STUDY_SPEC, preset_names
+
+    assert "aae_critic" in preset_names(RUN_CONFIG)  # the one a typed list missed
+    assert f"({', '.join(preset_names(RUN_CONFIG))};" in _help(["train"], capsys, monkeypatch)
+    assert f"({', '.join(preset_names(STUDY_SPEC))};" in _help(["study", "create"], capsys, monkeypatch)
