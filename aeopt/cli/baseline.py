@@ -177,6 +177,10 @@ def compare(
 
     Example: aeopt compare runs/finetune-best runs/baseline-cnn
     """
+    for run in runs:  # a typo'd folder is named as missing, not as one without metrics.json
+        if not run.exists():
+            raise AeoptError(f"{run}: no such folder (looked for {run.expanduser().absolute()}); pass a "
+                             "folder written by `aeopt finetune --out` or `aeopt baseline cnn --out`")
     rows = compare_rows([str(r) for r in runs])
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
     warning = different_test_sets(rows)

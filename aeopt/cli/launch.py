@@ -57,6 +57,10 @@ def launch(
     if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
         raise AeoptError(f"--workers {workers}: give a number of workers (at least 1) or auto")
     count = workers if workers == "auto" else int(workers)
+    if devices is not None and not devices.replace(",", "").strip():
+        # Empty items are dropped, so "," or "" would quietly fall back to the default devices.
+        raise AeoptError(f"--devices {devices!r}: names no device; give cpu or cuda:0,cuda:1 (or leave "
+                         "it out for every GPU here, else cpu)")
     if log_dir is not None:
         output_folder(log_dir)  # a file of that name, say: one line before the study is loaded
     code = run(open_storage(storage, create=False), study, count, devices=devices, n_trials=n_trials,

@@ -396,6 +396,12 @@ LATER: list[tuple[str, list[str], dict[str, str], str]] = [
      "sections"),
     ("baseline-config-empty", ["baseline", "cnn", "--config", "{fx}/empty.yaml"], {},
      "error: {fx}/empty.yaml: the file is empty; pass a YAML file with model / data / train sections"),
+    # --devices naming nothing quietly used the default devices; compare called a missing folder one
+    # without metrics.json.
+    ("launch-devices-names-nothing", ["launch", "--study", "nope", "--devices", ",", "--storage", DB], {},
+     "error: --devices ',': names no device; give cpu or cuda:0,cuda:1"),
+    ("compare-no-such-folder", ["compare", "{fx}/no-run"], {},
+     "error: {fx}/no-run: no such folder (looked for {fx}/no-run); pass a folder written by"),
 ]
 
 
