@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +188,10 @@ def _check_optuna_tables(url: str, engine_kwargs: dict) -> None:
     finally:
         engine.dispose()
     if not {"studies", "version_info"} <= tables:
+        # The URL to paste, unless it holds a password (as studies.storage_flag).
+        shown = shlex.quote(url) if redact(url) == url else "URL"
         raise StorageError(f"{redact(url)} holds no Optuna studies (a wrong database?); create one with "
-                           "`aeopt study create SPEC --storage URL`")
+                           f"`aeopt study create SPEC --storage {shown}`")
 
 
 def _journal(backend: BaseJournalBackend) -> BaseStorage:

@@ -220,8 +220,9 @@ def test_a_reader_on_a_database_without_optuna_tables_creates_none(empty_pg_url,
         before = _tables(url)
         with pytest.raises(StorageError) as caught:
             open_storage(url, create=False)
+        # No password in these URLs: the command to run next names the storage to paste as it is.
         assert str(caught.value) == (f"{redact(url)} holds no Optuna studies (a wrong database?); create one "
-                                     "with `aeopt study create SPEC --storage URL`")
+                                     f"with `aeopt study create SPEC --storage {url}`")
         assert _tables(url) == before  # nothing created
         # `aeopt study create` (create=True) still sets the database up, and then readers open it.
         open_storage(url).optuna.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
