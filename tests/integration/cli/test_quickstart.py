@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from optuna_dashboard import get_note
@@ -19,13 +18,12 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_quickstart_on_digits_two_trials(tmp_path):
+def test_quickstart_on_digits_two_trials(tmp_path, no_data):
     url = f"sqlite:///{tmp_path}/qs.db"
     # No data folder: the quickstart falls back to the bundled digits (the cache is a temp folder).
     # (A --data-dir without the data would be an error: a folder the user named is never passed over.)
-    env = {k: v for k, v in os.environ.items() if k != "AEOPT_DATA_DIR"}
     r = run_cli("quickstart", "--n-trials", "2", "--max-epochs", "2", "--storage", url,
-                "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path, env=env, timeout=900)
+                "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr
     assert "bundled digits" in r.stderr
 
@@ -56,10 +54,12 @@ def test_quickstart_on_digits_two_trials(tmp_path):
     assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").iterdir())
 
 
-def _no_data() -> dict[str, str]:
-    """An environment without Fashion-MNIST (the test session's cache is an empty folder, offline): the
-    quickstart picks the bundled digits."""
-    return {k: v for k, v in os.environ.items() if k not in ("AEOPT_DATA_DIR", "AEOPT_DEVICE")}
+@pytest.fixture
+def no_data(monkeypatch) -> None:
+    """No Fashion-MNIST for the quickstart: run_cli passes this process's environment on (CI sets
+    AEOPT_DATA_DIR), and the session's cache is an empty folder, offline: it picks the bundled digits."""
+    for name in ("AEOPT_DATA_DIR", "AEOPT_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize(("made", "error"), [
@@ -71,14 +71,13 @@ def _no_data() -> dict[str, str]:
      "ran on fashion_mnist, and this run would use digits: start afresh on digits with "
      "`aeopt study delete quickstart --storage {url}`, or pass another --storage"),
 ])
-def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error):
+def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error, no_data):
     # Its workers would train the stored spec, not the options given: refused before any trial, and the
     # study (its spec and dashboard note) is left as it was.
     url = f"sqlite:///{tmp_path}/qs.db"
     study = create_study(open_storage(url), made, "quickstart")
-    env = _no_data()
     r = run_cli("quickstart", "--n-trials", "1", "--max-epochs", "2", "--no-refit", "--storage", url,
-                "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path, env=env,
+                "--device", "cpu", "--out", str(tmp_path / "qs"), cwd=tmp_path,
                 timeout=600)
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines()[-1] == f"error: study 'quickstart' in {url} {error.format(url=url)}"
@@ -89,14 +88,13 @@ def test_a_quickstart_rerun_with_other_settings_is_refused(tmp_path, made, error
     assert not (tmp_path / "qs").exists()
 
 
-def test_quickstart_workers_run_on_the_default_device(tmp_path):
+def test_quickstart_workers_run_on_the_default_device(tmp_path, no_data):
     # --device auto, as no --device, means cuda when available for every worker process too: not the
     # CPU (launch's own default), and not `--devices auto: 'auto' is not a device`.
     url = f"sqlite:///{tmp_path}/qs.db"
-    env = _no_data()
     r = run_cli("quickstart", "--workers", "2", "--device", "auto", "--n-trials", "2", "--max-epochs", "1",
                 "--no-refit", "--storage", url, "--out", str(tmp_path / "qs"),
-                cwd=tmp_path, env=env, timeout=600)
+                cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     device = str(resolve_device(None))
     assert f"launched 2 workers ({device}, {device})" in r.stderr
