@@ -291,7 +291,7 @@ def test_vae_and_denoising_encoders_fine_tune(tmp_path, model, extra):
 
 def test_bad_finetune_settings_are_one_line(tmp_path):
     cfg = str(_config(tmp_path))
-    for args, expected in ((["--mode", "half"], "finetune.mode"),
+    for args, expected in ((["--mode", "half"], "--mode half: not a mode; use full or frozen"),
                            (["--set", "finetune.nope=1"], "finetune.nope"),
                            (["--set", "finetune.lr=-1"], "finetune.lr")):
         proc = run_cli("finetune", cfg, *CPU, *args, "--out", str(tmp_path / "x"), cwd=tmp_path)
@@ -330,4 +330,7 @@ def test_baseline_cnn_and_compare(tmp_path):
     assert [r["test_acc"] for r in rows] == [fm["test_acc"], bm["test_acc"]]
 
     proc = run_cli("compare", str(tmp_path / "missing"), cwd=tmp_path)
+    assert proc.returncode == 2 and "missing: no such folder" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("compare", str(tmp_path / "empty"), cwd=tmp_path)
     assert proc.returncode == 2 and "no metrics.json" in proc.stderr
