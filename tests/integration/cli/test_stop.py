@@ -253,15 +253,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_launch_stops_its_workers_on_sighup(tmp_path):
-    # The terminal closed or the SSH link dropped: the workers, in their own sessions, hear nothing of it
-    # but what the launcher forwards.
+def _launch_two_workers(tmp_path: Path) -> tuple[str, subprocess.Popen, list[int]]:
+    """`aeopt launch` of two CPU workers, each with a trial running: its URL, process and workers' pids."""
     url = _study(tmp_path, "s")
     proc = _start(["launch", "--study", "s", "--workers", "2", "--devices", "cpu", "--n-trials", "4"], url,
                   tmp_path)
     _wait_for_running_trials(url, "s", proc, n=2)
     workers = _children(proc.pid)
     assert len(workers) == 2
+    return url, proc, workers
+
+
+def test_launch_stops_its_workers_on_sighup(tmp_path):
+    # The terminal closed or the SSH link dropped: the workers, in their own sessions, hear nothing of it
+    # but what the launcher forwards.
+    url, proc, workers = _launch_two_workers(tmp_path)
     proc.send_signal(signal.SIGHUP)
     out, err = _stopped(proc)
     assert proc.returncode == 128 + signal.SIGHUP, err
@@ -277,12 +283,7 @@ def test_launch_stops_its_workers_on_sighup(tmp_path):
 def test_a_killed_launch_stops_its_workers(tmp_path):
     # SIGKILL (or the OOM killer) gives the launcher no chance to forward anything: each worker gets
     # SIGTERM from the kernel instead, and stops as it would on the launcher's.
-    url = _study(tmp_path, "s")
-    proc = _start(["launch", "--study", "s", "--workers", "2", "--devices", "cpu", "--n-trials", "4"], url,
-                  tmp_path)
-    _wait_for_running_trials(url, "s", proc, n=2)
-    workers = _children(proc.pid)
-    assert len(workers) == 2
+    url, proc, workers = _launch_two_workers(tmp_path)
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 60
